@@ -1,0 +1,207 @@
+"""The layer stack: shapes, forward, backward, and PyTorch-style state dicts."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterable
+
+import numpy as np
+
+from . import registry
+from .errors import CheckpointError, ConfigError, DataError
+from .layers.base import Layer, from_internal, hyperparameters, to_internal
+
+
+_EMPTY = inspect.Parameter.empty
+
+
+def layer_label(index: int, name, type_name) -> str:
+    """How errors name a layer: ``layer 3 'conv2' (conv2d)`` (1-based index)."""
+    named = f" '{name}'" if name else ""
+    return f"layer {index}{named} ({type_name})"
+
+
+def make_layers(entry: dict) -> list[Layer]:
+    """One config entry -> its layer, plus a separate activation layer for ``activation:``.
+
+    Raises ConfigError with ``key`` set to the offending key (unknown keys get a
+    "did you mean" hint).
+    """
+    if not isinstance(entry, dict):
+        raise ConfigError(f"a layer must be a mapping with a 'type:' key, got {entry!r}")
+    if "type" not in entry:
+        raise ConfigError("layer has no 'type:' key", hint="e.g. type: conv2d")
+    cls = registry.layer_class(entry["type"])
+    allowed = hyperparameters(cls)
+    kwargs, activation = {}, None
+    for key, value in entry.items():
+        if key == "type":
+            continue
+        if key == "activation" and "activation" not in allowed and _supports_activation(cls):
+            activation = value
+            continue
+        target = cls.aliases.get(key, key)
+        if target not in allowed and key != "name":
+            options = sorted(set(allowed) | set(cls.aliases) | {"name"}
+                             | ({"activation"} if _supports_activation(cls) else set()))
+            close = difflib.get_close_matches(str(key), options, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(options)
+            raise ConfigError(f"unknown key {key!r} for {cls.type_name}", key=key, hint=hint)
+        if target in kwargs:
+            raise ConfigError(f"{key!r} and {target!r} are the same setting; give one",
+                              key=key)
+        kwargs[target] = value
+    missing = [k for k, d in allowed.items() if d is _EMPTY and k not in kwargs]
+    if missing:
+        raise ConfigError(f"{cls.type_name} needs {missing[0]!r}", key="type")
+    layers = [cls(**kwargs)]
+    if activation is not None:
+        act_cls = registry.layer_class(activation) if isinstance(activation, str) else None
+        if act_cls is None or not getattr(act_cls, "is_activation", False):
+            names = sorted(n for n, c in registry.LAYERS.items()
+                           if getattr(c, "is_activation", False))
+            raise ConfigError(f"activation must be one of {', '.join(names)}; "
+                              f"got {activation!r}", key="activation")
+        layers.append(act_cls())
+    return layers
+
+
+def _supports_activation(cls) -> bool:
+    return getattr(cls, "accepts_activation", False)
+
+
+class Model:
+    """A sequential stack of layers built for one input shape (C, H, W)."""
+
+    def __init__(self, layers: Iterable[Layer], input_shape, *, dtype=np.float32, seed: int = 0,
+                 labels: list[str] | None = None):
+        self.layers = list(layers)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.dtype = np.dtype(dtype)
+        self.labels = labels or [layer_label(i + 1, l.name, l.type_name)
+                                 for i, l in enumerate(self.layers)]
+        _assign_names(self.layers)
+        rng = np.random.default_rng(seed)
+        self.shapes = [self.input_shape]
+        for layer, label in zip(self.layers, self.labels):
+            try:
+                layer.build(self.shapes[-1], rng, self.dtype)
+                self.shapes.append(tuple(layer.output_shape(self.shapes[-1])))
+            except ConfigError as err:
+                raise err.located(layer=label) from None
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.shapes[-1]
+
+    # -- math
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """NCHW batch -> logits (N, classes)."""
+        x = np.asarray(x)
+        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            raise DataError(f"model expects input of shape (N, {', '.join(map(str, self.input_shape))}),"
+                            f" got {tuple(x.shape)}")
+        h = to_internal(x.astype(self.dtype, copy=False))
+        for layer in self.layers:
+            h = layer.forward(h, train=train)
+        return from_internal(h)
+
+    def backward(self, dlogits: np.ndarray, need_input_grad: bool = True):
+        """Backpropagate dL/dlogits (N, classes); accumulate parameter grads; return dL/dx (NCHW)."""
+        g = to_internal(np.asarray(dlogits, dtype=self.dtype))
+        for i in range(len(self.layers) - 1, -1, -1):
+            g = self.layers[i].backward(g, need_dx=need_input_grad or i > 0)
+        return from_internal(g) if need_input_grad else None
+
+    def predict_logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        outs = [self.forward(x[i:i + batch_size], train=False)
+                for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0,) + self.output_shape, self.dtype)
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            layer.zero_grad()
+
+    # -- parameters
+    def parameters(self):
+        """(name, value, grad) for every trainable array, in layer order."""
+        for layer in self.layers:
+            for key, value in layer.params.items():
+                yield f"{layer.name}.{key}", value, layer.grads[key]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Weights and running statistics in PyTorch's layout: ``<layer>.weight`` etc."""
+        out = {}
+        for layer in self.layers:
+            for key, value in {**layer.params, **layer.buffers}.items():
+                out[f"{layer.name}.{key}"] = value.copy()
+        return out
+
+    def grads(self) -> dict[str, np.ndarray]:
+        return {name: grad.copy() for name, _, grad in self.parameters()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy arrays in (strict: every key present, same shapes)."""
+        expected = set()
+        for layer in self.layers:
+            for store in (layer.params, layer.buffers):
+                for key, value in store.items():
+                    full = f"{layer.name}.{key}"
+                    expected.add(full)
+                    if full not in state:
+                        raise CheckpointError(f"state dict has no {full!r}")
+                    new = np.asarray(state[full])
+                    if new.shape != value.shape:
+                        raise CheckpointError(f"{full}: shape {list(new.shape)} does not match "
+                                              f"the model's {list(value.shape)}")
+                    value[...] = new
+        extra = sorted(set(state) - expected)
+        if extra:
+            raise CheckpointError(f"state dict has unexpected key {extra[0]!r}")
+
+    def __repr__(self) -> str:
+        body = "\n".join(f"  ({l.name}): {l!r}" for l in self.layers)
+        return f"Model(input_shape={list(self.input_shape)},\n{body}\n)"
+
+
+def _assign_names(layers: list[Layer]) -> None:
+    """Give unnamed layers unique, stable names: ``conv2d_1``, ``conv2d_2``, ``relu_1`` ..."""
+    taken = set()
+    for layer in layers:
+        if layer.name is not None:
+            if layer.name in taken:
+                raise ConfigError(f"two layers are named {layer.name!r}", key="name",
+                                  hint="names must be unique")
+            taken.add(layer.name)
+    counters: dict[str, int] = {}
+    for layer in layers:
+        if layer.name is None:
+            n = counters.get(layer.type_name, 0)
+            while True:
+                n += 1
+                candidate = f"{layer.type_name}_{n}"
+                if candidate not in taken:
+                    break
+            counters[layer.type_name] = n
+            layer.name = candidate
+            taken.add(candidate)
+
+
+def model_from_entries(input_shape, entries: list[dict], *, dtype=np.float32,
+                       seed: int = 0) -> Model:
+    """Build a Model from plain layer entries (the ``model.layers`` list of a config)."""
+    layers, labels = [], []
+    for index, entry in enumerate(entries, start=1):
+        type_name = entry.get("type") if isinstance(entry, dict) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        label = layer_label(index, name, type_name)
+        try:
+            made = make_layers(entry)
+        except ConfigError as err:
+            raise err.located(layer=label) from None
+        layers.extend(made)
+        labels.extend([label] * len(made))
+    if not layers:
+        raise ConfigError("model.layers is empty", key="layers")
+    return Model(layers, input_shape, dtype=dtype, seed=seed, labels=labels)
