@@ -1,0 +1,210 @@
+"""Checkpoints: one ``.npz`` (no pickle) holding weights, optimizer, RNG and run state.
+
+Keys: ``format_version``, ``cnncli_version``, ``config`` (resolved YAML text),
+``params/<layer>.<name>`` (every state_dict entry, PyTorch layout), ``optim/<...>``,
+``epoch``, ``step``, ``rng_state`` (JSON), ``normalization/<key>``, ``class_names``,
+``best_metric``, ``metrics`` (JSON list of per-epoch rows) and ``run_state`` (JSON).
+Writes are atomic: temp file in the same directory, fsync, ``os.replace``, fsync the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .errors import CheckpointError, CnncliError
+
+FORMAT_VERSION = 1
+
+
+def plain(obj):
+    """Tuples -> lists and NumPy scalars -> Python, recursively, so YAML/JSON can dump it."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def config_to_text(config: dict) -> str:
+    return yaml.safe_dump(plain(config), sort_keys=False)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint; ``model()`` rebuilds the network with its weights."""
+
+    path: Path
+    config_text: str
+    state: dict[str, np.ndarray]
+    optimizer_state: dict[str, np.ndarray]
+    epoch: int
+    step: int
+    rng_state: dict
+    normalization: dict
+    class_names: list[str]
+    best_metric: float | None
+    metrics: list[dict]
+    run_state: dict = field(default_factory=dict)
+    cnncli_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def config(self) -> dict:
+        return yaml.safe_load(self.config_text)
+
+    def model(self, dtype=np.float32):
+        """Build the model from the stored config and load the stored weights into it."""
+        from .model import model_from_entries
+
+        section = self.config["model"]
+        model = model_from_entries(section["input_shape"], section["layers"], dtype=dtype,
+                                   seed=int(self.config.get("seed") or 0))
+        try:
+            model.load_state_dict(self.state)
+        except CnncliError as err:
+            raise CheckpointError(f"{self.path}: {err.message}") from None
+        return model
+
+
+def save_checkpoint(path, *, config: dict, model_state: dict, optimizer_state: dict | None = None,
+                    epoch: int = 0, step: int = 0, rng_state: dict | None = None,
+                    normalization: dict | None = None, class_names=(),
+                    best_metric: float | None = None, metrics: list | None = None,
+                    run_state: dict | None = None) -> Path:
+    """Write a checkpoint atomically: a crash at any moment leaves the previous file intact."""
+    from . import __version__
+
+    arrays: dict[str, np.ndarray] = {
+        "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+        "cnncli_version": np.array(__version__),
+        "config": np.array(config_to_text(config)),
+        "epoch": np.array(int(epoch), dtype=np.int64),
+        "step": np.array(int(step), dtype=np.int64),
+        "rng_state": np.array(json.dumps(plain(rng_state or {}))),
+        "class_names": np.array([str(c) for c in class_names], dtype=str),
+        "best_metric": np.array(np.nan if best_metric is None else float(best_metric)),
+        "metrics": np.array(json.dumps(plain(metrics or []))),
+        "run_state": np.array(json.dumps(plain(run_state or {}))),
+    }
+    for key, value in model_state.items():
+        arrays[f"params/{key}"] = np.asarray(value)
+    for key, value in (optimizer_state or {}).items():
+        arrays[f"optim/{key}"] = np.asarray(value)
+    for key, value in (normalization or {}).items():
+        arrays[f"normalization/{key}"] = np.asarray(value)
+    path = Path(path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    return path
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, then swap it in durably."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # platforms without directory fds (Windows)
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _read_all(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}",
+                              hint="pass a .npz written by 'cnncli train' or its run directory")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file",
+                              hint=f"did you mean {path / 'last.npz'}?")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"{path} is a single .npy array, not a cnncli checkpoint")
+        with data:
+            return {k: data[k] for k in data.files}
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, NotImplementedError, struct.error,
+            zipfile.BadZipFile, zlib.error) as err:
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'unreadable'})",
+                              hint="use another checkpoint, e.g. best.npz or last.npz") from None
+
+
+def _text(arrays, key, path) -> str:
+    return str(arrays[key]) if key in arrays else ""
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint; any problem becomes a one-line CheckpointError."""
+    path = Path(path)
+    if path.is_dir() and (path / "last.npz").exists():
+        path = path / "last.npz"
+    arrays = _read_all(path)
+    if "format_version" not in arrays or "config" not in arrays:
+        raise CheckpointError(f"{path} is not a cnncli checkpoint (no format_version/config)")
+    version = int(arrays["format_version"])
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {version}, newer than this cnncli "
+                              f"reads ({FORMAT_VERSION})", hint="upgrade cnncli")
+    try:
+        config_text = str(arrays["config"])
+        config = yaml.safe_load(config_text)
+        if not isinstance(config, dict) or "model" not in config:
+            raise ValueError("config has no model section")
+        rng_state = json.loads(_text(arrays, "rng_state", path) or "{}")
+        metrics = json.loads(_text(arrays, "metrics", path) or "[]")
+        run_state = json.loads(_text(arrays, "run_state", path) or "{}")
+    except (ValueError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{path} has an unreadable config or state "
+                              f"({str(err).splitlines()[0]})") from None
+    normalization = {}
+    for key, value in arrays.items():
+        if key.startswith("normalization/"):
+            normalization[key.split("/", 1)[1]] = str(value) if value.dtype.kind == "U" else value
+    best = float(arrays["best_metric"]) if "best_metric" in arrays else float("nan")
+    return Checkpoint(
+        path=path,
+        config_text=config_text,
+        state={k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")},
+        optimizer_state={k[len("optim/"):]: v for k, v in arrays.items()
+                         if k.startswith("optim/")},
+        epoch=int(arrays.get("epoch", 0)),
+        step=int(arrays.get("step", 0)),
+        rng_state=rng_state,
+        normalization=normalization,
+        class_names=[str(c) for c in arrays.get("class_names", np.array([], dtype=str))],
+        best_metric=None if np.isnan(best) else best,
+        metrics=metrics,
+        run_state=run_state,
+        cnncli_version=_text(arrays, "cnncli_version", path),
+        format_version=version,
+    )
