@@ -57,7 +57,8 @@ def make_layers(entry: dict) -> list[Layer]:
         raise ConfigError(f"{cls.type_name} needs {missing[0]!r}", key="type")
     layers = [cls(**kwargs)]
     if activation is not None:
-        act_cls = registry.layer_class(activation) if isinstance(activation, str) else None
+        act_cls = (registry.LAYERS.get(registry.ALIASES.get(activation, activation))
+                   if isinstance(activation, str) else None)
         if act_cls is None or not getattr(act_cls, "is_activation", False):
             names = sorted(n for n, c in registry.LAYERS.items()
                            if getattr(c, "is_activation", False))
