@@ -1,0 +1,179 @@
+"""Receptive-field boxes against hand computation and brute force; the `show` command's pictures."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cnncli import pictures, receptive
+from cnncli.errors import ConfigError, ShapeError
+from cnncli.layers.base import Layer, conv_output_size
+
+
+class Window(Layer):
+    """A stand-in conv/pool: only the geometry matters for receptive fields."""
+
+    def __init__(self, k, s=1, p=0, d=1, name=None):
+        super().__init__(name)
+        pair = lambda v: tuple(v) if isinstance(v, (list, tuple)) else (v, v)  # noqa: E731
+        self.k, self.s, self.p, self.d = pair(k), pair(s), pair(p), pair(d)
+
+    def output_shape(self, shape):
+        c, h, w = shape
+        return (c,) + tuple(conv_output_size(n, self.k[a], self.s[a], self.p[a], self.p[a],
+                                             self.d[a]) for a, n in enumerate((h, w)))
+
+    def geometry(self, shape):
+        return self.k, self.s, self.p, self.d
+
+
+class Same(Layer):
+    """An activation-like layer: no geometry, same shape."""
+
+
+class Flat(Layer):
+    def output_shape(self, shape):
+        return (int(np.prod(shape)),)
+
+
+def named(*layers):
+    for i, layer in enumerate(layers):
+        layer.name = layer.name or f"l{i}"
+    return list(layers)
+
+
+# ---------------------------------------------------------------- hand-computed boxes
+
+def test_single_3x3_pad_1_centre_and_corner():
+    layers = named(Window(3, 1, 1))
+    box = receptive.input_box(layers, (1, 8, 8), 0)
+    assert box.unit == (3, 3)
+    assert (box.top, box.left, box.bottom, box.right) == (2, 2, 4, 4)
+    assert not box.is_clipped and box.size == (3, 3) and box.jump == (1, 1)
+    corner = receptive.input_box(layers, (1, 8, 8), 0, (0, 7))
+    assert (corner.top, corner.left, corner.bottom, corner.right) == (-1, 6, 1, 8)
+    assert corner.is_clipped and corner.clipped == (0, 6, 1, 7)
+
+
+def test_conv_conv_pool_stack():
+    # conv3 p1, conv3 p1, maxpool 2: unit 1 -> pool [2, 3] -> conv2 [1, 4] -> conv1 [0, 5]
+    layers = named(Window(3, 1, 1), Same(), Window(3, 1, 1), Same(), Window(2, 2))
+    box = receptive.input_box(layers, (1, 8, 8), 4, (1, 2))
+    assert (box.top, box.bottom) == (0, 5)
+    assert (box.left, box.right) == (2, 7)
+    assert box.size == (6, 6) and box.jump == (2, 2) and box.output_shape == (1, 4, 4)
+
+
+def test_stride_two_with_padding():
+    layers = named(Window(3, 2, 1))
+    for i in range(4):
+        box = receptive.input_box(layers, (1, 8, 8), 0, (i, i))
+        assert (box.top, box.bottom) == (2 * i - 1, 2 * i + 1)
+
+
+def test_dilation_widens_the_box():
+    layers = named(Window(3, 1, 0, 2))
+    box = receptive.input_box(layers, (1, 9, 9), 0, (0, 4))
+    assert (box.top, box.bottom, box.left, box.right) == (0, 4, 4, 8)
+
+
+def test_non_square_geometry_per_axis():
+    layers = named(Window((3, 1), (1, 2), (0, 0), (1, 1)))
+    box = receptive.input_box(layers, (1, 6, 6), 0, (2, 1))
+    assert (box.top, box.bottom, box.left, box.right) == (2, 4, 2, 2)
+    assert box.jump == (1, 2)
+
+
+def test_box_entirely_in_the_padding():
+    layers = named(Window(1, 1, 2))          # 1x1 conv with padding 2: border units see zeros
+    box = receptive.input_box(layers, (1, 4, 4), 0, (0, 0))
+    assert (box.top, box.left) == (-2, -2) and box.clipped is None
+    assert "entirely in the padding" in "\n".join(box.describe())
+
+
+def test_describe_reports_clipped_and_unclipped_extents():
+    box = receptive.input_box(named(Window(5, 1, 2)), (1, 8, 8), 0, (0, 0))
+    text = "\n".join(box.describe())
+    assert "input rows -2..2, columns -2..2" in text
+    assert "clipped by the border to rows 0..2, columns 0..2 (3x3)" in text
+    assert "receptive field 5x5" in text
+
+
+def test_default_layer_is_the_last_spatial_one():
+    layers = named(Window(3), Same(), Window(2, 2), Flat(), Same())
+    assert receptive.last_spatial_index(layers, (1, 8, 8)) == 2
+
+
+def test_bad_unit_and_flat_layers_are_errors():
+    layers = named(Window(3), Flat())
+    with pytest.raises(ConfigError, match="outside"):
+        receptive.input_box(layers, (1, 8, 8), 0, (6, 0))
+    with pytest.raises(ShapeError, match="flat output"):
+        receptive.input_box(layers, (1, 8, 8), 1)
+    with pytest.raises(ShapeError):
+        receptive.last_spatial_index(named(Flat()), (1, 4, 4))
+
+
+# ---------------------------------------------------------------- brute force
+
+def brute_force_span(stack, unit):
+    """Propagate the exact set of input positions a unit depends on, one axis."""
+    positions = {unit}
+    for k, s, p, d in reversed(stack):
+        positions = {i * s - p + d * t for i in positions for t in range(k)}
+    return min(positions), max(positions)
+
+
+window = st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(0, 2), st.integers(1, 2))
+
+
+@given(st.lists(window, min_size=1, max_size=4), st.integers(12, 40), st.data())
+def test_box_matches_brute_force_and_the_summary_recurrence(stack, size, data):
+    layers, shape = [], (1, size, size)
+    for k, s, p, d in stack:
+        p = min(p, k // 2 * d)
+        layer = Window(k, s, p, d, name=f"w{len(layers)}")
+        out = layer.output_shape(shape)
+        if out[1] <= 0:
+            break
+        shape = out
+        layers.append(layer)
+    if not layers:
+        return
+    geometry = [(l.k[0], l.s[0], l.p[0], l.d[0]) for l in layers]
+    unit = data.draw(st.integers(0, shape[1] - 1))
+    box = receptive.input_box(layers, (1, size, size), len(layers) - 1, (unit, unit))
+    assert (box.top, box.bottom) == brute_force_span(geometry, unit)
+    r, j = 1, 1
+    for k, s, _, d in geometry:  # the standard recurrence the summary uses
+        r, j = r + (d * (k - 1)) * j, j * s
+    assert box.size == (r, r) and box.jump == (j, j)
+
+
+# ---------------------------------------------------------------- the picture of a box
+
+def test_receptive_picture_tints_the_clipped_box_and_shows_the_padding():
+    box = receptive.input_box(named(Window(5, 1, 2)), (1, 8, 8), 0, (0, 1))
+    image, scale, (pad_top, pad_left) = pictures.receptive_picture(box)
+    assert (pad_top, pad_left) == (2, 1)           # the canvas grew to hold the whole box
+    assert image.shape[:2] == ((8 + 2) * scale, (8 + 1) * scale)
+
+    def at(y, x):  # centre of input pixel (y, x)
+        return image[(y + pad_top) * scale + scale // 2, (x + pad_left) * scale + scale // 2]
+
+    inside, outside = at(1, 1), at(5, 5)
+    assert inside[0] > inside[1] and tuple(outside) == pictures.WHITE
+    assert tuple(at(-1, 1)) == pictures.PADDING_COLOR  # padding row above the input
+    red = np.all(image == pictures.BOX_COLOR, axis=-1)
+    assert red[pad_top * scale:, :].any() and red[:pad_top * scale, :].any()
+
+
+def test_receptive_picture_over_an_image_keeps_the_image_outside_the_box():
+    box = receptive.input_box(named(Window(3, 1, 1)), (1, 6, 6), 0, (2, 2))
+    background = np.zeros((6, 6, 3), np.uint8)
+    background[..., 1] = 77
+    image, scale, pad = pictures.receptive_picture(box, background)
+    assert pad == (0, 0)
+    assert tuple(image[5 * scale + 1, 5 * scale + 1]) == (0, 77, 0)
+    tinted = image[2 * scale + scale // 2, 2 * scale + scale // 2]
+    assert tinted[0] > 0 and tinted[1] < 77
