@@ -210,7 +210,7 @@ def erf(x) -> np.ndarray:
 
     big = y > 4.0
     if big.any():
-        yb = y[big]
+        yb = np.minimum(y[big], 27.0)  # erfc(27) underflows: erf is +-1 from here on
         z = 1 / (yb * yb)
         num, den = _P[5] * z, z
         for i in range(4):
