@@ -311,7 +311,7 @@ def colorbar(limit: float, width: int = 160, height: int = 10) -> np.ndarray:
     return vstack([bar, labels], gap=3)
 
 
-def filter_grid(weight: np.ndarray, *, target: int = 24, gap: int = 2):
+def filter_grid(weight: np.ndarray, *, target: int = 36, gap: int = 2):
     """Conv weights (O, C/groups, kh, kw) -> (tile grid image, info dict).
 
     Three input channels make one RGB tile per output channel (0 = mid-grey); otherwise one
@@ -339,7 +339,7 @@ def filter_grid(weight: np.ndarray, *, target: int = 24, gap: int = 2):
     return image, info
 
 
-def feature_grid(maps: np.ndarray, *, target: int = 32, gap: int = 2):
+def feature_grid(maps: np.ndarray, *, target: int = 40, gap: int = 2):
     """Feature maps (C, H, W) of one input -> (tile grid image, info dict).
 
     One scale per layer so maps are comparable: the diverging map (0 = middle) when any value
