@@ -64,6 +64,16 @@ class ReceptiveBox:
         return lines
 
 
+def layer_geometry(layer, in_shape, out_shape):
+    """``layer.geometry`` or, for a global pool without one ((C, H, W) -> (C, 1, 1)), one window
+    covering the whole input."""
+    geometry = layer.geometry(in_shape) if len(in_shape) == 3 else None
+    if (geometry is None and len(in_shape) == 3 and len(out_shape) == 3
+            and tuple(out_shape[1:]) == (1, 1) and tuple(in_shape[1:]) != (1, 1)):
+        return (in_shape[1], in_shape[2]), (1, 1), (0, 0), (1, 1)
+    return geometry
+
+
 def spatial_shapes(layers, input_shape) -> list[tuple[int, ...]]:
     """Per-sample shapes before each layer and after the last (no weights allocated)."""
     shapes = [tuple(input_shape)]
@@ -92,7 +102,7 @@ def input_box(layers, input_shape, index: int, unit=None) -> ReceptiveBox:
     jump = [1, 1]
     for i in range(index, -1, -1):
         layer, in_shape = layers[i], shapes[i]
-        geometry = layer.geometry(in_shape)
+        geometry = layer_geometry(layer, in_shape, shapes[i + 1])
         if geometry is None:
             if tuple(shapes[i + 1]) != tuple(in_shape) or len(in_shape) != 3:
                 raise ShapeError(f"layer {layer.name!r} reshapes its input, so units after it "
@@ -116,7 +126,7 @@ def last_spatial_index(layers, input_shape) -> int:
     for i, layer in enumerate(layers):
         if len(shapes[i + 1]) != 3:
             break
-        if layer.geometry(shapes[i]) is None and shapes[i + 1] != shapes[i]:
+        if layer_geometry(layer, shapes[i], shapes[i + 1]) is None and shapes[i + 1] != shapes[i]:
             break
         last = i
     if last is None:

@@ -104,6 +104,20 @@ def test_default_layer_is_the_last_spatial_one():
     assert receptive.last_spatial_index(layers, (1, 8, 8)) == 2
 
 
+class GlobalPool(Layer):
+    """A global pool that reports no geometry: it sees its whole input."""
+
+    def output_shape(self, shape):
+        return (shape[0], 1, 1)
+
+
+def test_global_pool_sees_the_whole_input():
+    layers = named(Window(3, 1, 1), GlobalPool(), Flat())
+    assert receptive.last_spatial_index(layers, (2, 6, 5)) == 1
+    box = receptive.input_box(layers, (2, 6, 5), 1)
+    assert (box.top, box.left, box.bottom, box.right) == (-1, -1, 6, 5)
+
+
 def test_bad_unit_and_flat_layers_are_errors():
     layers = named(Window(3), Flat())
     with pytest.raises(ConfigError, match="outside"):
