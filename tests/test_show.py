@@ -191,3 +191,167 @@ def test_receptive_picture_over_an_image_keeps_the_image_outside_the_box():
     assert tuple(image[5 * scale + 1, 5 * scale + 1]) == (0, 77, 0)
     tinted = image[2 * scale + scale // 2, 2 * scale + scale // 2]
     assert tinted[0] > 0 and tinted[1] < 77
+
+
+# ---------------------------------------------------------------- real layers and the CLI
+
+def real_layers(entries, input_shape):
+    from cnncli.model import model_from_entries
+
+    return model_from_entries(input_shape, entries, dtype=np.float64)
+
+
+@pytest.mark.parametrize("entries", [
+    [{"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+     {"type": "relu"},
+     {"type": "conv2d", "out_channels": 2, "kernel_size": 3, "stride": 2, "padding": 1},
+     {"type": "avgpool2d", "kernel_size": 2, "stride": 1}],
+    [{"type": "conv2d", "out_channels": 2, "kernel_size": [3, 2], "dilation": 2, "padding": 1},
+     {"type": "avgpool2d", "kernel_size": 3, "stride": 2, "padding": 1}],
+])
+def test_box_is_exactly_where_the_unit_gradient_reaches(entries):
+    """Positive weights and inputs: d unit / d input is nonzero inside the box and zero outside."""
+    from cnncli.layers.base import from_internal, to_internal
+
+    model = real_layers(entries, (1, 11, 10))
+    for layer in model.layers:
+        if "weight" in layer.params:
+            layer.params["weight"][...] = 1.0
+    x = np.random.default_rng(0).uniform(0.5, 1.0, (1, 1, 11, 10))
+    target = len(model.layers) - 1
+    _, oh, ow = model.shapes[-1]
+    for unit in [(0, 0), (oh // 2, ow // 2), (oh - 1, ow - 1)]:
+        h = to_internal(x)
+        for layer in model.layers:
+            h = layer.forward(h, train=True)
+        g = np.zeros_like(h)
+        g[:, unit[0], unit[1], :] = 1.0
+        for layer in reversed(model.layers):
+            g = layer.backward(g)
+        reached = np.argwhere(from_internal(g)[0, 0] != 0)
+        box = receptive.input_box(model.layers, (1, 11, 10), target, unit)
+        top, left, bottom, right = box.clipped
+        assert tuple(reached.min(axis=0)) == (top, left)
+        assert tuple(reached.max(axis=0)) == (bottom, right)
+
+
+def run_cli(*args):
+    from click.testing import CliRunner
+
+    from cnncli.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def write_config(path, input_shape, entries):
+    import yaml
+
+    path.write_text(yaml.safe_dump({"name": "t", "seed": 0,
+                                    "model": {"input_shape": list(input_shape),
+                                              "layers": entries}}))
+    return path
+
+
+STACK = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "name": "conv1",
+          "activation": "relu"},
+         {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "name": "conv2"},
+         {"type": "maxpool2d", "kernel_size": 2, "name": "pool"},
+         {"type": "flatten"},
+         {"type": "dense", "units": 3, "name": "fc"}]
+
+
+def test_cli_receptive_field_reports_the_hand_computed_box(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "net.yaml", (1, 8, 8), STACK)
+    result = run_cli("show", config, "--receptive-field")
+    assert result.exit_code == 0, result.output
+    # pool unit (1, 1) -> pool rows 2..3 -> conv2 rows 1..4 -> conv1 rows 0..5
+    assert "layer pool (output 4x4x4), unit (y=1, x=1): receptive field 6x6, jump 2x2" \
+        in result.output
+    assert "input rows 0..5, columns 0..5" in result.output
+    assert (tmp_path / "receptive_field_pool.png").is_file()
+    result = run_cli("show", config, "--receptive-field", "--layer", "conv2", "--at", "0,7",
+                     "--out", tmp_path / "rf.png")
+    assert result.exit_code == 0, result.output
+    assert "input rows -2..2, columns 5..9" in result.output
+    assert "clipped by the border to rows 0..2, columns 5..7 (3x3)" in result.output
+    image = pictures_png(tmp_path / "rf.png")
+    assert np.all(image == pictures.BOX_COLOR, axis=-1).any()
+
+
+def pictures_png(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--receptive-field", "--layer", "nope"], "no layer named 'nope'"),
+    (["--receptive-field", "--layer", "fc"], "flat output"),
+    (["--receptive-field", "--at", "9,0"], "outside layer 'pool'"),
+    (["--receptive-field", "--at", "x"], "--at must be Y,X"),
+    (["--filters", "--receptive-field"], "choose exactly one"),
+    ([], "choose exactly one"),
+    (["--filters", "--layer", "pool"], "has no conv kernels"),
+])
+def test_cli_show_errors_are_one_line(tmp_path, args, message):
+    config = write_config(tmp_path / "net.yaml", (1, 8, 8), STACK)
+    result = run_cli("show", config, *args, "--out", tmp_path / "x.png")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.count("\n") == 1
+    assert isinstance(result.exception, SystemExit)
+
+
+def contains(image, part):
+    """Whether ``part`` appears in ``image`` at some offset (search the top-left corner area)."""
+    for y in range(0, image.shape[0] - part.shape[0] + 1):
+        for x in range(0, min(64, image.shape[1] - part.shape[1] + 1)):
+            if np.array_equal(image[y:y + part.shape[0], x:x + part.shape[1]], part):
+                return True
+    return False
+
+
+def save_ckpt(tmp_path, input_shape, entries, seed=3, normalization=None):
+    from cnncli.checkpoint import save_checkpoint
+
+    model = real_layers(entries, input_shape)
+    state = model.state_dict()
+    rng = np.random.default_rng(seed)
+    for key in state:
+        state[key] = rng.standard_normal(state[key].shape).astype(np.float32)
+    config = {"name": "t", "seed": 0, "model": {"input_shape": list(input_shape),
+                                                "layers": entries}}
+    path = save_checkpoint(tmp_path / "run" / "best.npz", config=config, model_state=state,
+                           normalization=normalization or {"mode": "none"},
+                           class_names=["a", "b", "c"])
+    return path, state
+
+
+def test_cli_filters_draw_exactly_the_checkpoint_kernels(tmp_path):
+    path, state = save_ckpt(tmp_path, (1, 8, 8), STACK)
+    result = run_cli("show", path, "--filters")
+    assert result.exit_code == 0, result.output
+    out = path.parent / "filters_conv1.png"
+    assert f"wrote {out}" in result.output
+    assert "conv1: weight [4, 1, 3, 3]" in result.output
+    grid, _ = pictures.filter_grid(state["conv1.weight"])
+    assert contains(pictures_png(out), grid)
+    result = run_cli("show", path, "--filters", "--layer", "conv2", "--out", tmp_path / "f2.png")
+    assert result.exit_code == 0, result.output
+    assert "rows = output channels, columns = input channels" in result.output
+    grid, _ = pictures.filter_grid(state["conv2.weight"])
+    assert contains(pictures_png(tmp_path / "f2.png"), grid)
+
+
+def test_cli_filters_rgb_and_untrained_config(tmp_path):
+    entries = [{"type": "conv2d", "out_channels": 5, "kernel_size": 3, "name": "c"},
+               {"type": "flatten"}, {"type": "dense", "units": 2}]
+    path, state = save_ckpt(tmp_path, (3, 6, 6), entries)
+    result = run_cli("show", path, "--filters", "--out", tmp_path / "rgb.png")
+    assert result.exit_code == 0, result.output
+    assert "one RGB tile per output channel" in result.output
+    grid, info = pictures.filter_grid(state["c.weight"])
+    assert info["mode"] == "rgb" and contains(pictures_png(tmp_path / "rgb.png"), grid)
+    config = write_config(tmp_path / "net.yaml", (3, 6, 6), entries)
+    result = run_cli("show", config, "--filters", "--out", tmp_path / "init.png")
+    assert result.exit_code == 0 and "initial, untrained weights" in result.output
