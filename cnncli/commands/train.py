@@ -1,0 +1,314 @@
+"""`cnncli train`, `cnncli eval` and `cnncli predict`: call the library, render its results."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..cli import main
+from ..errors import CheckpointError, DataError
+
+KNOWN_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value, fmt="{:.4f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+# ---------------------------------------------------------------- train progress
+
+class _Progress:
+    """Renders training callbacks: a tqdm bar on a terminal, one line per epoch always."""
+
+    def __init__(self, quiet: bool, verbose: bool):
+        from ..train import Callbacks  # noqa: F401  (the protocol this class follows)
+
+        self.quiet, self.verbose = quiet, verbose
+        self.tty = sys.stdout.isatty()
+        self.bar = None
+
+    def echo(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            click.echo(text)
+
+    def on_start(self, run) -> None:
+        if self.quiet:
+            return
+        data = run.dataset
+        what = "resuming" if run.start_epoch else "training"
+        click.echo(f"{what} {run.config.get('name') or 'run'}: {len(data.y_train)} train / "
+                   f"{len(data.y_val)} val / {len(data.y_test)} test images, "
+                   f"{sum(v.size for _, v, _ in run.model.parameters()):,} parameters -> "
+                   f"{run.run_dir}")
+        if self.verbose:
+            train = run.config.get("train", {})
+            keys = ("optimizer", "lr", "batch_size", "epochs", "momentum", "weight_decay",
+                    "lr_schedule", "grad_clip_norm", "label_smoothing")
+            click.echo("  " + ", ".join(f"{k}={train.get(k)}" for k in keys if k in train))
+        if run.start_epoch >= run.epochs:
+            click.echo(f"already trained {run.start_epoch} epochs; pass --epochs N with N > "
+                       f"{run.start_epoch} to continue")
+
+    def on_epoch_start(self, epoch, epochs, num_batches, lr) -> None:
+        self.epoch, self.epochs = epoch, epochs
+        self.loss_sum, self.correct, self.seen, self.started = 0.0, 0, 0, time.perf_counter()
+        if self.tty and not self.quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=num_batches, desc=f"epoch {epoch}/{epochs}", leave=False,
+                            file=sys.stdout, dynamic_ncols=True, unit="batch")
+
+    def on_batch(self, batch, size, loss, correct) -> None:
+        self.loss_sum += loss * size
+        self.correct += correct
+        self.seen += size
+        if self.bar is not None:
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix_str(f"loss {self.loss_sum / self.seen:.4f} acc "
+                                     f"{100 * self.correct / self.seen:.1f}% "
+                                     f"{self.seen / elapsed:,.0f} img/s", refresh=False)
+            self.bar.update(1)
+
+    def on_epoch_end(self, row, improved) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.quiet:
+            return
+        width = len(str(self.epochs))
+        val = ""
+        if row["val_loss"] is not None:
+            val = f"  val loss {row['val_loss']:.4f} acc {_pct(row['val_accuracy'])}"
+        click.echo(f"epoch {row['epoch']:>{width}}/{self.epochs}  train loss "
+                   f"{row['train_loss']:.4f} acc {_pct(row['train_accuracy'])}{val}  "
+                   f"lr {row['lr']:.3g}  {row['seconds']:.1f}s{'  *' if improved else ''}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _metrics_table(rows: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="training summary", title_justify="left")
+    for name in ("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "time"):
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(str(row["epoch"]), _num(row["train_loss"]), _pct(row["train_accuracy"]),
+                      _num(row.get("val_loss")), _pct(row.get("val_accuracy")),
+                      f"{row['lr']:.3g}", f"{row['seconds']:.1f}s")
+    return table
+
+
+@main.command("train")
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override train.lr.")
+@click.option("--seed", type=int, help="Override seed.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory (default: runs/<name>/).")
+@click.option("--resume", "resume", type=click.Path(exists=True, path_type=Path),
+              metavar="RUN_DIR_OR_CKPT", help="Continue a run from its last.npz.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
+@click.option("--verbose", "-v", is_flag=True, help="Also print the training settings.")
+def train_command(config, epochs, batch_size, lr, seed, out, resume, quiet, verbose):
+    """Train the model CONFIG describes; write config.yaml, metrics.csv, last.npz, best.npz.
+
+    With --resume, CONFIG may be omitted: the run's stored config is used.
+    """
+    from ..train import TrainingInterrupted, train
+
+    if config is None and resume is None:
+        raise click.UsageError("give a CONFIG file (or --resume RUN_DIR to continue a run)")
+    cfg = None
+    if config is not None:
+        from ..config import load_config
+
+        cfg = load_config(config)
+    progress = _Progress(quiet, verbose)
+    try:
+        run = train(cfg, out_dir=out, resume=resume, epochs=epochs, batch_size=batch_size,
+                    lr=lr, seed=seed, callbacks=progress)
+    except TrainingInterrupted as stop:
+        progress.close()
+        again = ["cnncli", "train"] + ([str(config)] if config else []) + \
+            ["--resume", str(stop.run_dir)] + ([f"--epochs={epochs}"] if epochs else [])
+        click.echo(f"\ninterrupted: state after epoch {stop.epoch} saved to "
+                   f"{stop.run_dir / 'last.npz'}", err=True)
+        click.echo(f"resume with: {shlex.join(again)}", err=True)
+        sys.exit(130)
+    finally:
+        progress.close()
+    if not quiet and run.metrics:
+        _console().print(_metrics_table(run.metrics))
+    if run.stopped_early:
+        click.echo(f"early stopping after epoch {run.metrics[-1]['epoch']}")
+    if run.best_epoch is not None:
+        click.echo(f"best {run.best_by} {_pct(run.best_metric)} at epoch {run.best_epoch}"
+                   f" -> {run.best_path}")
+    if run.test is not None:
+        click.echo(f"test accuracy {_pct(run.test['accuracy'])} (loss {run.test['loss']:.4f}, "
+                   f"{run.test['num_samples']} images, best.npz)")
+
+
+# ---------------------------------------------------------------- eval
+
+def _eval_data(ckpt, data: str | None):
+    """The checkpoint's data config, with --data swapped in (a dataset name or a path)."""
+    cfg = dict(ckpt.config.get("data") or {})
+    if data is not None:
+        if data in KNOWN_DATASETS:
+            cfg.update(dataset=data, path=None)
+        else:
+            if not Path(data).exists():
+                raise DataError(f"--data {data!r} is neither a dataset name "
+                                f"({', '.join(KNOWN_DATASETS)}) nor an existing path")
+            cfg.update(dataset=None, path=data)
+    return cfg
+
+
+def _split(dataset, split: str):
+    x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
+    if len(y) == 0:
+        others = [s for s in ("test", "val", "train") if len(getattr(dataset, f"y_{s}"))]
+        raise DataError(f"the {split} split is empty for this data",
+                        hint=f"use --split {others[0]}" if others else None)
+    return x, y
+
+
+def _report_tables(report: dict, class_names: list[str]):
+    from rich.table import Table
+
+    per_class = Table(title="per class", title_justify="left")
+    for name in ("class", "precision", "recall", "f1", "support"):
+        per_class.add_column(name, justify="right")
+    for row in report["per_class"]:
+        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                          f"{row['f1']:.3f}", str(row["support"]))
+    cm = report["confusion_matrix"]
+    if len(cm) > 30:
+        return [per_class]
+    matrix = Table(title="confusion matrix (rows: true class, columns: predicted)",
+                   title_justify="left")
+    matrix.add_column("true \\ pred", justify="right")
+    names = [row["class"] for row in report["per_class"]]
+    for name in names:
+        matrix.add_column(name, justify="right")
+    for i, (name, counts) in enumerate(zip(names, cm, strict=True)):
+        cells = [f"[bold]{c}[/bold]" if i == j and c else (str(c) if c else "[dim]·[/dim]")
+                 for j, c in enumerate(counts)]
+        matrix.add_row(name, *cells)
+    return [per_class, matrix]
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data", "data", metavar="PATH_OR_DATASET",
+              help="Evaluate on another dataset name or path (default: the run's data).")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Also report top-k accuracy.")
+def eval_command(checkpoint, data, split, as_json, top_k):
+    """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
+    from ..checkpoint import load_checkpoint
+    from ..data import load_dataset
+    from ..evaluate import evaluate
+
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.model()
+    num_classes = model.output_shape[0]
+    dataset = load_dataset(_eval_data(ckpt, data), tuple(model.input_shape), num_classes,
+                           int(ckpt.config.get("seed") or 0))
+    x, y = _split(dataset, split)
+    class_names = ckpt.class_names or dataset.class_names
+    report = evaluate(model, x, y, class_names, top_k=top_k)
+    report = {"checkpoint": str(ckpt.path), "split": split, **report}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    console = _console()
+    console.print(f"{ckpt.path} (epoch {ckpt.epoch}) on the {split} split: "
+                  f"{report['num_samples']} images")
+    console.print(f"loss {report['loss']:.4f}   accuracy {_pct(report['accuracy'])}   "
+                  f"top-{report['top_k']} accuracy {_pct(report['top_k_accuracy'])}   "
+                  f"macro F1 {report['macro_f1']:.3f}")
+    for table in _report_tables(report, class_names):
+        console.print(table)
+
+
+# ---------------------------------------------------------------- predict
+
+@main.command("predict")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--top", "top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many classes to list per input.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the predictions to this CSV instead of a table.")
+def predict_command(checkpoint, inputs, top, out):
+    """Predicted class and top probabilities for images, .npy or .npz INPUTS."""
+    from ..checkpoint import load_checkpoint
+    from ..data import load_inputs
+    from ..evaluate import softmax, top_k_indices
+
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.model()
+    if not ckpt.normalization:
+        raise CheckpointError(f"{ckpt.path} stores no normalisation statistics",
+                              hint="use a checkpoint written by 'cnncli train'")
+    x, labels = load_inputs(list(inputs), tuple(model.input_shape), ckpt.normalization)
+    logits = model.predict_logits(x)
+    probs = softmax(logits)
+    k = min(top, probs.shape[1])
+    best = top_k_indices(logits, k)
+    names = ckpt.class_names if len(ckpt.class_names) == probs.shape[1] else \
+        [str(i) for i in range(probs.shape[1])]
+    rows = [(label, [(names[c], float(probs[i, c])) for c in best[i]])
+            for i, label in enumerate(labels)]
+    if out is not None:
+        header = ["input", "predicted", "probability"]
+        for r in range(2, k + 1):
+            header += [f"class_{r}", f"probability_{r}"]
+        with open(out, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for label, ranked in rows:
+                writer.writerow([label] + [v for c, p in ranked for v in (c, f"{p:.6f}")])
+        click.echo(f"wrote {len(rows)} predictions to {out}")
+        return
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("input")
+    table.add_column("predicted", justify="right")
+    table.add_column("probability", justify="right")
+    if k > 1:
+        table.add_column(f"next {k - 1}")
+    for label, ranked in rows:
+        rest = ", ".join(f"{c} {100 * p:.1f}%" for c, p in ranked[1:])
+        table.add_row(label, ranked[0][0], f"{100 * ranked[0][1]:.1f}%",
+                      *([rest] if k > 1 else []))
+    _console().print(table)

@@ -1,0 +1,328 @@
+"""The training loop: epochs of SGD-style steps, validation, checkpoints, resume, early stopping.
+
+No printing: progress goes to a ``Callbacks`` object that the CLI renders. Reproducible: the
+seed drives weight init (``model_from_entries``); a separate generator drives shuffling and
+augmentation; layer-owned generators (dropout) are saved with it in every checkpoint, so a
+resumed run is bitwise identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import atomic_write, config_to_text, load_checkpoint, save_checkpoint
+from .errors import CnncliError, ConfigError
+from .evaluate import evaluate, loss_and_accuracy
+from .model import model_from_entries
+from .optim import clip_grad_norm, make_optimizer
+from .schedules import make_schedule
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                  "seconds")
+
+
+class TrainingDiverged(CnncliError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 1
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: ``last.npz`` holds the state after ``epoch`` completed epochs."""
+
+    def __init__(self, run_dir: Path, epoch: int):
+        super().__init__(f"interrupted; state after epoch {epoch} saved in {run_dir}/last.npz")
+        self.run_dir = run_dir
+        self.epoch = epoch
+
+
+class Callbacks:
+    """Progress hooks; the default does nothing."""
+
+    def on_start(self, run: Run) -> None: ...
+
+    def on_epoch_start(self, epoch: int, epochs: int, num_batches: int, lr: float) -> None: ...
+
+    def on_batch(self, batch: int, size: int, loss: float, correct: int) -> None: ...
+
+    def on_epoch_end(self, row: dict, improved: bool) -> None: ...
+
+
+@dataclass
+class Run:
+    """Everything a training run knows; ``result`` fields fill in as it goes."""
+
+    config: dict
+    run_dir: Path
+    model: object
+    dataset: object
+    epochs: int
+    start_epoch: int
+    metrics: list[dict] = field(default_factory=list)
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    best_by: str = "val_accuracy"
+    stopped_early: bool = False
+    test: dict | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.npz"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.npz"
+
+
+# ------------------------------------------------------------------ one step
+
+def train_step(model, optimizer, x, y, *, label_smoothing: float = 0.0,
+               clip_norm: float | None = None) -> tuple[float, int]:
+    """Forward, loss, backward, (clip), update. Returns (batch loss, correct predictions).
+
+    A non-finite loss is returned without updating anything; the caller decides.
+    """
+    from .losses import softmax_cross_entropy
+
+    model.zero_grad()
+    logits = model.forward(x, train=True)
+    loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
+    loss = float(loss)
+    correct = int((logits.argmax(axis=1) == y).sum())
+    if not math.isfinite(loss):
+        return loss, correct
+    model.backward(dlogits, need_input_grad=False)
+    if clip_norm:
+        clip_grad_norm([g for _, _, g in model.parameters()], clip_norm)
+    optimizer.step(model.parameters())
+    return loss, correct
+
+
+# ------------------------------------------------------------------ helpers
+
+def _layer_generators(model) -> dict[str, np.random.Generator]:
+    """Generators owned by layers (dropout masks), by ``<layer>.<attribute>``."""
+    found = {}
+    for layer in model.layers:
+        for attr, value in vars(layer).items():
+            if isinstance(value, np.random.Generator):
+                found[f"{layer.name}.{attr}"] = value
+    return found
+
+
+def _generators(model, batch_rng) -> dict[str, np.random.Generator]:
+    return {"batches": batch_rng, **_layer_generators(model)}
+
+
+def apply_overrides(config: dict, *, epochs=None, batch_size=None, lr=None, seed=None) -> dict:
+    """Copy of ``config`` with command-line overrides written in (config.yaml shows them)."""
+    cfg = copy.deepcopy(config)
+    train = cfg.setdefault("train", {}) or {}
+    cfg["train"] = train
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if value is not None:
+            train[key] = value
+    if seed is not None:
+        cfg["seed"] = seed
+    return cfg
+
+
+def _train_settings(cfg: dict) -> dict:
+    train = cfg.get("train") or {}
+    epochs = train.get("epochs", 10)
+    batch_size = train.get("batch_size", 64)
+    for key, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"train.{key} must be a positive int, got {value!r}", key=key)
+    early = train.get("early_stopping")
+    if early is not None:
+        metric = early.get("metric", "val_accuracy")
+        if metric not in ("val_accuracy", "val_loss"):
+            raise ConfigError(f"early_stopping.metric must be val_accuracy or val_loss, got "
+                              f"{metric!r}", key="metric")
+        early = {"metric": metric, "patience": int(early.get("patience", 5)),
+                 "min_delta": float(early.get("min_delta", 0.0) or 0.0)}
+    return {"epochs": epochs, "batch_size": batch_size, "early": early,
+            "label_smoothing": float(train.get("label_smoothing") or 0.0),
+            "clip": train.get("grad_clip_norm"),
+            "augment": (cfg.get("data") or {}).get("augment")}
+
+
+def resolve_resume_path(resume) -> Path:
+    path = Path(resume)
+    return path / "last.npz" if path.is_dir() else path
+
+
+def _write_metrics_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def _improved(value, best, *, higher_is_better: bool, min_delta: float = 0.0) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best + min_delta if higher_is_better else value < best - min_delta
+
+
+# ------------------------------------------------------------------ the loop
+
+def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=None, lr=None,
+          seed=None, callbacks: Callbacks | None = None, root=None) -> Run:
+    """Train the model a resolved config describes; returns the finished Run.
+
+    ``resume`` is a run directory or checkpoint; training continues from its last epoch
+    (up to ``epochs``, which may exceed the original count). Raises TrainingInterrupted on
+    Ctrl-C after saving ``last.npz``, and TrainingDiverged on a non-finite loss.
+    """
+    from .data import iterate_batches, load_dataset
+
+    callbacks = callbacks or Callbacks()
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resolve_resume_path(resume))
+        if config is None:
+            config = ckpt.config
+    cfg = apply_overrides(config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    settings = _train_settings(cfg)
+    run_seed = int(cfg.get("seed") or 0)
+    section = cfg["model"]
+    model = model_from_entries(section["input_shape"], section["layers"], seed=run_seed)
+    if len(model.output_shape) != 1:
+        raise ConfigError(f"the model must end in class scores (N, classes), but it outputs "
+                          f"{list(model.output_shape)} per sample", hint="end with flatten + dense")
+    num_classes = model.output_shape[0]
+    dataset = load_dataset(cfg.get("data") or {}, tuple(model.input_shape), num_classes,
+                           run_seed, root=root)
+    has_val = len(dataset.y_val) > 0
+    if settings["early"] and not has_val:
+        raise ConfigError(f"early_stopping on {settings['early']['metric']} needs a validation "
+                          f"split", key="early_stopping", hint="set data.val_split > 0")
+    optimizer = make_optimizer(cfg["train"])
+    schedule = make_schedule(cfg["train"].get("lr_schedule"), optimizer.lr, settings["epochs"])
+    batch_rng = np.random.default_rng([run_seed, 1])
+    generators = _generators(model, batch_rng)
+
+    if out_dir is None:
+        out_dir = ckpt.path.parent if ckpt is not None else Path("runs") / str(cfg.get("name")
+                                                                              or "run")
+    run = Run(config=cfg, run_dir=Path(out_dir), model=model, dataset=dataset,
+              epochs=settings["epochs"], start_epoch=0,
+              best_by="val_accuracy" if has_val else "train_accuracy")
+    step, bad_epochs, early_best = 0, 0, None
+    if ckpt is not None:
+        model.load_state_dict(ckpt.state)
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        for name, gen in generators.items():
+            if name in ckpt.rng_state:
+                gen.bit_generator.state = ckpt.rng_state[name]
+        run.start_epoch, step = ckpt.epoch, ckpt.step
+        run.metrics = list(ckpt.metrics)
+        run.best_metric = ckpt.best_metric
+        run.best_epoch = ckpt.run_state.get("best_epoch")
+        bad_epochs = ckpt.run_state.get("bad_epochs", 0)
+        early_best = ckpt.run_state.get("early_best")
+
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run.run_dir / "config.yaml", lambda f: f.write(config_to_text(cfg).encode()))
+    callbacks.on_start(run)
+
+    def snapshot(epoch: int) -> dict:
+        """Everything a checkpoint holds, copied now (epoch = completed epochs)."""
+        return dict(config=cfg, model_state=model.state_dict(),
+                    optimizer_state=optimizer.state_dict(), epoch=epoch, step=step,
+                    rng_state={k: g.bit_generator.state for k, g in generators.items()},
+                    normalization=dataset.normalization, class_names=dataset.class_names,
+                    best_metric=run.best_metric, metrics=copy.deepcopy(run.metrics),
+                    run_state={"best_epoch": run.best_epoch, "bad_epochs": bad_epochs,
+                               "early_best": early_best, "best_by": run.best_by})
+
+    consistent = snapshot(run.start_epoch)
+    disk_epoch = ckpt.epoch if ckpt is not None else None
+    x_tr, y_tr = dataset.x_train, dataset.y_train
+    num_batches = -(-len(y_tr) // settings["batch_size"])
+    epoch = run.start_epoch
+    try:
+        for epoch in range(run.start_epoch, run.epochs):
+            optimizer.lr = schedule(epoch)
+            callbacks.on_epoch_start(epoch + 1, run.epochs, num_batches, optimizer.lr)
+            started = time.perf_counter()
+            loss_sum, correct_sum, seen = 0.0, 0, 0
+            batches = iterate_batches(x_tr, y_tr, settings["batch_size"], batch_rng,
+                                      shuffle=True, augment=settings["augment"])
+            for index, (xb, yb) in enumerate(batches, start=1):
+                with np.errstate(over="ignore", invalid="ignore"):  # divergence checked below
+                    loss, correct = train_step(model, optimizer, xb, yb,
+                                               label_smoothing=settings["label_smoothing"],
+                                               clip_norm=settings["clip"])
+                if not math.isfinite(loss):
+                    raise _diverged(loss, epoch + 1, index, num_batches, run, optimizer.lr,
+                                    disk_epoch)
+                step += 1
+                loss_sum += loss * len(yb)
+                correct_sum += correct
+                seen += len(yb)
+                callbacks.on_batch(index, len(yb), loss, correct)
+            val_loss, val_acc = loss_and_accuracy(model, dataset.x_val, dataset.y_val)
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / seen,
+                   "train_accuracy": correct_sum / seen,
+                   "val_loss": val_loss if has_val else None,
+                   "val_accuracy": val_acc if has_val else None,
+                   "lr": optimizer.lr, "seconds": round(time.perf_counter() - started, 3)}
+            run.metrics.append(row)
+            score = row[run.best_by]
+            improved = _improved(score, run.best_metric, higher_is_better=True)
+            if improved:
+                run.best_metric, run.best_epoch = score, epoch + 1
+            if settings["early"]:
+                es = settings["early"]
+                value = row[es["metric"]]
+                if _improved(value, early_best, higher_is_better=es["metric"] == "val_accuracy",
+                             min_delta=es["min_delta"]):
+                    early_best, bad_epochs = value, 0
+                else:
+                    bad_epochs += 1
+            consistent = snapshot(epoch + 1)
+            save_checkpoint(run.last_path, **consistent)
+            disk_epoch = consistent["epoch"]
+            if improved:
+                save_checkpoint(run.best_path, **consistent)
+            _write_metrics_csv(run.run_dir / "metrics.csv", run.metrics)
+            callbacks.on_epoch_end(row, improved)
+            if settings["early"] and bad_epochs >= settings["early"]["patience"]:
+                run.stopped_early = True
+                break
+    except KeyboardInterrupt:
+        if disk_epoch != consistent["epoch"]:
+            save_checkpoint(run.last_path, **consistent)
+        raise TrainingInterrupted(run.run_dir, consistent["epoch"]) from None
+    if run.metrics and not (run.run_dir / "metrics.csv").exists():
+        _write_metrics_csv(run.run_dir / "metrics.csv", run.metrics)
+    if len(dataset.y_test) and run.best_path.exists():
+        best = load_checkpoint(run.best_path)
+        model.load_state_dict(best.state)
+        run.test = evaluate(model, dataset.x_test, dataset.y_test, dataset.class_names)
+        run.test["checkpoint"] = str(run.best_path)
+    return run
+
+
+def _diverged(loss, epoch, batch, num_batches, run, lr, disk_epoch) -> TrainingDiverged:
+    kept = (f"; last good checkpoint: {run.last_path} (epoch {disk_epoch})"
+            if disk_epoch is not None else "; no checkpoint was written")
+    return TrainingDiverged(
+        f"loss became {loss} at epoch {epoch}, batch {batch}/{num_batches}{kept}",
+        hint=f"lower train.lr (now {lr:g}) or set train.grad_clip_norm, e.g. 1.0")
+

@@ -1,0 +1,248 @@
+"""The training loop: run directory, reproducibility, resume == uninterrupted, divergence,
+early stopping, Ctrl-C, parity with PyTorch SGD, and the digits quality bar."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import cnncli.train as train_mod
+from cnncli import model_from_entries
+from cnncli.checkpoint import load_checkpoint
+from cnncli.errors import ConfigError
+from cnncli.optim import SGD
+from cnncli.train import Callbacks, TrainingDiverged, TrainingInterrupted, train, train_step
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = Path(__file__).parent / "fixtures" / "sgd_cnn_reference.npz"
+
+
+def _blobs(path: Path, n_train=120, n_test=30, seed=0) -> Path:
+    """Three classes of 1x4x4 uint8 images, each brightest in its own rows, plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = np.arange(n) % 3
+        x = rng.integers(0, 120, size=(n, 4, 4))
+        for c in range(3):
+            x[y == c, c, :] += 120
+        return x.astype(np.uint8), y.astype(np.int64)
+
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(n_test)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+def _config(data_path, **train):
+    return {
+        "name": "blobs", "seed": 7,
+        "model": {"input_shape": [1, 4, 4], "layers": [
+            {"type": "flatten"},
+            {"type": "dense", "units": 12, "activation": "relu", "name": "hidden"},
+            {"type": "dropout", "p": 0.25},
+            {"type": "dense", "units": 3, "name": "out"}]},
+        "data": {"path": str(data_path), "val_split": 0.2, "normalize": "scale"},
+        "train": {"epochs": 4, "batch_size": 16, "optimizer": "sgd", "lr": 0.2,
+                  "momentum": 0.9, **train},
+    }
+
+
+@pytest.fixture()
+def blobs(tmp_path):
+    return _blobs(tmp_path / "blobs.npz")
+
+
+def _params(path):
+    return load_checkpoint(path).state
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_run_directory_contents(tmp_path, blobs):
+    run = train(_config(blobs), out_dir=tmp_path / "run", epochs=3)
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["best.npz", "config.yaml", "last.npz", "metrics.csv"]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 3 and saved["model"]["layers"][1]["name"] == "hidden"
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "train_loss", "train_accuracy", "val_loss",
+                             "val_accuracy", "lr", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
+    last = load_checkpoint(tmp_path / "run" / "last.npz")
+    assert last.epoch == 3 and last.step == 3 * 6  # 96 train images / batch 16
+    assert len(last.metrics) == 3
+    best = load_checkpoint(tmp_path / "run" / "best.npz")
+    accs = [r["val_accuracy"] for r in run.metrics]
+    assert best.epoch == run.best_epoch == 1 + int(np.argmax(accs))
+    assert best.best_metric == max(accs)
+    assert run.test is not None and run.test["num_samples"] == 30
+    # the model learns the blobs
+    assert run.metrics[-1]["train_accuracy"] > 0.8
+
+
+def test_same_seed_is_bitwise_reproducible_and_seed_matters(tmp_path, blobs):
+    train(_config(blobs), out_dir=tmp_path / "a", epochs=2)
+    train(_config(blobs), out_dir=tmp_path / "b", epochs=2)
+    train(_config(blobs), out_dir=tmp_path / "c", epochs=2, seed=8)
+    _assert_same_state(_params(tmp_path / "a" / "last.npz"), _params(tmp_path / "b" / "last.npz"))
+    assert not np.array_equal(_params(tmp_path / "a" / "last.npz")["out.weight"],
+                              _params(tmp_path / "c" / "last.npz")["out.weight"])
+
+
+def _comparable(metrics):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in metrics]
+
+
+def test_resume_two_plus_two_equals_four(tmp_path, blobs):
+    cfg = _config(blobs, optimizer="adam", lr=0.01,
+                  lr_schedule={"type": "step", "step_size": 1, "gamma": 0.7})
+    straight = train(cfg, out_dir=tmp_path / "straight", epochs=4)
+    train(cfg, out_dir=tmp_path / "split", epochs=2)
+    resumed = train(None, resume=tmp_path / "split", epochs=4)
+    assert resumed.run_dir == tmp_path / "split"
+    a = load_checkpoint(tmp_path / "straight" / "last.npz")
+    b = load_checkpoint(tmp_path / "split" / "last.npz")
+    _assert_same_state(a.state, b.state)
+    _assert_same_state(a.optimizer_state, b.optimizer_state)
+    assert a.rng_state == b.rng_state and a.step == b.step and b.epoch == 4
+    assert _comparable(straight.metrics) == _comparable(resumed.metrics)
+    with open(tmp_path / "split" / "metrics.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+class _InterruptAt(Callbacks):
+    def __init__(self, epoch, batch):
+        self.at, self.epoch = (epoch, batch), 0
+
+    def on_epoch_start(self, epoch, epochs, num_batches, lr):
+        self.epoch = epoch
+
+    def on_batch(self, batch, size, loss, correct):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("epoch, batch", [(3, 2), (1, 1)])
+def test_ctrl_c_mid_epoch_then_resume_is_bitwise_identical(tmp_path, blobs, epoch, batch):
+    cfg = _config(blobs, lr_schedule={"type": "cosine", "warmup_epochs": 1},
+                  grad_clip_norm=1.0, label_smoothing=0.1)
+    train(cfg, out_dir=tmp_path / "straight")
+    with pytest.raises(TrainingInterrupted) as info:
+        train(cfg, out_dir=tmp_path / "cut", callbacks=_InterruptAt(epoch, batch))
+    assert info.value.epoch == epoch - 1
+    assert load_checkpoint(tmp_path / "cut" / "last.npz").epoch == epoch - 1
+    train(cfg, resume=tmp_path / "cut" / "last.npz")
+    _assert_same_state(_params(tmp_path / "straight" / "last.npz"),
+                       _params(tmp_path / "cut" / "last.npz"))
+    _assert_same_state(_params(tmp_path / "straight" / "best.npz"),
+                       _params(tmp_path / "cut" / "best.npz"))
+
+
+def test_resuming_a_finished_run_with_more_epochs_continues(tmp_path, blobs):
+    train(_config(blobs), out_dir=tmp_path / "r", epochs=2)
+    again = train(None, resume=tmp_path / "r", epochs=2)
+    assert len(again.metrics) == 2  # nothing to do
+    more = train(None, resume=tmp_path / "r", epochs=3)
+    assert [r["epoch"] for r in more.metrics] == [1, 2, 3]
+    assert load_checkpoint(tmp_path / "r" / "last.npz").epoch == 3
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, blobs):
+    train(_config(blobs), out_dir=tmp_path / "r", epochs=1)
+    before = _params(tmp_path / "r" / "last.npz")
+    with pytest.raises(TrainingDiverged) as info:
+        train(None, resume=tmp_path / "r", epochs=3, lr=1e38)
+    message = str(info.value)
+    assert "epoch 2" in message and "batch" in message and "lower train.lr" in message
+    assert "grad_clip_norm" in message and "last.npz (epoch 1)" in message
+    after = load_checkpoint(tmp_path / "r" / "last.npz")
+    assert after.epoch == 1
+    _assert_same_state(before, after.state)
+
+
+def test_early_stopping_on_val_loss(tmp_path, blobs):
+    cfg = _config(blobs, epochs=20, lr=1e-9, momentum=0.0,
+                  early_stopping={"patience": 2, "metric": "val_loss", "min_delta": 1.0})
+    run = train(cfg, out_dir=tmp_path / "r")
+    assert run.stopped_early and len(run.metrics) == 3
+
+
+def test_early_stopping_needs_validation(tmp_path, blobs):
+    cfg = _config(blobs, early_stopping={"patience": 2, "metric": "val_accuracy"})
+    cfg["data"]["val_split"] = 0
+    with pytest.raises(ConfigError, match="val_split"):
+        train(cfg, out_dir=tmp_path / "r")
+
+
+def test_best_by_train_accuracy_without_validation(tmp_path, blobs):
+    cfg = _config(blobs)
+    cfg["data"]["val_split"] = 0
+    run = train(cfg, out_dir=tmp_path / "r", epochs=3)
+    assert run.best_by == "train_accuracy"
+    assert all(r["val_loss"] is None for r in run.metrics)
+    accs = [r["train_accuracy"] for r in run.metrics]
+    assert load_checkpoint(tmp_path / "r" / "best.npz").epoch == 1 + int(np.argmax(accs))
+
+
+# ------------------------------------------------------------------ parity with PyTorch
+
+@pytest.fixture(scope="module")
+def torch_ref():
+    with np.load(FIXTURE, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.mark.parametrize("run", ["plain_sgd", "momentum_clip_smooth"])
+def test_small_cnn_sgd_matches_pytorch(torch_ref, run):
+    kwargs, clip, smoothing = json.loads(str(torch_ref["runs"]))[run]
+    model = model_from_entries((1, 8, 8), [
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "name": "conv1",
+         "activation": "relu"},
+        {"type": "maxpool2d", "kernel_size": 2},
+        {"type": "flatten"},
+        {"type": "dense", "units": 3, "name": "fc"}])
+    init = {k[len("init/"):]: v for k, v in torch_ref.items() if k.startswith("init/")}
+    model.load_state_dict(init)
+    optimizer = SGD(**kwargs)
+    losses = []
+    for x, y in zip(torch_ref["x"], torch_ref["y"], strict=True):
+        losses.append(train_step(model, optimizer, x, y, label_smoothing=smoothing,
+                                 clip_norm=clip)[0])
+    np.testing.assert_allclose(losses, torch_ref[f"{run}/losses"], rtol=1e-5)
+    for key, value in model.state_dict().items():
+        np.testing.assert_allclose(value, torch_ref[f"{run}/{key}"], rtol=1e-4, atol=1e-5,
+                                   err_msg=key)
+
+
+# ------------------------------------------------------------------ quality bar (the slow one)
+
+def test_digits_config_reaches_97_percent(tmp_path):
+    from cnncli.config import load_config
+
+    run = train(load_config(REPO / "configs" / "digits.yaml"), out_dir=tmp_path / "digits")
+    assert run.test is not None and run.test["accuracy"] >= 0.97, run.test
+
+
+def test_train_monkeypatched_step_counts(tmp_path, blobs, monkeypatch):
+    """Every training sample is seen once per epoch (steps = ceil(n / batch))."""
+    seen = []
+    real = train_mod.train_step
+
+    def counting(model, optimizer, x, y, **kw):
+        seen.append(len(y))
+        return real(model, optimizer, x, y, **kw)
+
+    monkeypatch.setattr(train_mod, "train_step", counting)
+    run = train(_config(blobs), out_dir=tmp_path / "r", epochs=2)
+    n = len(run.dataset.y_train)
+    assert sum(seen) == 2 * n and len(seen) == 2 * -(-n // 16)
