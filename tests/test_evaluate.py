@@ -1,0 +1,88 @@
+"""Evaluation metrics: a hand-worked example, scikit-learn as a reference, and edge cases."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.special import log_softmax as scipy_log_softmax
+
+from cnncli.errors import DataError
+from cnncli.evaluate import classification_report, cross_entropy, top_k_indices
+from cnncli.losses import softmax_cross_entropy
+
+
+def _logits_for(predicted, num_classes):
+    logits = np.zeros((len(predicted), num_classes), dtype=np.float32)
+    logits[np.arange(len(predicted)), predicted] = 3.0
+    return logits
+
+
+def test_hand_computed_report():
+    # true:      0 0 1 1 2 2     (class 3 never occurs and is never predicted)
+    # predicted: 0 1 1 1 0 2
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    report = classification_report(_logits_for([0, 1, 1, 1, 0, 2], 4), labels,
+                                   ["a", "b", "c", "d"], top_k=1)
+    assert report["confusion_matrix"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0],
+                                          [0, 0, 0, 0]]
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert report["top_k_accuracy"] == pytest.approx(4 / 6)
+    got = {r["class"]: (r["precision"], r["recall"], r["f1"], r["support"])
+           for r in report["per_class"]}
+    assert got["a"] == pytest.approx((1 / 2, 1 / 2, 1 / 2, 2))
+    assert got["b"] == pytest.approx((2 / 3, 1.0, 0.8, 2))
+    assert got["c"] == pytest.approx((1.0, 1 / 2, 2 / 3, 2))
+    assert got["d"] == (0.0, 0.0, 0.0, 0)
+    assert report["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 4)
+
+
+def test_top_k_hand_computed():
+    logits = np.array([[0.1, 0.5, 0.4, 0.0],    # label 2 is 2nd
+                       [0.9, 0.0, 0.06, 0.05],  # label 3 is last -> not in top 2
+                       [0.0, 0.2, 0.3, 0.5]])   # label 3 is 1st
+    labels = np.array([2, 3, 3])
+    np.testing.assert_array_equal(top_k_indices(logits, 2), [[1, 2], [0, 2], [3, 2]])
+    report = classification_report(logits, labels, [], top_k=2)
+    assert report["top_k"] == 2 and report["top_k_accuracy"] == pytest.approx(2 / 3)
+    assert report["accuracy"] == pytest.approx(1 / 3)
+    assert [r["class"] for r in report["per_class"]] == ["0", "1", "2", "3"]
+
+
+@given(st.integers(0, 10_000), st.integers(3, 7), st.integers(1, 60))
+def test_matches_scikit_learn(seed, num_classes, n):
+    from sklearn import metrics
+
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((n, num_classes)).astype(np.float32)
+    labels = rng.integers(0, num_classes, n)
+    report = classification_report(logits, labels, [], top_k=2)
+    classes = list(range(num_classes))
+    predicted = logits.argmax(axis=1)
+    np.testing.assert_array_equal(report["confusion_matrix"],
+                                  metrics.confusion_matrix(labels, predicted, labels=classes))
+    p, r, f, s = metrics.precision_recall_fscore_support(labels, predicted, labels=classes,
+                                                         zero_division=0)
+    np.testing.assert_allclose([c["precision"] for c in report["per_class"]], p)
+    np.testing.assert_allclose([c["recall"] for c in report["per_class"]], r)
+    np.testing.assert_allclose([c["f1"] for c in report["per_class"]], f)
+    np.testing.assert_array_equal([c["support"] for c in report["per_class"]], s)
+    assert report["accuracy"] == pytest.approx(metrics.accuracy_score(labels, predicted))
+    assert report["top_k_accuracy"] == pytest.approx(
+        metrics.top_k_accuracy_score(labels, logits, k=2, labels=classes))
+
+
+def test_loss_matches_training_loss_and_scipy():
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal((20, 5)) * 4).astype(np.float32)
+    labels = rng.integers(0, 5, 20)
+    expected = -scipy_log_softmax(logits.astype(np.float64), axis=1)[np.arange(20), labels].mean()
+    assert cross_entropy(logits, labels) == pytest.approx(expected, rel=1e-12)
+    assert softmax_cross_entropy(logits, labels)[0] == pytest.approx(expected, rel=1e-5)
+    assert classification_report(logits, labels, [])["loss"] == pytest.approx(expected)
+
+
+def test_empty_split_and_bad_labels_are_data_errors():
+    with pytest.raises(DataError, match="empty"):
+        classification_report(np.zeros((0, 3)), np.zeros(0, np.int64), [])
+    with pytest.raises(DataError, match="0..2"):
+        classification_report(np.zeros((2, 3)), np.array([0, 3]), [])
