@@ -42,14 +42,17 @@ class LeakyReLU(Activation):
         self.negative_slope = real_number("negative_slope", negative_slope)
 
     def forward(self, x, train=False):
-        positive = x > 0
-        self._cache = positive
-        return np.where(positive, x, x * x.dtype.type(self.negative_slope))
+        # The local slope (1 or negative_slope) serves both passes; arithmetic on the mask
+        # is several times faster than np.where on large arrays.
+        slope = x.dtype.type(self.negative_slope)
+        factor = (x > 0).astype(x.dtype)
+        factor *= 1 - slope
+        factor += slope
+        self._cache = factor
+        return x * factor
 
     def backward(self, dy, need_dx=True):
-        if not need_dx:
-            return None
-        return np.where(self._cache, dy, dy * dy.dtype.type(self.negative_slope))
+        return dy * self._cache if need_dx else None
 
     def describe(self):
         return f"slope={self.negative_slope:g}"
@@ -66,15 +69,18 @@ class ELU(Activation):
     def forward(self, x, train=False):
         self._cache = x
         alpha = x.dtype.type(self.alpha)
-        # min(x, 0) keeps exp from overflowing in the branch that where() discards.
-        return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+        # Each term is zero on the other side of 0, so their sum is the piecewise function
+        # (and exp never sees a positive argument).
+        return np.maximum(x, 0) + alpha * np.expm1(np.minimum(x, 0))
 
     def backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         x = self._cache
         alpha = dy.dtype.type(self.alpha)
-        return np.where(x > 0, dy, dy * (alpha * np.exp(np.minimum(x, 0))))
+        slope = alpha * np.exp(np.minimum(x, 0))  # alpha for x > 0: corrected to 1 below
+        slope += (x > 0) * (1 - alpha)
+        return dy * slope
 
     def describe(self):
         return f"alpha={self.alpha:g}"
@@ -97,7 +103,9 @@ class GELU(Activation):
         if self.approximate == "tanh":
             inner = t(self._BETA) * (x + t(self._KAPPA) * x * x * x)
             return t(0.5) * x * (1 + np.tanh(inner))
-        return t(0.5) * x * (1 + erf(x * t(1 / math.sqrt(2.0))))
+        cdf = t(0.5) * (1 + erf(x * t(1 / math.sqrt(2.0))))
+        self._cdf = cdf
+        return x * cdf
 
     def backward(self, dy, need_dx=True):
         if not need_dx:
@@ -111,9 +119,8 @@ class GELU(Activation):
             right_derivative = (1 - tanh_inner * tanh_inner) * (
                 t(self._BETA) * (1 + t(3 * self._KAPPA) * x_sq))
             return dy * (t(0.5) * right + t(0.5) * x * right_derivative)
-        cdf = t(0.5) * (1 + erf(x * t(1 / math.sqrt(2.0))))
         pdf = np.exp(t(-0.5) * x * x) * t(1 / math.sqrt(2 * math.pi))
-        return dy * (cdf + x * pdf)
+        return dy * (self._cdf + x * pdf)
 
     def describe(self):
         return "" if self.approximate == "none" else "approximate=tanh"
@@ -152,9 +159,8 @@ class Sigmoid(Activation):
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function; exp only ever sees -|x|, so it cannot overflow."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    """Logistic function: exp(min(x, 0)) / (1 + exp(-|x|)); exp never overflows."""
+    return np.exp(np.minimum(x, 0)) / (1 + np.exp(-np.abs(x)))
 
 
 # ---------------------------------------------------------------- erf
@@ -181,10 +187,13 @@ _THRESH = 0.46875
 
 
 def erf(x) -> np.ndarray:
-    """The error function, element-wise (about 1e-16 relative error in float64)."""
+    """The error function, element-wise: Cody's rational approximations (about 1e-16
+    relative error) in float64, a faster branch-free rational (a few ulp) in float32."""
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
+    if x.dtype == np.float32:
+        return _erf_float32(x)
     y = np.abs(x)
     out = np.empty_like(x)
 
@@ -232,3 +241,29 @@ def _exp_minus_square(y: np.ndarray) -> np.ndarray:
     ysq = np.trunc(y * 16) / 16
     delta = (y - ysq) * (y + ysq)
     return np.exp(-ysq * ysq) * np.exp(-delta)
+
+
+# Eigen's generic_fast_erf_float (also used by XLA and TVM): erf(x) = x P(x^2) / Q(x^2) on
+# x clamped to [-4, 4], where float32 erf is already +-1. No masks, so it vectorises well.
+_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+          -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+          -1.60960333262415e-02)
+_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+         -7.37332916720468e-03, -1.42647390514189e-02)
+
+
+def _erf_float32(x: np.ndarray) -> np.ndarray:
+    f = np.float32
+    x = np.clip(x, f(-4.0), f(4.0))
+    x2 = x * x
+    p = np.full_like(x, f(_ALPHA[0]))
+    for c in _ALPHA[1:]:
+        p *= x2
+        p += f(c)
+    q = np.full_like(x, f(_BETA[0]))
+    for c in _BETA[1:]:
+        q *= x2
+        q += f(c)
+    p *= x
+    p /= q
+    return np.clip(p, f(-1.0), f(1.0), out=p)
