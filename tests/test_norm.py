@@ -167,3 +167,16 @@ def test_shapes_counts_and_errors():
         with pytest.raises(ConfigError) as err:
             make_layers(entry)
         assert err.value.key == key
+
+
+def test_float32_statistics_stay_accurate_on_large_batches():
+    x = (np.random.default_rng(0).standard_normal((4, 32, 32, 64)) * 3 + 5)
+    dy = np.random.default_rng(1).standard_normal(x.shape)
+    out = {}
+    for dtype in (np.float32, np.float64):
+        layer = build_layer(BatchNorm2d(), (4, 32, 32), dtype=dtype)
+        y = layer.forward(x.astype(dtype), train=True)
+        layer.backward(dy.astype(dtype))
+        out[dtype] = (y, layer.buffers["running_var"], layer.grads["weight"])
+    for got, want in zip(out[np.float32], out[np.float64], strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-5)
