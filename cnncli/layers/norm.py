@@ -58,10 +58,10 @@ class _BatchNorm(Layer):
         use_batch_stats = train or not self.track_running_stats
         if use_batch_stats:
             if train and count <= 1:
-                raise DataError(f"{self.name or self.type_name}: Expected more than 1 value per "
-                                f"channel when training, got input size "
-                                f"{[shape[-1], *shape[:-1]]}",
-                                hint="use a batch size > 1 (and drop a last batch of 1)")
+                raise DataError(f"Expected more than 1 value per channel when training, got "
+                                f"input size {[shape[-1], *shape[:-1]]}",
+                                layer=f"'{self.name}' ({self.type_name})",
+                                hint="train with batch_size >= 2 and no final batch of 1 sample")
             mean = x2.mean(axis=1)
             centred = x2 - mean[:, None]
             # Pairwise summation (mean/sum along the contiguous axis) keeps float32 close to
