@@ -70,6 +70,7 @@ class Run:
     best_metric: float | None = None
     best_epoch: int | None = None
     best_by: str = "val_accuracy"
+    best_loss: float | None = None
     stopped_early: bool = False
     test: dict | None = None
 
@@ -233,6 +234,7 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
         run.metrics = list(ckpt.metrics)
         run.best_metric = ckpt.best_metric
         run.best_epoch = ckpt.run_state.get("best_epoch")
+        run.best_loss = ckpt.run_state.get("best_loss")
         bad_epochs = ckpt.run_state.get("bad_epochs", 0)
         early_best = ckpt.run_state.get("early_best")
 
@@ -247,7 +249,8 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
                     rng_state={k: g.bit_generator.state for k, g in generators.items()},
                     normalization=dataset.normalization, class_names=dataset.class_names,
                     best_metric=run.best_metric, metrics=copy.deepcopy(run.metrics),
-                    run_state={"best_epoch": run.best_epoch, "bad_epochs": bad_epochs,
+                    run_state={"best_epoch": run.best_epoch, "best_loss": run.best_loss,
+                               "bad_epochs": bad_epochs,
                                "early_best": early_best, "best_by": run.best_by})
 
     consistent = snapshot(run.start_epoch)
@@ -283,10 +286,13 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
                    "val_accuracy": val_acc if has_val else None,
                    "lr": optimizer.lr, "seconds": round(time.perf_counter() - started, 3)}
             run.metrics.append(row)
-            score = row[run.best_by]
-            improved = _improved(score, run.best_metric, higher_is_better=True)
+            # best.npz: highest accuracy; at equal accuracy, the lower loss
+            score, score_loss = row[run.best_by], row[run.best_by.replace("accuracy", "loss")]
+            improved = _improved(score, run.best_metric, higher_is_better=True) or (
+                score == run.best_metric
+                and _improved(score_loss, run.best_loss, higher_is_better=False))
             if improved:
-                run.best_metric, run.best_epoch = score, epoch + 1
+                run.best_metric, run.best_loss, run.best_epoch = score, score_loss, epoch + 1
             if settings["early"]:
                 es = settings["early"]
                 value = row[es["metric"]]

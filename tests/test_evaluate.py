@@ -1,5 +1,8 @@
 """Evaluation metrics: a hand-worked example, scikit-learn as a reference, and edge cases."""
 
+import csv
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -86,3 +89,78 @@ def test_empty_split_and_bad_labels_are_data_errors():
         classification_report(np.zeros((0, 3)), np.zeros(0, np.int64), [])
     with pytest.raises(DataError, match="0..2"):
         classification_report(np.zeros((2, 3)), np.array([0, 3]), [])
+
+
+# ------------------------------------------------------------------ eval / predict commands
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run trained for 2 epochs on three separable classes of 1x4x4 images."""
+    from test_train import _blobs, _config
+
+    from cnncli.train import train
+
+    tmp = tmp_path_factory.mktemp("eval")
+    data = _blobs(tmp / "blobs.npz")
+    train(_config(data), out_dir=tmp / "run", epochs=2)
+    return tmp
+
+
+def _invoke(*args):
+    from click.testing import CliRunner
+
+    from cnncli.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_eval_json_fields_agree_with_the_model(trained):
+    from cnncli.checkpoint import load_checkpoint
+
+    result = _invoke("eval", trained / "run" / "best.npz", "--json", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for key in ("loss", "accuracy", "per_class", "confusion_matrix", "top_k_accuracy"):
+        assert key in report
+    assert {"class", "precision", "recall", "f1", "support"} <= set(report["per_class"][0])
+    with np.load(trained / "blobs.npz") as data:
+        y = data["y_test"]
+    assert report["checkpoint"].endswith("best.npz") and report["split"] == "test"
+    assert load_checkpoint(trained / "run" / "best.npz").epoch >= 1
+    cm = np.array(report["confusion_matrix"])
+    assert cm.sum() == len(y) and list(cm.sum(axis=1)) == list(np.bincount(y, minlength=3))
+    assert report["accuracy"] == pytest.approx(np.trace(cm) / len(y))
+
+
+def test_eval_table_and_split_choice(trained):
+    result = _invoke("eval", trained / "run", "--split", "val")
+    assert result.exit_code == 0, result.output
+    assert "on the val split: 24 images" in result.stdout
+    assert "confusion matrix" in result.stdout and "precision" in result.stdout
+
+
+def test_eval_missing_checkpoint_is_one_line(tmp_path):
+    result = _invoke("eval", tmp_path / "none.npz")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "no checkpoint" in result.stderr
+
+
+def test_predict_table_and_csv(trained, tmp_path):
+    with np.load(trained / "blobs.npz") as data:
+        np.save(tmp_path / "four.npy", data["x_test"][:4])
+        expected = data["y_test"][:4]
+    table = _invoke("predict", trained / "run" / "best.npz", tmp_path / "four.npy")
+    assert table.exit_code == 0, table.output
+    assert "four.npy" in table.stdout
+    out = tmp_path / "preds.csv"
+    result = _invoke("predict", trained / "run" / "best.npz", tmp_path / "four.npy", "--top",
+                     "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["input", "predicted", "probability", "class_2", "probability_2"]
+    assert len(rows) == 4
+    for row in rows:
+        assert 0 <= float(row["probability_2"]) <= float(row["probability"]) <= 1
+    # the trained model separates the blobs: predictions are the true classes
+    assert [int(r["predicted"]) for r in rows] == list(expected)

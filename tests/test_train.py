@@ -82,9 +82,10 @@ def test_run_directory_contents(tmp_path, blobs):
     assert last.epoch == 3 and last.step == 3 * 6  # 96 train images / batch 16
     assert len(last.metrics) == 3
     best = load_checkpoint(tmp_path / "run" / "best.npz")
-    accs = [r["val_accuracy"] for r in run.metrics]
-    assert best.epoch == run.best_epoch == 1 + int(np.argmax(accs))
-    assert best.best_metric == max(accs)
+    # best = highest val accuracy, ties broken by lower val loss
+    key = [(r["val_accuracy"], -r["val_loss"]) for r in run.metrics]
+    assert best.epoch == run.best_epoch == 1 + max(range(3), key=key.__getitem__)
+    assert best.best_metric == max(r["val_accuracy"] for r in run.metrics)
     assert run.test is not None and run.test["num_samples"] == 30
     # the model learns the blobs
     assert run.metrics[-1]["train_accuracy"] > 0.8
@@ -190,8 +191,9 @@ def test_best_by_train_accuracy_without_validation(tmp_path, blobs):
     run = train(cfg, out_dir=tmp_path / "r", epochs=3)
     assert run.best_by == "train_accuracy"
     assert all(r["val_loss"] is None for r in run.metrics)
-    accs = [r["train_accuracy"] for r in run.metrics]
-    assert load_checkpoint(tmp_path / "r" / "best.npz").epoch == 1 + int(np.argmax(accs))
+    key = [(r["train_accuracy"], -r["train_loss"]) for r in run.metrics]
+    assert load_checkpoint(tmp_path / "r" / "best.npz").epoch == \
+        1 + max(range(3), key=key.__getitem__)
 
 
 # ------------------------------------------------------------------ parity with PyTorch
@@ -246,3 +248,75 @@ def test_train_monkeypatched_step_counts(tmp_path, blobs, monkeypatch):
     run = train(_config(blobs), out_dir=tmp_path / "r", epochs=2)
     n = len(run.dataset.y_train)
     assert sum(seen) == 2 * n and len(seen) == 2 * -(-n // 16)
+
+
+# ------------------------------------------------------------------ the command line
+
+def _write_config(tmp_path, blobs, **train):
+    path = tmp_path / "blobs.yaml"
+    path.write_text(yaml.safe_dump(_config(blobs, **train), sort_keys=False))
+    return path
+
+
+def test_cli_train_prints_one_line_per_epoch_and_a_table(tmp_path, blobs):
+    from click.testing import CliRunner
+
+    from cnncli.cli import main
+
+    config = _write_config(tmp_path, blobs)
+    result = CliRunner().invoke(main, ["train", str(config), "--epochs", "2", "--out",
+                                       str(tmp_path / "run"), "--batch-size", "32"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("epoch ") for line in lines) == 2
+    assert any(line.startswith("epoch 2/2  train loss") and "val loss" in line for line in lines)
+    assert "training summary" in result.stdout and "test accuracy" in result.stdout
+    assert "\r" not in result.stdout  # no progress bar when stdout is not a terminal
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["batch_size"] == 32 and saved["train"]["epochs"] == 2
+    quiet = CliRunner().invoke(main, ["train", str(config), "--epochs", "1", "--quiet",
+                                      "--out", str(tmp_path / "q")])
+    assert quiet.exit_code == 0 and "epoch 1/1" not in quiet.stdout
+    assert "best val_accuracy" in quiet.stdout
+
+
+def test_cli_ctrl_c_saves_and_prints_resume_command(tmp_path, blobs, monkeypatch):
+    from click.testing import CliRunner
+
+    from cnncli.cli import main
+
+    config = _write_config(tmp_path, blobs)
+    calls = []
+    real = train_mod.train_step
+
+    def interrupting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:  # in epoch 2 (6 batches per epoch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", interrupting)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(config), "--out", str(out)])
+    assert result.exit_code == 130
+    assert f"resume with: cnncli train {config} --resume {out}" in result.stderr
+    assert load_checkpoint(out / "last.npz").epoch == 1
+    monkeypatch.setattr(train_mod, "train_step", real)
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming blobs" in resumed.stdout
+    assert load_checkpoint(out / "last.npz").epoch == 4
+
+
+def test_cli_errors_are_one_line(tmp_path, blobs):
+    from click.testing import CliRunner
+
+    from cnncli.cli import main
+
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    result = CliRunner().invoke(main, ["train", "--resume", str(bad)])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "truncated or corrupt" in result.stderr
+    result = CliRunner().invoke(main, ["train"])
+    assert result.exit_code == 2 and "CONFIG" in result.stderr

@@ -209,8 +209,7 @@ def _report_tables(report: dict, class_names: list[str]):
     cm = report["confusion_matrix"]
     if len(cm) > 30:
         return [per_class]
-    matrix = Table(title="confusion matrix (rows: true class, columns: predicted)",
-                   title_justify="left")
+    matrix = Table()
     matrix.add_column("true \\ pred", justify="right")
     names = [row["class"] for row in report["per_class"]]
     for name in names:
@@ -219,7 +218,7 @@ def _report_tables(report: dict, class_names: list[str]):
         cells = [f"[bold]{c}[/bold]" if i == j and c else (str(c) if c else "[dim]·[/dim]")
                  for j, c in enumerate(counts)]
         matrix.add_row(name, *cells)
-    return [per_class, matrix]
+    return [per_class, "confusion matrix (rows: true class, columns: predicted class)", matrix]
 
 
 @main.command("eval")
@@ -250,11 +249,11 @@ def eval_command(checkpoint, data, split, as_json, top_k):
         click.echo(json.dumps(report, indent=2))
         return
     console = _console()
-    console.print(f"{ckpt.path} (epoch {ckpt.epoch}) on the {split} split: "
-                  f"{report['num_samples']} images")
-    console.print(f"loss {report['loss']:.4f}   accuracy {_pct(report['accuracy'])}   "
-                  f"top-{report['top_k']} accuracy {_pct(report['top_k_accuracy'])}   "
-                  f"macro F1 {report['macro_f1']:.3f}")
+    click.echo(f"{ckpt.path} (epoch {ckpt.epoch}) on the {split} split: "
+               f"{report['num_samples']} images")
+    click.echo(f"loss {report['loss']:.4f}   accuracy {_pct(report['accuracy'])}   "
+               f"top-{report['top_k']} accuracy {_pct(report['top_k_accuracy'])}   "
+               f"macro F1 {report['macro_f1']:.3f}")
     for table in _report_tables(report, class_names):
         console.print(table)
 
