@@ -101,10 +101,13 @@ class GELU(Activation):
         self._cache = x
         t = x.dtype.type
         if self.approximate == "tanh":
-            inner = t(self._BETA) * (x + t(self._KAPPA) * x * x * x)
-            return t(0.5) * x * (1 + np.tanh(inner))
+            # The same operation order as PyTorch's kernel, so results agree to the ulp.
+            x_sq = x * x
+            tanh_inner = np.tanh(t(self._BETA) * (x + t(self._KAPPA) * (x_sq * x)))
+            self._aux = (x_sq, tanh_inner)
+            return t(0.5) * x * (1 + tanh_inner)
         cdf = t(0.5) * (1 + erf(x * t(1 / math.sqrt(2.0))))
-        self._cdf = cdf
+        self._aux = cdf
         return x * cdf
 
     def backward(self, dy, need_dx=True):
@@ -113,14 +116,12 @@ class GELU(Activation):
         x = self._cache
         t = x.dtype.type
         if self.approximate == "tanh":
-            x_sq = x * x
-            tanh_inner = np.tanh(t(self._BETA) * (x + t(self._KAPPA) * x_sq * x))
-            right = 1 + tanh_inner
+            x_sq, tanh_inner = self._aux
             right_derivative = (1 - tanh_inner * tanh_inner) * (
                 t(self._BETA) * (1 + t(3 * self._KAPPA) * x_sq))
-            return dy * (t(0.5) * right + t(0.5) * x * right_derivative)
+            return dy * (t(0.5) * (1 + tanh_inner) + t(0.5) * x * right_derivative)
         pdf = np.exp(t(-0.5) * x * x) * t(1 / math.sqrt(2 * math.pi))
-        return dy * (self._cdf + x * pdf)
+        return dy * (self._aux + x * pdf)
 
     def describe(self):
         return "" if self.approximate == "none" else "approximate=tanh"
