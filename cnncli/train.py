@@ -197,6 +197,12 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
         ckpt = load_checkpoint(resolve_resume_path(resume))
         if config is None:
             config = ckpt.config
+    if config is None:
+        raise ConfigError("no config to train: give a config file or a run to resume")
+    if ckpt is not None and seed is not None and seed != ckpt.config.get("seed"):
+        raise ConfigError(f"--seed {seed} differs from the resumed run's seed "
+                          f"{ckpt.config.get('seed')!r}; it would change the data split",
+                          key="seed", hint="drop --seed when resuming")
     cfg = apply_overrides(config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     settings = _train_settings(cfg)
     run_seed = int(cfg.get("seed") or 0)
