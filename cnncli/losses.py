@@ -24,7 +24,8 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 def softmax_cross_entropy(logits: np.ndarray, labels, label_smoothing: float = 0.0):
     """Mean cross-entropy of ``logits`` (N, K) against int ``labels`` (N,).
 
-    Returns ``(loss, dlogits)``: a Python float and dL/dlogits with the logits' shape and dtype.
+    Returns ``(loss, dlogits)``: a Python float and dL/dlogits shaped like the logits
+    (float logits keep their dtype; integer logits give float64).
     Label smoothing targets ``(1 - eps) * onehot + eps / K``, exactly as PyTorch.
     """
     logits = np.asarray(logits)
@@ -46,9 +47,9 @@ def softmax_cross_entropy(logits: np.ndarray, labels, label_smoothing: float = 0
     # d/dz of -sum(target * log_softmax(z)) is softmax(z) - target (targets sum to 1).
     grad = np.exp(logp)
     if eps:
-        grad -= logits.dtype.type(eps / k)
-    grad[rows, labels] -= logits.dtype.type(1 - eps)
-    grad /= logits.dtype.type(n)
+        grad -= grad.dtype.type(eps / k)
+    grad[rows, labels] -= grad.dtype.type(1 - eps)
+    grad /= grad.dtype.type(n)
     return loss, grad
 
 

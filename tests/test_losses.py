@@ -86,3 +86,11 @@ def test_bad_logits_and_smoothing():
         with pytest.raises(ConfigError) as err:
             softmax_cross_entropy(np.zeros((1, 2)), [0], bad)
         assert err.value.key == "label_smoothing"
+
+
+def test_integer_logits_give_the_same_result_as_float_logits():
+    ints = np.array([[1, 2, 3], [0, -4, 2]])
+    a = softmax_cross_entropy(ints, [2, 0], 0.2)
+    b = softmax_cross_entropy(ints.astype(np.float64), [2, 0], 0.2)
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
