@@ -207,3 +207,19 @@ def test_whole_model_gradient_with_loss_matches_finite_differences():
 def test_init_schemes_are_listed():
     assert INIT_SCHEMES == ("default", "he_normal", "he_uniform", "glorot_uniform",
                             "glorot_normal")
+
+
+@pytest.mark.parametrize("entry", [
+    {"type": "flatten"}, {"type": "dense", "units": 3, "bias": False, "init": "he_uniform"},
+    {"type": "relu", "name": "act"}, {"type": "leaky_relu", "negative_slope": 0.2},
+    {"type": "elu", "alpha": 0.5}, {"type": "gelu", "approximate": "tanh"}, {"type": "tanh"},
+    {"type": "sigmoid"}, {"type": "dropout", "p": 0.1},
+    {"type": "batchnorm1d", "momentum": None, "affine": False},
+    {"type": "batchnorm2d", "eps": 1e-3, "track_running_stats": False}])
+def test_get_config_rebuilds_the_same_layer(entry):
+    (layer,) = make_layers(entry)
+    config = layer.get_config()
+    for key, value in entry.items():
+        assert config[key] == value
+    (again,) = make_layers(config)
+    assert again.get_config() == config
