@@ -223,3 +223,10 @@ def test_get_config_rebuilds_the_same_layer(entry):
         assert config[key] == value
     (again,) = make_layers(config)
     assert again.get_config() == config
+
+
+def test_an_empty_batch_passes_through_in_eval():
+    entries = [{"type": "batchnorm2d"}, {"type": "flatten"}, {"type": "dropout"},
+               {"type": "dense", "units": 3, "activation": "gelu"}, {"type": "batchnorm1d"}]
+    model = model_from_entries((2, 4, 4), entries)
+    assert model.forward(np.zeros((0, 2, 4, 4), np.float32)).shape == (0, 3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ShapeError
@@ -51,7 +53,7 @@ class Dense(Layer):
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         self._x_shape = x.shape
-        x = x.reshape(-1, x.shape[-1])  # spatial (C, H, W, N) -> (C*H*W, N), free
+        x = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (C, H, W, N) -> (C*H*W, N)
         self._x = x
         y = self.params["weight"] @ x
         if self.bias:

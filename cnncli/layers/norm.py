@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import DataError, ShapeError
@@ -52,7 +54,7 @@ class _BatchNorm(Layer):
 
     def forward(self, x, train=False):
         shape = x.shape
-        x2 = x.reshape(shape[0], -1)
+        x2 = x.reshape(shape[0], math.prod(shape[1:]))
         count = x2.shape[1]
         t = x.dtype.type
         use_batch_stats = train or not self.track_running_stats
@@ -96,7 +98,7 @@ class _BatchNorm(Layer):
 
     def backward(self, dy, need_dx=True):
         x_hat, inv_std, batch_stats, shape = self._cache
-        dy2 = dy.reshape(shape[0], -1)
+        dy2 = dy.reshape(shape[0], math.prod(shape[1:]))
         sum_dy = dy2.sum(axis=1)
         sum_dy_xhat = (dy2 * x_hat).sum(axis=1)
         if self.affine:

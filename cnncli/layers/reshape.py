@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..registry import register
@@ -23,7 +25,7 @@ class Flatten(Layer):
         # (C, H, W, N) -> (C*H*W, N): the batch stays last, so C,H,W order is kept
         # and a C-contiguous input needs no copy.
         self._in_shape = x.shape
-        return x.reshape(-1, x.shape[-1])
+        return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
     def backward(self, dy: np.ndarray, need_dx: bool = True):
         return dy.reshape(self._in_shape) if need_dx else None
