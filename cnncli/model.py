@@ -12,7 +12,6 @@ from . import registry
 from .errors import CheckpointError, ConfigError, DataError
 from .layers.base import Layer, from_internal, hyperparameters, to_internal
 
-
 _EMPTY = inspect.Parameter.empty
 
 
@@ -85,7 +84,7 @@ class Model:
         _assign_names(self.layers)
         rng = np.random.default_rng(seed)
         self.shapes = [self.input_shape]
-        for layer, label in zip(self.layers, self.labels):
+        for layer, label in zip(self.layers, self.labels, strict=True):
             try:
                 layer.build(self.shapes[-1], rng, self.dtype)
                 self.shapes.append(tuple(layer.output_shape(self.shapes[-1])))
@@ -101,15 +100,15 @@ class Model:
         """NCHW batch -> logits (N, classes)."""
         x = np.asarray(x)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
-            raise DataError(f"model expects input of shape (N, {', '.join(map(str, self.input_shape))}),"
-                            f" got {tuple(x.shape)}")
+            dims = ", ".join(map(str, self.input_shape))
+            raise DataError(f"model expects input of shape (N, {dims}), got {tuple(x.shape)}")
         h = to_internal(x.astype(self.dtype, copy=False))
         for layer in self.layers:
             h = layer.forward(h, train=train)
         return from_internal(h)
 
     def backward(self, dlogits: np.ndarray, need_input_grad: bool = True):
-        """Backpropagate dL/dlogits (N, classes); accumulate parameter grads; return dL/dx (NCHW)."""
+        """Backpropagate dL/dlogits (N, classes); accumulate parameter grads; return dL/dx."""
         g = to_internal(np.asarray(dlogits, dtype=self.dtype))
         for i in range(len(self.layers) - 1, -1, -1):
             g = self.layers[i].backward(g, need_dx=need_input_grad or i > 0)
