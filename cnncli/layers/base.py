@@ -94,15 +94,16 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: i
                      dilation: int = 1, ceil_mode: bool = False) -> int:
     """PyTorch's output-size formula: floor((H + 2p - d(k-1) - 1) / s) + 1 (or ceil).
 
-    With ceil_mode, the last window must start inside the input or left padding.
+    With ceil_mode, the last window must start inside the input or left padding; as in
+    PyTorch, ceil_mode also allows one window a little larger than the padded input.
     """
     span = size + pad_lo + pad_hi - dilation * (kernel - 1) - 1
-    if span < 0:
+    if span < 0 and not ceil_mode:
         return 0
     out = (-(-span // stride) if ceil_mode else span // stride) + 1
     if ceil_mode and (out - 1) * stride >= size + pad_lo:
         out -= 1
-    return out
+    return max(out, 0)
 
 
 # ---------------------------------------------------------------- base class
