@@ -99,8 +99,9 @@ def parse_yaml(text: str, file="<config>") -> tuple[object, dict]:
                                for ln in text.splitlines()):
         raise ConfigError("config file is empty", file=file,
                           hint="it needs at least model: input_shape and layers")
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as err:
         raise _yaml_error(err, file) from None
@@ -114,7 +115,9 @@ def parse_yaml(text: str, file="<config>") -> tuple[object, dict]:
     except RecursionError:
         raise ConfigError(f"config is nested too deeply (more than {MAX_DEPTH} levels)",
                           file=file) from None
-    if root is None:
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
+        if loader is not None:
+            loader.dispose()
         raise ConfigError("config file is empty", file=file,
                           hint="it needs at least model: input_shape and layers")
     locations: dict = {}
@@ -124,6 +127,10 @@ def parse_yaml(text: str, file="<config>") -> tuple[object, dict]:
     finally:
         loader.dispose()
     return data, locations
+
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
 class _Builder:
@@ -144,6 +151,11 @@ class _Builder:
             raise ConfigError(f"config is nested too deeply (more than {MAX_DEPTH} levels)",
                               file=self.file, line=line, column=col)
         self.locations.setdefault(path, (line, col))
+        if (isinstance(node, (yaml.MappingNode, yaml.SequenceNode))
+                and node.tag not in (_MAP_TAG, _SEQ_TAG)):
+            raise ConfigError(f"YAML tag {node.tag!r} is not allowed in a config",
+                              file=self.file, line=line, column=col,
+                              hint="use plain mappings, lists and values")
         if isinstance(node, yaml.MappingNode):
             out = {}
             for key_node, value_node in node.value:

@@ -39,8 +39,9 @@ def _warn(warnings) -> None:
 
 
 def checked_from(path: str, input_shape=None):
-    """Check a config file, or the config stored in a checkpoint (.npz)."""
-    if Path(path).suffix.lower() == ".npz":
+    """Check a config file, or the config stored in a checkpoint (.npz or a run directory)."""
+    p = Path(path)
+    if p.suffix.lower() == ".npz" or (p.is_dir() and (p / "last.npz").exists()):
         from ..checkpoint import load_checkpoint
 
         cfg = load_checkpoint(path).config
