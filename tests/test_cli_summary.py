@@ -1,0 +1,145 @@
+"""`cnncli summary`, `cnncli config`, `cnncli layers` through Click's test runner."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from click.testing import CliRunner
+
+from cnncli import build_model
+from cnncli.cli import main
+from cnncli.config import load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DIGITS = str(CONFIGS / "digits.yaml")
+
+
+def run(*args):
+    result = CliRunner().invoke(main, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    return result
+
+
+def test_summary_table():
+    result = run("summary", DIGITS)
+    assert result.exit_code == 0, result.output
+    for name in ("conv1", "conv2", "pool", "fc1", "out", "total params", "MACs"):
+        assert name in result.stdout
+    assert result.stderr == ""
+
+
+def test_summary_json_schema():
+    result = run("summary", DIGITS, "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["input_shape"] == [1, 8, 8]
+    for key in ("layers", "total_params", "trainable_params", "total_macs"):
+        assert key in data
+    model = build_model(DIGITS)
+    assert len(data["layers"]) == len(model.layers)
+    for row, layer, shape in zip(data["layers"], model.layers, model.shapes[1:], strict=True):
+        assert {"name", "type", "output_shape", "params", "macs", "receptive_field",
+                "jump"} <= set(row)
+        assert row["name"] == layer.name and row["type"] == layer.type_name
+        assert row["output_shape"] == list(shape)
+        assert len(row["receptive_field"]) == 2 and len(row["jump"]) == 2
+    assert data["total_params"] == sum(v.size for _, v, _ in model.parameters())
+    assert data["total_macs"] == sum(r["macs"] for r in data["layers"])
+    assert run("summary", DIGITS, "--format", "json").stdout == result.stdout
+
+
+def test_summary_csv_and_markdown():
+    rows = list(csv.DictReader(io.StringIO(run("summary", DIGITS, "--format", "csv").stdout)))
+    assert rows[0]["name"] == "conv1" and rows[0]["output_shape"] == "16x8x8"
+    assert rows[-1]["output_shape"] == "10"
+    md = run("summary", DIGITS, "--format", "markdown").stdout
+    assert md.startswith("| # | layer |") and "| conv1 | conv2d |" in md
+
+
+def test_input_shape_override_and_batch_size():
+    data = json.loads(run("summary", DIGITS, "--json", "--input-shape", "1,16,16",
+                          "--batch-size", "8").stdout)
+    assert data["input_shape"] == [1, 16, 16]
+    assert data["layers"][0]["output_shape"] == [16, 16, 16]
+    assert data["batch_size"] == 8
+
+
+def test_bad_input_shape_is_one_line():
+    result = run("summary", DIGITS, "--input-shape", "1,x,8")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "--input-shape" in result.stderr
+
+
+def test_shape_override_that_breaks_the_model_is_located():
+    result = run("summary", DIGITS, "--input-shape", "1,1,1")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("cnncli: error: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_broken_config_exit_2_one_line(tmp_path):
+    path = tmp_path / "net.yaml"
+    path.write_text("model:\n  input_shape: [1, 8, 8]\n  layers:\n"
+                    "    - {type: conv2d, name: c, out_channels: 4, kernel_size: -3}\n")
+    result = run("summary", str(path))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"cnncli: error: {path}:4:48: layer 1 'c' (conv2d): ")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_missing_file_exit_2(tmp_path):
+    result = run("summary", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2 and "not found" in result.stderr
+
+
+def test_warning_goes_to_stderr(tmp_path):
+    path = tmp_path / "net.yaml"
+    path.write_text("model:\n  input_shape: [1, 7, 7]\n  layers:\n"
+                    "    - {type: maxpool2d, kernel_size: 2}\n"
+                    "    - {type: flatten}\n    - {type: dense, units: 2}\n")
+    result = run("summary", str(path), "--json")
+    assert result.exit_code == 0
+    assert result.stderr.startswith(f"cnncli: warning: {path}:4:8: layer 1 (maxpool2d): ")
+    assert result.stderr.count("\n") == 1
+    json.loads(result.stdout)
+
+
+def test_config_command_prints_resolved_yaml():
+    result = run("config", DIGITS)
+    assert result.exit_code == 0
+    printed = yaml.safe_load(result.stdout)
+    assert printed == load_config(DIGITS)
+    assert printed["data"]["augment"] == {"random_crop": 0, "horizontal_flip": False}
+
+
+def test_layers_command():
+    result = run("layers")
+    assert result.exit_code == 0
+    for name in ("conv2d", "dense", "maxpool2d", "relu", "flatten", "batchnorm2d"):
+        assert name in result.stdout
+    data = {e["type"]: e for e in json.loads(run("layers", "--json").stdout)}
+    assert "linear" in data["dense"]["aliases"]
+    assert data["conv2d"]["hyperparameters"]["kernel_size"] == "<required>"
+    assert data["conv2d"]["hyperparameters"]["stride"] == 1
+    assert data["conv2d"]["key_aliases"] == {"filters": "out_channels"}
+    assert data["relu"]["is_activation"] and data["conv2d"]["accepts_activation"]
+
+
+def test_summary_of_a_checkpoint(tmp_path):
+    from cnncli.checkpoint import save_checkpoint
+
+    cfg = load_config(DIGITS)
+    model = build_model(cfg)
+    path = save_checkpoint(tmp_path / "last.npz", config=cfg, model_state=model.state_dict())
+    from_ckpt = json.loads(run("summary", str(path), "--json").stdout)
+    from_yaml = json.loads(run("summary", DIGITS, "--json").stdout)
+    assert from_ckpt == from_yaml
+    assert json.loads(run("summary", str(tmp_path), "--json").stdout) == from_yaml
+    assert np.isfinite(from_ckpt["params_mb"])
