@@ -1,0 +1,82 @@
+"""Hot array code for windowed layers on the batch-last (C, H, W, N) layout.
+
+im2col is a strided view copied into a reused buffer; col2im is kh*kw strided adds into a
+padded buffer (never ``np.add.at``). Nothing here allocates per call except where noted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+#: Largest im2col matrix (bytes) built in one piece; bigger layers are chunked over output rows.
+IM2COL_MAX_BYTES = 64 * 2**20
+
+Pair = tuple[int, int]
+
+
+class BufferPool:
+    """Arrays reused across steps, keyed by role; reallocated only when shape or dtype changes."""
+
+    def __init__(self):
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, role: str, shape, dtype, zero: bool = False) -> np.ndarray:
+        shape = tuple(int(s) for s in shape)
+        arr = self._arrays.get(role)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            arr = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+            self._arrays[role] = arr
+        elif zero:
+            arr.fill(0)
+        return arr
+
+    def clear(self) -> None:
+        self._arrays.clear()
+
+
+def pad_into(buf: np.ndarray, x: np.ndarray, top: int, left: int) -> np.ndarray:
+    """Copy x (C, H, W, N) into buf at (top, left); buf's border must already be zero."""
+    _, h, w, _ = x.shape
+    np.copyto(buf[:, top:top + h, left:left + w, :], x, casting="same_kind")
+    return buf
+
+
+def window_view(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out_w: int,
+                row0: int, rows: int) -> np.ndarray:
+    """Read-only (C, kh, kw, rows, W', N) view of xp: every window tap for output rows
+    [row0, row0 + rows)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    sc, sy, sx, sn = xp.strides
+    base = xp[:, row0 * sh:]
+    return as_strided(base, shape=(xp.shape[0], kh, kw, rows, out_w, xp.shape[3]),
+                      strides=(sc, dh * sy, dw * sx, sh * sy, sw * sx, sn), writeable=False)
+
+
+def im2col(xp: np.ndarray, cols: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair,
+           out_w: int, row0: int, rows: int) -> np.ndarray:
+    """Fill cols (C*kh*kw, rows*W'*N) from the padded input xp; returns cols."""
+    view = window_view(xp, kernel, stride, dilation, out_w, row0, rows)
+    np.copyto(cols.reshape(view.shape), view, casting="same_kind")
+    return cols
+
+
+def col2im_add(dxp: np.ndarray, dcols: np.ndarray, kernel: Pair, stride: Pair,
+               dilation: Pair, out_w: int, row0: int, rows: int) -> None:
+    """Add dcols (C*kh*kw, rows*W'*N) back onto the padded gradient dxp (C, Hp, Wp, N)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    c, n = dxp.shape[0], dxp.shape[3]
+    d6 = dcols.reshape(c, kh, kw, rows, out_w, n)
+    for i in range(kh):
+        top = row0 * sh + i * dh
+        rs = slice(top, top + (rows - 1) * sh + 1, sh)
+        for j in range(kw):
+            cs = slice(j * dw, j * dw + (out_w - 1) * sw + 1, sw)
+            dxp[:, rs, cs, :] += d6[:, i, j]
+
+
+def row_chunks(out_h: int, bytes_per_row: int, limit: int | None = None) -> list[tuple[int, int]]:
+    """Split output rows into (row0, rows) pieces whose im2col matrix fits in ``limit`` bytes."""
+    limit = IM2COL_MAX_BYTES if limit is None else limit
+    per = max(1, min(out_h, limit // max(bytes_per_row, 1)))
+    return [(r, min(per, out_h - r)) for r in range(0, out_h, per)]
