@@ -216,7 +216,7 @@ class MaxPool2d(WindowPool):
         views = [xp[:, rows, cols] for rows, cols in plan.offsets]
         self._plan, self._x_shape = plan, x.shape
         if len(views) == 1:
-            self._argmax = np.zeros(x.shape, np.uint8) if train else None
+            self._argmax = np.zeros(views[0].shape, np.uint8) if train else None
             return views[0].copy()
         out = np.maximum(views[0], views[1])
         if not train:
