@@ -66,11 +66,11 @@ class ReceptiveBox:
 
 def layer_geometry(layer, in_shape, out_shape):
     """``layer.geometry`` or, for a global pool without one ((C, H, W) -> (C, 1, 1)), one window
-    covering the whole input."""
+    covering the whole input (stride = its size, as the summary counts the jump)."""
     geometry = layer.geometry(in_shape) if len(in_shape) == 3 else None
     if (geometry is None and len(in_shape) == 3 and len(out_shape) == 3
             and tuple(out_shape[1:]) == (1, 1) and tuple(in_shape[1:]) != (1, 1)):
-        return (in_shape[1], in_shape[2]), (1, 1), (0, 0), (1, 1)
+        return (in_shape[1], in_shape[2]), (in_shape[1], in_shape[2]), (0, 0), (1, 1)
     return geometry
 
 

@@ -355,3 +355,19 @@ def test_cli_filters_rgb_and_untrained_config(tmp_path):
     config = write_config(tmp_path / "net.yaml", (3, 6, 6), entries)
     result = run_cli("show", config, "--filters", "--out", tmp_path / "init.png")
     assert result.exit_code == 0 and "initial, untrained weights" in result.output
+
+
+@pytest.mark.parametrize("name", ["digits", "lenet5", "cifar_small", "alexnet"])
+def test_box_sizes_and_jumps_agree_with_the_summary(name):
+    from pathlib import Path
+
+    from cnncli.config import check_config
+    from cnncli.summary import receptive_fields
+
+    path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
+    checked = check_config(path)
+    fields = receptive_fields(checked.layers, checked.shapes)
+    last = receptive.last_spatial_index(checked.layers, checked.shapes[0])
+    for i in range(last + 1):
+        box = receptive.input_box(checked.layers, checked.shapes[0], i)
+        assert list(box.size) == list(fields[i][0]) and list(box.jump) == list(fields[i][1])

@@ -41,7 +41,8 @@ def plot_command(run_dirs, out, terminal):
 # ---------------------------------------------------------------- show
 
 def _is_checkpoint(path: Path) -> bool:
-    return path.suffix.lower() == ".npz"
+    """A ``.npz`` checkpoint, or a run directory (its ``last.npz``)."""
+    return path.suffix.lower() == ".npz" or (path.is_dir() and (path / "last.npz").exists())
 
 
 def _load_checkpoint(path: Path):
@@ -61,26 +62,14 @@ def _model_and_meta(path: Path):
 
 
 def _layer_stack(path: Path):
-    """(layers with names, input shape) of a config or checkpoint, without allocating weights."""
-    from ..config import load_config, model_section
-    from ..model import _assign_names, layer_label, make_layers
+    """(named unbuilt layers, input shape) of a config or checkpoint: no weights allocated."""
+    from ..config import check_config, check_data
 
-    cfg = _load_checkpoint(path).config if _is_checkpoint(path) else load_config(path)
-    section = model_section(cfg)
-    layers, labels = [], []
-    for index, entry in enumerate(section["layers"], start=1):
-        made = make_layers(entry)
-        layers.extend(made)
-        labels.extend([layer_label(index, entry.get("name"), entry.get("type"))] * len(made))
-    _assign_names(layers)
-    input_shape = tuple(int(v) for v in section["input_shape"])
-    shape = input_shape
-    for layer, label in zip(layers, labels, strict=True):
-        try:
-            shape = layer.output_shape(shape)
-        except ConfigError as err:
-            raise err.located(layer=label) from None
-    return layers, input_shape
+    if _is_checkpoint(path):
+        checked = check_data(_load_checkpoint(path).config, file=str(path))
+    else:
+        checked = check_config(path)
+    return checked.layers, tuple(checked.shapes[0])
 
 
 def _find_layer(layers, name: str) -> int:
@@ -93,6 +82,8 @@ def _find_layer(layers, name: str) -> int:
 
 def _default_out(source: Path, stem: str) -> Path:
     """Beside a checkpoint (its run directory); in the current directory for a config."""
+    if source.is_dir():
+        return source / f"{stem}.png"
     return source.parent / f"{stem}.png" if _is_checkpoint(source) else Path(f"{stem}.png")
 
 
@@ -108,7 +99,7 @@ def _parse_at(text: str | None):
 
 
 @main.command("show")
-@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.argument("source", type=click.Path(exists=True, path_type=Path),
                 metavar="CHECKPOINT_OR_CONFIG")
 @click.option("--filters", "mode", flag_value="filters", help="Grid of a conv layer's kernels.")
 @click.option("--features", "features_input", metavar="INPUT", default=None,
