@@ -1,0 +1,196 @@
+"""One timed run of one framework, in its own process; prints a JSON line.
+
+Used by compare_torch.py, which starts it once per (framework, network, batch size) so
+that neither framework shares an interpreter, allocator or thread pool with the other.
+
+    python bench_worker.py --framework cnncli|torch --config configs/lenet5.yaml
+        --batch-size 64 --steps 30 --warmup 5 --threads 2
+
+The torch side needs PyTorch: ``pip install torch==2.13.0`` (pinned; the figures in
+RESULTS.md are for that version). It builds the network from the same YAML config with
+torch.nn (lazy layers infer the input sizes) and never imports cnncli; the cnncli side never
+imports torch. The thread variables must be set by the parent before this process starts.
+
+Memory: ``step_peak_rss_mb`` is the rise of the resident set during the training steps over
+the resident set just before them (the kernel's high-water mark is reset via
+/proc/self/clear_refs first), so library and interpreter size do not count;
+``process_peak_rss_mb`` is the whole process's peak (ru_maxrss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import numpy as np
+import yaml
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux only); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _timed(fn, steps: int, warmup: int) -> list[float]:
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+# ---------------------------------------------------------------- cnncli
+
+def cnncli_runner(config: dict, x: np.ndarray, y: np.ndarray, threads: int):
+    from cnncli import build_model
+    from cnncli.optim import SGD
+    from cnncli.train import train_step
+
+    model = build_model(config)
+    optimizer = SGD(lr=0.01, momentum=0.9)
+
+    def train():
+        train_step(model, optimizer, x, y)
+
+    def infer():
+        model.forward(x, train=False)
+
+    return train, infer
+
+
+# ---------------------------------------------------------------- torch
+
+def torch_net(config: dict):
+    """torch.nn.Sequential for a cnncli config's ``model.layers`` (the types the benchmarks use)."""
+    import torch.nn as nn
+
+    acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
+            "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
+    mods = []
+    for entry in config["model"]["layers"]:
+        e = dict(entry)
+        kind = e.pop("type")
+        e.pop("name", None)
+        act = e.pop("activation", None)
+        if kind == "conv2d":
+            mods.append(nn.LazyConv2d(
+                e.pop("out_channels", e.pop("filters", None)), e.pop("kernel_size"),
+                stride=e.pop("stride", 1), padding=e.pop("padding", 0),
+                dilation=e.pop("dilation", 1), groups=e.pop("groups", 1),
+                bias=e.pop("bias", True)))
+        elif kind in ("maxpool2d", "avgpool2d"):
+            cls = nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d
+            mods.append(cls(e.pop("kernel_size"), stride=e.pop("stride", None),
+                            padding=e.pop("padding", 0), ceil_mode=e.pop("ceil_mode", False)))
+        elif kind == "flatten":
+            mods.append(nn.Flatten())
+        elif kind in ("dense", "linear"):
+            mods.append(nn.LazyLinear(e.pop("units", e.pop("out_features", None)),
+                                      bias=e.pop("bias", True)))
+        elif kind == "dropout":
+            mods.append(nn.Dropout(e.pop("p", 0.5)))
+        elif kind in ("batchnorm2d", "batch_norm2d"):
+            mods.append(nn.LazyBatchNorm2d())
+        elif kind in acts:
+            mods.append(acts[kind]())
+        else:
+            raise SystemExit(f"bench_worker: layer type {kind!r} has no torch equivalent here")
+        if e:
+            raise SystemExit(f"bench_worker: {kind} keys {sorted(e)} not mapped to torch")
+        if act:
+            mods.append(acts[act]())
+    return nn.Sequential(*mods)
+
+
+def torch_runner(config: dict, x: np.ndarray, y: np.ndarray, threads: int):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = torch_net(config)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    with torch.no_grad():
+        net(xt[:1])  # materialise the lazy layers
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def train():
+        net.train()
+        optimizer.zero_grad(set_to_none=True)
+        logits = net(xt)
+        loss = F.cross_entropy(logits, yt)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+
+    def infer():
+        net.eval()
+        with torch.inference_mode():
+            net(xt)
+
+    return train, infer
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--framework", choices=("cnncli", "torch"), required=True)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    with open(args.config) as fh:
+        config = yaml.safe_load(fh)
+    rng = np.random.default_rng(0)
+    shape = tuple(config["model"]["input_shape"])
+    classes = config["model"]["layers"][-1].get("units", 10)
+    x = rng.standard_normal((args.batch_size,) + shape, dtype=np.float32)
+    y = rng.integers(0, classes, size=args.batch_size)
+
+    runner = cnncli_runner if args.framework == "cnncli" else torch_runner
+    train, infer = runner(config, x, y, args.threads)
+
+    base_kb = _status_kb("VmRSS")
+    reset = _reset_peak_rss()
+    train_times = _timed(train, args.steps, args.warmup)
+    step_peak_kb = _status_kb("VmHWM") if reset else None
+    infer_times = _timed(infer, args.steps, args.warmup)
+
+    train_s, infer_s = statistics.median(train_times), statistics.median(infer_times)
+    print(json.dumps({
+        "framework": args.framework, "config": args.config, "batch_size": args.batch_size,
+        "train_images_per_s": args.batch_size / train_s,
+        "infer_images_per_s": args.batch_size / infer_s,
+        "step_peak_rss_mb": (None if step_peak_kb is None or base_kb is None
+                             else (step_peak_kb - base_kb) / 1024),
+        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""cnncli vs PyTorch: training and inference images/s and step memory, interleaved rounds.
+
+Needs PyTorch for the reference side: ``pip install torch==2.13.0`` (pinned: RESULTS.md
+quotes that version) in the interpreter given by ``--torch-python``. Without torch there the
+script prints a message and exits 0. cnncli runs under ``--cnncli-python``. Each measurement
+is a fresh process (bench_worker.py); rounds alternate which framework goes first, so a busy
+neighbour on a shared machine slows both alike. Both get the same thread count (``--threads``,
+default 2: OPENBLAS/OMP_NUM_THREADS for NumPy, torch.set_num_threads for torch).
+
+    python benchmarks/compare_torch.py [--rounds 5] [--batch-sizes 32,64,128] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORKER = HERE / "bench_worker.py"
+TORCH_VERSION = "2.13.0"
+NETWORKS = {"LeNet-5": "configs/lenet5.yaml", "CIFAR-small": "configs/cifar_small.yaml"}
+
+
+def _default_python(candidate: str) -> str:
+    return candidate if Path(candidate).exists() else sys.executable
+
+
+def torch_version(python: str) -> str | None:
+    """torch.__version__ in that interpreter, or None if it cannot import torch."""
+    proc = subprocess.run([python, "-c", "import torch; print(torch.__version__)"],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def run_worker(python: str, framework: str, config: str, batch: int, args) -> dict:
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(args.threads)
+    cmd = [python, str(WORKER), "--framework", framework, "--config", config,
+           "--batch-size", str(batch), "--steps", str(args.steps), "--warmup",
+           str(args.warmup), "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{framework} worker failed on {config} batch {batch}:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def collect(args) -> dict:
+    """{(network, batch, framework): [worker result per round]}."""
+    results: dict = {}
+    pythons = {"cnncli": args.cnncli_python, "torch": args.torch_python}
+    for rnd in range(args.rounds):
+        order = ("cnncli", "torch") if rnd % 2 == 0 else ("torch", "cnncli")
+        for net in args.networks:
+            for batch in args.batch_sizes:
+                for fw in order:
+                    res = run_worker(pythons[fw], fw, NETWORKS[net], batch, args)
+                    results.setdefault((net, batch, fw), []).append(res)
+                    if args.verbose:
+                        print(f"round {rnd + 1} {net} b{batch} {fw}: "
+                              f"train {res['train_images_per_s']:.0f}/s "
+                              f"infer {res['infer_images_per_s']:.0f}/s", file=sys.stderr)
+    return results
+
+
+def _stats(runs: list[dict], key: str) -> tuple[float, float, float]:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    if not values:
+        return float("nan"), float("nan"), float("nan")
+    return statistics.median(values), min(values), max(values)
+
+
+def rows(results: dict, args) -> list[list[str]]:
+    out = []
+    for net in args.networks:
+        for mode, key in (("train", "train_images_per_s"), ("infer", "infer_images_per_s")):
+            for batch in args.batch_sizes:
+                ours = _stats(results[(net, batch, "cnncli")], key)
+                ref = _stats(results[(net, batch, "torch")], key)
+                out.append([net, mode, str(batch), f"{ours[0]:.0f}",
+                            f"{ours[1]:.0f}-{ours[2]:.0f}", f"{ref[0]:.0f}",
+                            f"{ref[1]:.0f}-{ref[2]:.0f}", f"{ours[0] / ref[0]:.2f}x"])
+    return out
+
+
+def memory_rows(results: dict, args) -> list[list[str]]:
+    out = []
+    for net in args.networks:
+        for batch in args.batch_sizes:
+            ours, ref = results[(net, batch, "cnncli")], results[(net, batch, "torch")]
+            out.append([net, str(batch),
+                        f"{_stats(ours, 'step_peak_rss_mb')[0]:.1f}",
+                        f"{_stats(ref, 'step_peak_rss_mb')[0]:.1f}",
+                        f"{_stats(ours, 'process_peak_rss_mb')[0]:.0f}",
+                        f"{_stats(ref, 'process_peak_rss_mb')[0]:.0f}"])
+    return out
+
+
+def render(header: list[str], body: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |",
+                 "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+    widths = [max(len(c) for c in col) for col in zip(header, *body, strict=True)]
+    fmt = "  ".join(f"{{:{'<' if i < 3 else '>'}{w}}}" for i, w in enumerate(widths))
+    return "\n".join([fmt.format(*header)] + [fmt.format(*r) for r in body])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cnncli-python", default=_default_python("/work/venv/bin/python"))
+    ap.add_argument("--torch-python", default=_default_python("/work/torchvenv/bin/python"))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch-sizes", default="32,64,128")
+    ap.add_argument("--networks", default=",".join(NETWORKS),
+                    help=f"comma-separated subset of {', '.join(NETWORKS)}")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per process")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    ap.add_argument("--save", metavar="JSON", help="also write every raw worker result here")
+    ap.add_argument("-v", "--verbose", action="store_true", help="one line per run on stderr")
+    args = ap.parse_args()
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.networks = [n for n in args.networks.split(",") if n]
+    unknown = [n for n in args.networks if n not in NETWORKS]
+    if unknown:
+        raise SystemExit(f"unknown network {unknown[0]!r}; choose from {', '.join(NETWORKS)}")
+
+    version = torch_version(args.torch_python)
+    if version is None:
+        print(f"compare_torch: skipped: {args.torch_python} cannot import torch "
+              f"(pip install torch=={TORCH_VERSION}, or pass --torch-python)")
+        return
+    if not version.startswith(TORCH_VERSION):
+        print(f"compare_torch: warning: torch {version}, the reference figures are for "
+              f"{TORCH_VERSION}", file=sys.stderr)
+
+    results = collect(args)
+    if args.save:
+        Path(args.save).write_text(json.dumps(
+            [{"network": k[0], "batch": k[1], "framework": k[2], "runs": v}
+             for k, v in results.items()], indent=1))
+    print(f"images/s, median of {args.rounds} interleaved rounds (min-max), {args.steps} "
+          f"steps each, {args.threads} threads each; torch {version}\n")
+    print(render(["network", "mode", "batch", "cnncli", "range", "torch", "range",
+                  "cnncli/torch"], rows(results, args), args.markdown))
+    print("\nmemory of a training step, MB: rise of the resident set over the steps "
+          "(step) and the whole process's peak (process)\n")
+    print(render(["network", "batch", "cnncli step", "torch step", "cnncli process",
+                  "torch process"], memory_rows(results, args), args.markdown))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""`cnncli bench`: time a model's layers, training steps and inference on synthetic data."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..cli import main
+from ..errors import CnncliError
+
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+REEXEC_GUARD = "CNNCLI_BENCH_REEXEC"
+
+
+def _thread_limit(threads: int | None):
+    """A context that runs BLAS on ``threads`` threads.
+
+    OpenBLAS reads its thread count once, when NumPy loads it, and NumPy is loaded before any
+    command runs. So: threadpoolctl changes it at run time if installed; otherwise the process
+    re-executes itself with OPENBLAS_NUM_THREADS/OMP_NUM_THREADS set.
+    """
+    if threads is None:
+        return contextlib.nullcontext()
+    for var in THREAD_VARS:
+        os.environ[var] = str(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        pass
+    else:
+        return threadpool_limits(limits=threads, user_api="blas")
+    if os.environ.get(REEXEC_GUARD) == str(threads):
+        return contextlib.nullcontext()  # this process was started with the variables set
+    if "bench" not in sys.argv[1:]:
+        raise CnncliError("--threads needs threadpoolctl when cnncli runs inside another "
+                          "program", hint="pip install threadpoolctl, or set "
+                          "OPENBLAS_NUM_THREADS before starting Python")
+    os.environ[REEXEC_GUARD] = str(threads)
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "cnncli", *sys.argv[1:]])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _load_config(path: str) -> dict:
+    """A YAML config, or the config stored inside a checkpoint (.npz)."""
+    if Path(path).suffix.lower() == ".npz":
+        from ..checkpoint import load_checkpoint
+
+        return load_checkpoint(path).config
+    from ..config import load_config
+
+    return load_config(path)
+
+
+@main.command()
+@click.argument("config", metavar="CONFIG")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per synthetic batch.")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed repetitions of each phase (medians are reported).")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Untimed repetitions before each phase.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="BLAS threads (default: the library's own choice, usually all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench(config, batch_size, steps, warmup, threads, as_json):
+    """Time each layer's forward/backward, training steps and inference on synthetic data."""
+    from .. import build_model
+    from ..bench import bench_model
+
+    cfg = _load_config(config)
+    with _thread_limit(threads):
+        model = build_model(cfg)
+        result = bench_model(model, batch_size=batch_size, steps=steps, warmup=warmup)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_result(result, title=f"{cfg.get('name') or Path(config).stem}: batch "
+                                    f"{batch_size}, median of {steps} steps")
+
+
+def _gflops(value) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _print_result(result, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    layer_total = sum(t.forward_ms + t.backward_ms for t in result.layers) or 1.0
+    table = Table(title=title, title_justify="left")
+    for col in ("layer", "type", "output"):
+        table.add_column(col)
+    for col in ("forward ms", "backward ms", "share", "fwd GFLOP/s", "bwd GFLOP/s"):
+        table.add_column(col, justify="right")
+    for t in result.layers:
+        share = (t.forward_ms + t.backward_ms) / layer_total
+        table.add_row(t.name, t.type, "x".join(map(str, t.output_shape)),
+                      f"{t.forward_ms:.3f}", f"{t.backward_ms:.3f}", f"{100 * share:.1f}%",
+                      _gflops(t.forward_gflops), _gflops(t.backward_gflops))
+    console.print(table)
+    threads = "default" if result.threads is None else str(result.threads)
+    lines = [
+        f"training step   {result.train_step_ms:8.2f} ms   {result.train_images_per_s:9.0f} "
+        "images/s  (forward + loss + backward + SGD update)",
+        f"inference       {result.infer_batch_ms:8.2f} ms   {result.infer_images_per_s:9.0f} "
+        "images/s",
+        f"peak RSS        {result.peak_rss_mb:8.1f} MB   (getrusage ru_maxrss, whole process)",
+        f"step NumPy peak {result.step_numpy_peak_mb:8.1f} MB   (tracemalloc, one training step)",
+    ]
+    if result.matmul_peak_gflops:
+        lines.append(f"matmul peak     {result.matmul_peak_gflops:8.1f} GFLOP/s  (float32 "
+                     "2048x2048, the ceiling for the GFLOP/s columns)")
+    lines.append(f"BLAS threads    {threads}")
+    for line in lines:
+        console.print(line)
