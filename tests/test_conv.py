@@ -1,0 +1,240 @@
+"""conv2d: gradients, a naive reference, scipy agreement, equivariance, shapes, init, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.signal
+from gradcheck import build_layer, check_layer_gradients
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cnncli import kernels
+from cnncli.errors import ConfigError, ShapeError
+from cnncli.layers.base import from_internal, to_internal
+from cnncli.layers.conv import Conv2d
+from cnncli.model import make_layers
+
+
+def naive_conv(x, weight, bias, stride, pads, dilation, groups):
+    """Direct loops over outputs, PyTorch Conv2d semantics; pads = ((top, bottom), (left, right)).
+    """
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    xp = np.pad(x, ((0, 0), (0, 0), pads[0], pads[1]))
+    oh = (xp.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (xp.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    og = o // groups
+    y = np.zeros((n, o, oh, ow))
+    for oc in range(o):
+        g = oc // og
+        for i in range(oh):
+            for j in range(ow):
+                patch = xp[:, g * cg:(g + 1) * cg,
+                           i * stride[0]:i * stride[0] + dilation[0] * (kh - 1) + 1:dilation[0],
+                           j * stride[1]:j * stride[1] + dilation[1] * (kw - 1) + 1:dilation[1]]
+                y[:, oc, i, j] = np.sum(patch * weight[oc], axis=(1, 2, 3))
+        if bias is not None:
+            y[:, oc] += bias[oc]
+    return y
+
+
+def run(layer, x_nchw):
+    return from_internal(layer.forward(to_internal(x_nchw)))
+
+
+@st.composite
+def conv_cases(draw):
+    groups = draw(st.sampled_from([1, 1, 2]))
+    c = groups * draw(st.integers(1, 2))
+    o = groups * draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    padding = draw(st.one_of(st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                             st.sampled_from(["same", "valid"])))
+    stride = (1, 1) if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    min_h, min_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    h, w = draw(st.integers(min_h, min_h + 4)), draw(st.integers(min_w, min_w + 4))
+    n = draw(st.integers(1, 2))
+    bias = draw(st.booleans())
+    kwargs = dict(out_channels=o, kernel_size=(kh, kw), stride=stride, padding=padding,
+                  dilation=(dh, dw), groups=groups, bias=bias)
+    return kwargs, (n, c, h, w), draw(st.integers(0, 2**16))
+
+
+@given(conv_cases())
+def test_gradients_match_finite_differences(case):
+    kwargs, shape, seed = case
+    layer = build_layer(Conv2d(**kwargs), shape[1:], seed=seed)
+    x = np.random.default_rng(seed).standard_normal(shape)
+    check_layer_gradients(layer, x, seed=seed)
+
+
+@given(conv_cases())
+def test_forward_matches_naive_reference_and_output_shape(case):
+    kwargs, shape, seed = case
+    layer = build_layer(Conv2d(**kwargs), shape[1:], seed=seed)
+    x = np.random.default_rng(seed).standard_normal(shape)
+    y = run(layer, x)
+    ref = naive_conv(x, layer.params["weight"], layer.params.get("bias"), layer.stride,
+                     layer._pads, layer.dilation, layer.groups)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    assert y.shape[1:] == layer.output_shape(shape[1:])
+    kh, kw = layer.kernel_size
+    assert layer.num_params() == (kh * kw * shape[1] // layer.groups + kwargs["bias"]) * \
+        kwargs["out_channels"]
+    assert layer.num_params() == sum(p.size for p in layer.params.values())
+
+
+def test_same_padding_is_asymmetric_for_even_kernels_like_pytorch():
+    layer = Conv2d(out_channels=1, kernel_size=(4, 2), padding="same", dilation=(1, 3))
+    # total d*(k-1): rows 3 -> (1, 2), cols 3 -> (1, 2)
+    assert layer._pads == ((1, 2), (1, 2))
+    assert layer.output_shape((1, 5, 6)) == (1, 5, 6)
+    assert layer.geometry((1, 5, 6)) == ((4, 2), (1, 1), (1, 1), (1, 3))
+
+
+def test_scipy_correlate2d_agrees_and_convolve2d_does_not():
+    rng = np.random.default_rng(1)
+    image = rng.standard_normal((9, 8))
+    kernel = np.arange(6.0).reshape(2, 3) ** 2 - 3  # not symmetric under a 180-degree flip
+    layer = build_layer(Conv2d(out_channels=1, kernel_size=(2, 3), bias=False), (1, 9, 8))
+    layer.params["weight"][...] = kernel
+    y = run(layer, image[None, None])[0, 0]
+    np.testing.assert_allclose(y, scipy.signal.correlate2d(image, kernel, mode="valid"),
+                               rtol=1e-12, atol=1e-12)
+    assert not np.allclose(y, scipy.signal.convolve2d(image, kernel, mode="valid"))
+
+
+@given(st.integers(-2, 2), st.integers(-2, 2), st.integers(0, 2**16))
+def test_translation_equivariance_at_stride_one(dy, dx, seed):
+    rng = np.random.default_rng(seed)
+    layer = build_layer(Conv2d(out_channels=2, kernel_size=3, padding=1, dilation=1,
+                               bias=True), (2, 12, 12), seed=seed)
+    x = np.zeros((1, 2, 12, 12))
+    x[:, :, 4:8, 4:8] = rng.standard_normal((1, 2, 4, 4))
+    shifted = np.roll(x, (dy, dx), axis=(2, 3))  # the content never reaches the border
+    y, ys = run(layer, x), run(layer, shifted)
+    np.testing.assert_allclose(np.roll(y, (dy, dx), axis=(2, 3))[:, :, 3:9, 3:9],
+                               ys[:, :, 3:9, 3:9], rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_im2col_equals_unchunked(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 2, 11, 9))
+    dy = None
+    results = []
+    row_bytes = 2 * 3 * 3 * 5 * 3 * 8  # C*kh*kw*W'*N float64s per output row
+    # one piece; one row per piece; pieces of 7 rows and a shorter 4-row tail
+    for limit in (kernels.IM2COL_MAX_BYTES, 1, 7 * row_bytes):
+        monkeypatch.setattr(kernels, "IM2COL_MAX_BYTES", limit)
+        layer = build_layer(Conv2d(out_channels=4, kernel_size=3, stride=(1, 2), padding=1,
+                                   groups=2), (2, 11, 9), seed=5)
+        y = layer.forward(to_internal(x), train=True)
+        dy = rng.standard_normal(y.shape) if dy is None else dy
+        layer.zero_grad()
+        dx = layer.backward(dy.copy())
+        results.append((y, dx, layer.grads["weight"].copy(), layer.grads["bias"].copy()))
+    assert kernels.row_chunks(11, row_bytes, 1) == [(r, 1) for r in range(11)]
+    assert kernels.row_chunks(11, row_bytes, 7 * row_bytes) == [(0, 7), (7, 4)]
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_need_dx_false_still_accumulates_weight_gradients():
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6))
+    layer = build_layer(Conv2d(out_channels=2, kernel_size=3), (1, 6, 6))
+    y = layer.forward(to_internal(x), train=True)
+    assert layer.backward(np.ones_like(y), need_dx=False) is None
+    twice = layer.grads["weight"].copy()
+    layer.backward(np.ones_like(y), need_dx=False)
+    np.testing.assert_allclose(layer.grads["weight"], 2 * twice)
+    assert np.abs(twice).sum() > 0
+
+
+def test_float32_matches_float64():
+    x = np.random.default_rng(0).standard_normal((4, 3, 10, 10))
+    l64 = build_layer(Conv2d(out_channels=5, kernel_size=3, padding="same"), (3, 10, 10))
+    l32 = build_layer(Conv2d(out_channels=5, kernel_size=3, padding="same"), (3, 10, 10),
+                      dtype=np.float32)
+    y32 = run(l32, x.astype(np.float32))
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, run(l64, x), rtol=1e-4, atol=1e-5)
+
+
+def test_macs_describe_and_filters_alias():
+    layer = make_layers({"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": 1,
+                         "activation": "relu"})
+    conv = layer[0]
+    assert isinstance(conv, Conv2d) and conv.out_channels == 8 and len(layer) == 2
+    assert conv.macs((3, 32, 32)) == 8 * 32 * 32 * 3 * 9
+    assert conv.describe() == "3x3 s1 p1"
+    assert Conv2d(4, (3, 5), stride=2, dilation=2, groups=2).describe() == "3x5 s2 p0 d2 g2"
+    assert Conv2d(4, 2, padding="same").describe() == "2x2 s1 psame"
+    assert Conv2d(4, 3, padding=[1, 2], stride=[1, 2]).get_config()["padding"] == [1, 2]
+
+
+@pytest.mark.parametrize("scheme", ["default", "he_normal", "he_uniform", "glorot_uniform",
+                                    "glorot_normal"])
+def test_init_statistics(scheme):
+    c, o, k = 16, 64, 3
+    layer = build_layer(Conv2d(out_channels=o, kernel_size=k, init=scheme, groups=2),
+                        (c, 8, 8), seed=7)
+    w = layer.params["weight"]
+    fan_in, fan_out = c // 2 * k * k, o // 2 * k * k
+    if scheme == "default":
+        bound = 1 / math.sqrt(fan_in)
+        assert np.abs(w).max() <= bound and np.abs(layer.params["bias"]).max() <= bound
+        expected = bound / math.sqrt(3)
+    else:
+        assert not layer.params["bias"].any()
+        expected = {"he_normal": math.sqrt(2 / fan_in), "he_uniform": math.sqrt(2 / fan_in),
+                    "glorot_uniform": math.sqrt(2 / (fan_in + fan_out)),
+                    "glorot_normal": math.sqrt(2 / (fan_in + fan_out))}[scheme]
+    assert abs(w.std() / expected - 1) < 0.05  # 4608 draws: std error about 1-2%
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    (dict(out_channels=0, kernel_size=3), "out_channels"),
+    (dict(out_channels=-2, kernel_size=3), "out_channels"),
+    (dict(out_channels=2.5, kernel_size=3), "out_channels"),
+    (dict(out_channels=4, kernel_size=0), "kernel_size"),
+    (dict(out_channels=4, kernel_size=[3, -1]), "kernel_size"),
+    (dict(out_channels=4, kernel_size=[3, 3, 3]), "kernel_size"),
+    (dict(out_channels=4, kernel_size=3, stride=0), "stride"),
+    (dict(out_channels=4, kernel_size=3, dilation=0), "dilation"),
+    (dict(out_channels=4, kernel_size=3, padding=-1), "padding"),
+    (dict(out_channels=4, kernel_size=3, padding="full"), "padding"),
+    (dict(out_channels=4, kernel_size=3, padding="same", stride=2), "padding"),
+    (dict(out_channels=4, kernel_size=3, groups=0), "groups"),
+    (dict(out_channels=4, kernel_size=3, groups=3), "groups"),
+    (dict(out_channels=4, kernel_size=3, groups=2, in_channels=3), "groups"),
+    (dict(out_channels=4, kernel_size=3, bias="yes"), "bias"),
+    (dict(out_channels=4, kernel_size=3, init="xavier"), "init"),
+    (dict(out_channels=4, kernel_size=3, in_channels=0), "in_channels"),
+])
+def test_bad_hyperparameters_raise_config_error(kwargs, key):
+    with pytest.raises(ConfigError) as err:
+        Conv2d(**kwargs)
+    assert err.value.key == key
+    assert len(str(err.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("kwargs, shape, key, words", [
+    (dict(out_channels=4, kernel_size=3, in_channels=3), (1, 8, 8), "in_channels", ["3", "1"]),
+    (dict(out_channels=4, kernel_size=3, groups=2), (3, 8, 8), "groups", ["3", "2"]),
+    (dict(out_channels=4, kernel_size=5), (1, 4, 9), "kernel_size", ["5", "4"]),
+    (dict(out_channels=4, kernel_size=3, dilation=3), (1, 6, 6), "kernel_size", ["7", "6"]),
+    (dict(out_channels=4, kernel_size=3), (10,), None, ["10"]),
+])
+def test_bad_input_shapes_raise_shape_error(kwargs, shape, key, words):
+    layer = Conv2d(**kwargs)
+    with pytest.raises(ShapeError) as err:
+        layer.output_shape(shape)
+    assert err.value.key == key
+    assert all(word in str(err.value) for word in words)
+    with pytest.raises(ShapeError):
+        layer.build(shape, np.random.default_rng(0))
