@@ -20,7 +20,14 @@ from ..errors import ConfigError, ShapeError
                    "for several).")
 @click.option("--terminal", is_flag=True, help="Draw the curves in the terminal instead.")
 def plot_command(run_dirs, out, terminal):
-    """Loss and accuracy curves (train and validation) of one or more runs, overlaid."""
+    """Loss and accuracy curves (train and validation) of one or more runs, overlaid.
+
+    \b
+    Examples:
+      cnncli plot runs/digits
+      cnncli plot runs/a runs/b --out compare.png
+      cnncli plot runs/digits --terminal
+    """
     runs = plot.read_runs(run_dirs)
     if not terminal and not plot.have_matplotlib():
         click.echo(f"cnncli: matplotlib is not installed ({plot.PLOT_HINT}); "
@@ -107,7 +114,8 @@ def _parse_at(text: str | None):
                    "layer.")
 @click.option("--receptive-field", "receptive_flag", is_flag=True,
               help="The input region one output unit of a layer sees.")
-@click.option("--layer", "layer_name", default=None, help="Layer name (see 'cnncli summary').")
+@click.option("--layer", "layer_name", default=None, metavar="NAME",
+              help="Layer name (see 'cnncli summary').")
 @click.option("--index", default=0, show_default=True, type=int,
               help="Row of the --features input file to use.")
 @click.option("--at", "at", default=None, metavar="Y,X",
@@ -118,7 +126,14 @@ def _parse_at(text: str | None):
               help="PNG to write (default: beside the checkpoint, or in the current dir).")
 def show_command(source, mode, features_input, receptive_flag, layer_name, index, at,
                  background, out):
-    """Pictures of a network: --filters, --features INPUT or --receptive-field."""
+    """Pictures of a network: --filters, --features INPUT or --receptive-field.
+
+    \b
+    Examples:
+      cnncli show runs/digits/best.npz --filters
+      cnncli show runs/digits/best.npz --features digit.png --layer conv2
+      cnncli show configs/digits.yaml --receptive-field --layer pool --at 0,0
+    """
     chosen = [m for m, on in (("--filters", mode == "filters"),
                               ("--features", features_input is not None),
                               ("--receptive-field", receptive_flag)) if on]
