@@ -11,6 +11,7 @@ import inspect
 import io
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .summary import Summary, format_bytes, format_count
@@ -38,7 +39,8 @@ def summary_table(summary: Summary, title: str | None = None) -> Table:
     table.add_column("act/sample", justify="right")
     table.add_row("", "input", "", "", _shape(summary.input_shape), "", "", "1x1", "1x1", "")
     for i, row in enumerate(summary.layers, start=1):
-        table.add_row(str(i), row.name, row.type, row.description, _shape(row.output_shape),
+        table.add_row(str(i), escape(row.name), row.type, escape(row.description),
+                      _shape(row.output_shape),
                       format_count(row.params), format_count(row.macs),
                       _shape(row.receptive_field), _shape(row.jump),
                       format_bytes(row.activation_bytes))
@@ -66,9 +68,11 @@ def summary_totals(summary: Summary) -> list[str]:
 
 
 def print_summary(summary: Summary, console: Console, title: str | None = None) -> None:
-    console.print(summary_table(summary, title))
+    if title:
+        console.print(escape(title), style="bold", highlight=False)
+    console.print(summary_table(summary))
     for line in summary_totals(summary):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
 
 
 def _cell(value) -> str:
@@ -121,5 +125,6 @@ def layers_table(entries: list[dict]) -> Table:
                                                   for a, t in e["key_aliases"].items()))
         if e["accepts_activation"]:
             hp.append("activation: <name>")
-        table.add_row(e["type"], ", ".join(e["aliases"]), "\n".join(hp), e["doc"])
+        table.add_row(e["type"], ", ".join(e["aliases"]), escape("\n".join(hp)),
+                      escape(e["doc"]))
     return table

@@ -54,6 +54,15 @@ def test_summary_json_schema():
     assert run("summary", DIGITS, "--format", "json").stdout == result.stdout
 
 
+def test_table_shows_names_with_brackets_verbatim(tmp_path):
+    path = tmp_path / "net.yaml"
+    path.write_text("model:\n  input_shape: [1, 4, 4]\n  layers:\n"
+                    "    - {type: flatten, name: '[bold]x[/bold]'}\n"
+                    "    - {type: dense, units: 2}\n")
+    result = run("summary", str(path))
+    assert result.exit_code == 0 and "[bold]x[/bold]" in result.stdout
+
+
 def test_summary_csv_and_markdown():
     rows = list(csv.DictReader(io.StringIO(run("summary", DIGITS, "--format", "csv").stdout)))
     assert rows[0]["name"] == "conv1" and rows[0]["output_shape"] == "16x8x8"
