@@ -303,12 +303,12 @@ def test_cli_show_errors_are_one_line(tmp_path, args, message):
 
 
 def contains(image, part):
-    """Whether ``part`` appears in ``image`` at some offset (search the top-left corner area)."""
-    for y in range(0, image.shape[0] - part.shape[0] + 1):
-        for x in range(0, min(64, image.shape[1] - part.shape[1] + 1)):
-            if np.array_equal(image[y:y + part.shape[0], x:x + part.shape[1]], part):
-                return True
-    return False
+    """Whether ``part`` appears somewhere in ``image`` (anchored on one of its pixels)."""
+    h, w = part.shape[:2]
+    ay, ax = min(2, h - 1), min(2, w - 1)
+    area = image[ay:image.shape[0] - h + 1 + ay, ax:image.shape[1] - w + 1 + ax]
+    ys, xs = np.nonzero(np.all(area == part[ay, ax], axis=-1))
+    return any(np.array_equal(image[y:y + h, x:x + w], part) for y, x in zip(ys, xs, strict=True))
 
 
 def save_ckpt(tmp_path, input_shape, entries, seed=3, normalization=None):
@@ -371,3 +371,41 @@ def test_box_sizes_and_jumps_agree_with_the_summary(name):
     for i in range(last + 1):
         box = receptive.input_box(checked.layers, checked.shapes[0], i)
         assert list(box.size) == list(fields[i][0]) and list(box.jump) == list(fields[i][1])
+
+
+def test_cli_features_draw_the_maps_each_layer_produces(tmp_path):
+    from cnncli.checkpoint import load_checkpoint
+
+    entries = [{"type": "conv2d", "out_channels": 3, "kernel_size": 1, "name": "conv1",
+                "activation": "relu"},
+               {"type": "maxpool2d", "kernel_size": 2, "name": "pool"},
+               {"type": "flatten"}, {"type": "dense", "units": 3, "name": "fc"}]
+    path, state = save_ckpt(tmp_path, (1, 8, 8), entries)
+    x = np.random.default_rng(5).uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "inputs.npy", x)
+
+    def by_hand(row):  # a 1x1 conv + relu, then 2x2 max pooling
+        w, b = state["conv1.weight"][:, 0, 0, 0], state["conv1.bias"]
+        conv = np.maximum(w[:, None, None] * x[row, 0][None] + b[:, None, None], 0)
+        return conv, conv.reshape(3, 4, 2, 4, 2).max(axis=(2, 4))
+
+    result = run_cli("show", path, "--features", tmp_path / "inputs.npy", "--index", 2)
+    assert result.exit_code == 0, result.output
+    out = path.parent / "features.png"
+    assert f"wrote {out}" in result.output
+    image = pictures_png(out)
+    for maps in by_hand(2):
+        assert contains(image, pictures.feature_grid(maps)[0])
+    assert "conv1+relu_1: 3x8x8" in result.output and "pool: 3x4x4" in result.output
+    logits = load_checkpoint(path).model().forward(x[2:3])[0]
+    assert f"prediction: {'abc'[int(np.argmax(logits))]}" in result.output
+
+    result = run_cli("show", path, "--features", tmp_path / "inputs.npy", "--layer", "pool",
+                     "--out", tmp_path / "pool.png")
+    assert result.exit_code == 0, result.output
+    image = pictures_png(tmp_path / "pool.png")
+    assert contains(image, pictures.feature_grid(by_hand(0)[1])[0])
+    assert not contains(image, pictures.feature_grid(by_hand(0)[0])[0])
+
+    result = run_cli("show", path, "--features", tmp_path / "inputs.npy", "--index", 9)
+    assert result.exit_code == 2 and "--index 9 is out of range" in result.output
