@@ -15,7 +15,7 @@ import pytest
 
 from cnncli.layers.base import from_internal, to_internal
 from cnncli.losses import softmax_cross_entropy
-from cnncli.model import make_layers
+from cnncli.model import make_layers, model_from_entries
 
 FIXTURES = Path(__file__).parent / "fixtures" / "layer_reference.npz"
 _DATA = np.load(FIXTURES, allow_pickle=False)
@@ -78,6 +78,7 @@ def case_kind(name: str) -> str:
 LAYER_CASES = [c for c in CASES if case_kind(c) == "layer"]
 BN_CASES = [c for c in CASES if case_kind(c) == "batchnorm"]
 CE_CASES = [c for c in CASES if case_kind(c) == "cross_entropy"]
+NETWORK_CASES = [c for c in CASES if case_kind(c) == "network"]
 
 
 def test_fixture_file_is_small_and_covers_every_family():
@@ -86,7 +87,7 @@ def test_fixture_file_is_small_and_covers_every_family():
     assert {"conv2d", "maxpool2d", "avgpool2d", "lppool2d", "global_avg_pool2d",
             "global_max_pool2d", "dense", "flatten", "relu", "leaky_relu", "elu", "gelu",
             "tanh", "sigmoid", "dropout", "batchnorm2d", "batchnorm1d"} <= types
-    assert CE_CASES
+    assert CE_CASES and NETWORK_CASES
 
 
 @pytest.mark.parametrize("name", LAYER_CASES)
@@ -136,3 +137,34 @@ def test_cross_entropy_matches_torch(name):
     # The loss is a Python float; compare it at the precision of the logits.
     assert_close(np.float64(loss), a["loss"], dtype, f"{name} loss")
     assert_close(dlogits, a["dlogits"], dtype, f"{name} dlogits")
+
+
+@pytest.mark.parametrize("name", NETWORK_CASES)
+def test_network_step_matches_torch(name):
+    """A whole model: logits, loss, dx, every parameter grad and running stat, then eval."""
+    hp, a = case_arrays(name)
+    dtype = hp["dtype"]
+    model = model_from_entries(a["x"].shape[1:], hp["entries"], dtype=np.dtype(dtype))
+    params = list(model.parameters())
+    assert len(params) == len([k for k in a if k.startswith("p")]), "parameter count"
+    for i, (key, value, _) in enumerate(params):
+        assert value.shape == a[f"p{i}"].shape, f"{key}: {value.shape} vs {a[f'p{i}'].shape}"
+        value[...] = a[f"p{i}"]
+    model.zero_grad()
+    logits = model.forward(a["x"], train=True)
+    assert_close(logits, a["logits"], dtype, f"{name} logits")
+    loss, dlogits = softmax_cross_entropy(logits, a["labels"])
+    assert_close(np.float64(loss), a["loss"], dtype, f"{name} loss")
+    assert_close(dlogits, a["dlogits"], dtype, f"{name} dlogits")
+    dx = model.backward(dlogits)
+    assert_close(dx, a["dx"], dtype, f"{name} input grad")
+    # Re-read the grads: zero_grad may replace the arrays parameters() yielded before.
+    for i, (key, _, grad) in enumerate(model.parameters()):
+        assert_close(grad, a[f"dp{i}"], dtype, f"{name} {key} grad")
+    stats = [(f"{layer.name}.{key}", layer.buffers[key]) for layer in model.layers
+             for key in ("running_mean", "running_var") if key in layer.buffers]
+    assert len(stats) == len([k for k in a if k.startswith("b")]), "running-stat count"
+    for i, (key, value) in enumerate(stats):
+        assert_close(value, a[f"b{i}"], dtype, f"{name} {key}")
+    assert_close(model.forward(a["x_eval"], train=False), a["logits_eval"], dtype,
+                 f"{name} eval logits")
