@@ -131,6 +131,7 @@ def parse_yaml(text: str, file="<config>") -> tuple[object, dict]:
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _Builder:
@@ -158,7 +159,10 @@ class _Builder:
                               hint="use plain mappings, lists and values")
         if isinstance(node, yaml.MappingNode):
             out = {}
+            merged = self.merged(node, path)
             for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue
                 key = self.scalar_key(key_node)
                 kline, kcol = key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 if key in out:
@@ -168,10 +172,27 @@ class _Builder:
                                       hint="give each key once")
                 self.locations[path + (key,)] = (kline, kcol)
                 out[key] = self.value(value_node, path + (key,))
-            return out
+            return {**{k: v for k, v in merged.items() if k not in out}, **out}
         if isinstance(node, yaml.SequenceNode):
             return [self.value(item, path + (i,)) for i, item in enumerate(node.value)]
         return self.scalar(node)
+
+    def merged(self, node, path) -> dict:
+        """Keys brought in by YAML merge keys (``<<: *defaults``); explicit keys win."""
+        out = {}
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                continue
+            sources = (value_node.value if isinstance(value_node, yaml.SequenceNode)
+                       else [value_node])
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    raise ConfigError("'<<' must merge a mapping (e.g. <<: *defaults)",
+                                      file=self.file, line=source.start_mark.line + 1,
+                                      column=source.start_mark.column + 1)
+                for key, value in self.value(source, path).items():
+                    out.setdefault(key, value)
+        return out
 
     def scalar(self, node):
         try:

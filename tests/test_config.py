@@ -282,3 +282,29 @@ def test_stride_that_drops_rows_warns_once_per_layer(tmp_path):
 
 def test_no_warning_when_everything_divides():
     assert check_config(CONFIGS / "digits.yaml").warnings == []
+
+
+# ---------------------------------------------------------------- YAML merge keys
+
+MERGE = """\
+model:
+  input_shape: [1, 8, 8]
+  layers:
+    - &conv {type: conv2d, out_channels: 4, kernel_size: 3, padding: 1, activation: relu}
+    - {<<: *conv, out_channels: 8}
+"""
+
+
+def test_merge_keys_share_layer_settings():
+    layers = load_config_text(MERGE)["model"]["layers"]
+    assert layers[1] == {**layers[0], "out_channels": 8}
+
+
+def test_error_in_a_merged_layer_points_at_its_own_key(tmp_path):
+    path = write(tmp_path, MERGE + "    - {<<: *conv, kernel_size: -1}\n")
+    assert str(error_of(path)).startswith(f"{path}:6:19: layer 3 (conv2d): kernel_size")
+
+
+def test_merge_of_a_non_mapping_is_an_error(tmp_path):
+    path = write(tmp_path, "a: &x [1]\nmodel: {<<: *x}\n")
+    assert "'<<' must merge a mapping" in str(error_of(path))
