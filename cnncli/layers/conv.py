@@ -11,8 +11,18 @@ from ..registry import register
 from .base import Layer, boolean, conv_output_size, int_pair, positive_int
 from .init import check_scheme, init_bias, init_weight
 
-#: Columns of the long (H'*W'*N) axis per piece of the weight-gradient product (split-K).
-SPLIT_K = 16384
+#: Split-K for the weight gradient: cut the long (H'*W'*N) axis into pieces whose im2col slice
+#: is about this many bytes, so it stays in cache (pays for few input taps, e.g. LeNet's conv1).
+SPLIT_K_BYTES = 256 * 2**10
+#: Pieces shorter than this are not worth it: with many taps BLAS blocks the product better.
+SPLIT_K_MIN = 1024
+
+
+def _by_group(a: np.ndarray, groups: int) -> np.ndarray:
+    """(rows, L) -> (groups, rows/groups, L) view; plain 2-D (the fast matmul path) for 1 group."""
+    if groups == 1:
+        return np.reshape(a, (a.shape[0], -1), copy=False)
+    return np.reshape(a, (groups, a.shape[0] // groups, -1), copy=False)
 
 
 def _pair_text(pair) -> str:
@@ -145,26 +155,26 @@ class Conv2d(Layer):
                                    zero=True)
             self._x = kernels.pad_into(xp, x, t, lft)
         g, o = self.groups, self.out_channels
-        weight = self.params["weight"].reshape(g, o // g, -1)
+        weight = _by_group(np.ascontiguousarray(self.params["weight"]), g)
         y = np.empty((o, out_h, out_w, n), self.dtype)
         chunks = self._chunks(c, out_h, out_w, n)
         for row0, rows in chunks:
             cols = self._fill_cols(chunks[0][1], row0, rows, out_w)
-            piece = np.reshape(y[:, row0:row0 + rows], (g, o // g, -1), copy=False)
-            np.matmul(weight, cols.reshape(g, -1, cols.shape[1]), out=piece)
+            np.matmul(weight, _by_group(cols, g), out=_by_group(y[:, row0:row0 + rows], g))
         self._cols_kept = len(chunks) == 1
         if self.bias:
             y += self.params["bias"][:, None, None, None]
         return y
 
     def backward(self, dy: np.ndarray, need_dx: bool = True):
+        dy = np.ascontiguousarray(dy)
         o, out_h, out_w, n = dy.shape
         g, (kh, kw) = self.groups, self.kernel_size
         c = self._x.shape[0]
         if self.bias:
             self.grads["bias"] += dy.sum(axis=(1, 2, 3))
-        weight = self.params["weight"].reshape(g, o // g, -1)
-        dweight = self.grads["weight"].reshape(g, o // g, -1)
+        weight = _by_group(np.ascontiguousarray(self.params["weight"]), g)
+        dweight = _by_group(self.grads["weight"], g)
         dxp = None
         if need_dx and self._pads == ((0, 0), (0, 0)):
             dxp = np.zeros(self._x.shape, self.dtype)  # returned as dx, so not reused
@@ -176,17 +186,17 @@ class Conv2d(Layer):
                 cols = self._buffers.get("cols", (c * kh * kw, out_h * out_w * n), self.dtype)
             else:
                 cols = self._fill_cols(chunks[0][1], row0, rows, out_w)
-            cols_g = cols.reshape(g, -1, cols.shape[1])
-            dy_g = dy[:, row0:row0 + rows].reshape(g, o // g, -1)
-            length = dy_g.shape[2]
-            for start in range(0, length, SPLIT_K):
-                stop = min(start + SPLIT_K, length)
-                dweight += np.matmul(dy_g[:, :, start:stop],
-                                     cols_g[:, :, start:stop].transpose(0, 2, 1))
+            cols_g = _by_group(cols, g)
+            dy_g = _by_group(dy[:, row0:row0 + rows], g)
+            length = dy_g.shape[-1]
+            step = SPLIT_K_BYTES // (cols_g.shape[-2] * self.dtype.itemsize)
+            step = length if step < SPLIT_K_MIN else step
+            for start in range(0, length, step):
+                piece = slice(start, start + step)
+                dweight += np.matmul(dy_g[..., piece], cols_g[..., piece].swapaxes(-1, -2))
             if need_dx:
                 dcols = self._buffers.get("dcols", cols.shape, self.dtype)
-                np.matmul(weight.transpose(0, 2, 1), dy_g,
-                          out=dcols.reshape(g, -1, dcols.shape[1]))
+                np.matmul(weight.swapaxes(-1, -2), dy_g, out=_by_group(dcols, g))
                 kernels.col2im_add(dxp, dcols, self.kernel_size, self.stride, self.dilation,
                                    out_w, row0, rows)
         if not need_dx:
