@@ -42,7 +42,7 @@ DEFAULTS = {
     },
 }
 SCHEDULE_KEYS = ("type", "step_size", "gamma", "milestones", "eta_min", "warmup_epochs")
-EARLY_STOPPING_DEFAULTS = {"patience": 5, "metric": "val_loss", "min_delta": 0.0}
+EARLY_STOPPING_DEFAULTS = {"patience": 5, "metric": "val_accuracy", "min_delta": 0.0}
 
 
 # ---------------------------------------------------------------- results

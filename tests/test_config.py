@@ -96,7 +96,7 @@ def test_schedule_and_early_stopping_defaults():
                            "step_size: 5}\n  early_stopping: {patience: 3}\n")
     assert cfg["train"]["lr_schedule"] == {"type": "step", "step_size": 5, "gamma": 0.1,
                                            "warmup_epochs": 0}
-    assert cfg["train"]["early_stopping"] == {"patience": 3, "metric": "val_loss",
+    assert cfg["train"]["early_stopping"] == {"patience": 3, "metric": "val_accuracy",
                                               "min_delta": 0.0}
 
 
