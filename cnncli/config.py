@@ -22,6 +22,7 @@ from .errors import ConfigError
 MAX_INT = 2**31 - 1           # larger ints are typos (or fuzz) and would overflow NumPy shapes
 MAX_VALUES = 100_000          # YAML nodes per file: stops alias "billion laughs" expansion
 MAX_DEPTH = 64                # nesting depth of mappings/lists
+MAX_FILE_BYTES = 10 * 2**20   # a config is a few KB; anything this big is the wrong file
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -73,6 +74,9 @@ def read_config_text(path) -> str:
     if path.is_dir():
         raise ConfigError("is a directory, not a config file", file=path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"file is {path.stat().st_size} bytes; a config should be a small "
+                              "YAML file", file=path, hint="is this the right file?")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("config file not found", file=path,

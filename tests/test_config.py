@@ -244,6 +244,20 @@ def test_missing_file_and_directory(tmp_path):
     assert "is a directory" in str(error_of(tmp_path))
 
 
+def test_huge_file_is_refused_before_parsing(tmp_path, monkeypatch):
+    import cnncli.config as config
+
+    monkeypatch.setattr(config, "MAX_FILE_BYTES", 100)
+    path = write(tmp_path, MINIMAL + "#" * 200 + "\n")
+    assert "a config should be a small YAML file" in str(error_of(path))
+
+
+def test_tabs_are_a_located_yaml_error(tmp_path):
+    path = write(tmp_path, "model:\n\tinput_shape: [1, 8, 8]\n")
+    message = str(error_of(path))
+    assert message.startswith(f"{path}:2:1: YAML syntax error"), message
+
+
 def test_top_level_must_be_a_mapping(tmp_path):
     message = str(error_of(write(tmp_path, "- 1\n- 2\n")))
     assert "the config must be a mapping" in message and ":1:1: " in message
