@@ -147,8 +147,13 @@ class Layer:
         self.dtype = np.dtype(dtype)
 
     def zero_grad(self) -> None:
+        # In place, so references handed out by Model.parameters() stay valid.
         for key, value in self.params.items():
-            self.grads[key] = np.zeros_like(value)
+            grad = self.grads.get(key)
+            if grad is None or grad.shape != value.shape or grad.dtype != value.dtype:
+                self.grads[key] = np.zeros_like(value)
+            else:
+                grad.fill(0)
 
     # -- math, on the internal batch-last layout
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
