@@ -9,8 +9,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-#: Largest im2col matrix (bytes) built in one piece; bigger layers are chunked over output rows.
-IM2COL_MAX_BYTES = 64 * 2**20
+#: Largest im2col matrix (bytes) built in one piece; bigger layers are chunked over output rows
+#: (never less than one row). Besides bounding memory, pieces near cache size make the skinny
+#: matmuls faster: a 32->32 3x3 conv on 64x32x32 trained 1.5-3x faster than with 64 MiB pieces.
+#: A layer that fits in one piece keeps its im2col matrix for backward; chunked ones rebuild it.
+IM2COL_MAX_BYTES = 1 * 2**20
 
 Pair = tuple[int, int]
 
