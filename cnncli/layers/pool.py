@@ -225,11 +225,15 @@ class MaxPool2d(WindowPool):
             self._argmax = None
             return out
         # Which offset holds the window's maximum: strict ">" in row-major scan keeps the first
-        # of equal maxima, as PyTorch's CPU kernel does.
-        argmax = np.zeros(out.shape, np.uint8 if len(views) < 256 else np.int32)
-        np.copyto(argmax, 1, where=views[1] > views[0])
+        # of equal maxima, as PyTorch's CPU kernel does. Offsets come in increasing order, so
+        # the winner is the largest t whose view beat the running maximum: a branch-free
+        # max(argmax, t * beat) (masked writes with random masks are ~10x slower).
+        kind = np.uint8 if len(views) < 256 else np.int32
+        argmax = np.greater(views[1], views[0]).astype(kind)
+        step = np.empty_like(argmax)
         for t, view in enumerate(views[2:], start=2):
-            np.copyto(argmax, t, where=view > out)
+            np.multiply(np.greater(view, out), kind(t), out=step)
+            np.maximum(argmax, step, out=argmax)
             np.maximum(out, view, out=out)
         self._argmax = argmax
         return out
