@@ -95,6 +95,30 @@ def corrupted_text(draw):
     return text[:at] + draw(st.binary(max_size=12)) + text[at + cut:]
 
 
+@st.composite
+def random_layer_stacks(draw):
+    """Registered layer types with random (often wrong) values for their real hyperparameters."""
+    from cnncli.layers.base import hyperparameters
+    from cnncli.registry import LAYERS
+
+    hp_values = st.one_of(st.integers(-2, 6), st.lists(st.integers(-1, 4), max_size=3),
+                          st.sampled_from([None, True, False, 0.5, 1.5, "same", "valid", "none",
+                                           "tanh", "he_normal", "default", "x"]))
+    layers = []
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(sorted(LAYERS)))
+        entry = {"type": kind}
+        for key in hyperparameters(LAYERS[kind]):
+            if draw(st.booleans()):
+                entry[key] = draw(hp_values)
+        if draw(st.integers(0, 4)) == 0:
+            entry["activation"] = draw(st.sampled_from(["relu", "gelu", "dense", 3]))
+        layers.append(entry)
+    shape = draw(st.sampled_from([[1, 8, 8], [3, 5, 7], [2, 1, 1], [6]]))
+    cfg = {"model": {"input_shape": shape, "layers": layers}}
+    return yaml.safe_dump(cfg, sort_keys=False).encode("utf-8")
+
+
 def check_exit(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fuzz.yaml"
@@ -125,6 +149,12 @@ def test_mutated_configs(data):
 @FUZZ
 @given(corrupted_text())
 def test_corrupted_text(data):
+    check_exit(data)
+
+
+@FUZZ
+@given(random_layer_stacks())
+def test_random_layer_stacks(data):
     check_exit(data)
 
 
