@@ -30,28 +30,40 @@ def summary_of(input_shape, layers, **kwargs):
 
 @st.composite
 def small_networks(draw):
-    """A valid stack of conv/pool/activation/norm layers, then flatten and dense."""
-    c, h, w = draw(st.integers(1, 3)), draw(st.integers(5, 12)), draw(st.integers(5, 12))
-    layers = []
-    for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["conv2d", "maxpool2d", "avgpool2d", "relu",
-                                     "batchnorm2d"]))
+    """A valid-looking stack of spatial layers, then optional global pooling, flatten, dense."""
+    c, h, w = draw(st.integers(1, 4)), draw(st.integers(5, 12)), draw(st.integers(5, 12))
+    layers, channels = [], c
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["conv2d", "maxpool2d", "avgpool2d", "lppool2d", "relu",
+                                     "batchnorm2d", "dropout"]))
         k = draw(st.integers(1, 3))
         if kind == "conv2d":
-            entry = {"type": "conv2d", "out_channels": draw(st.integers(1, 4)),
+            groups = draw(st.sampled_from([g for g in (1, 2) if channels % g == 0]))
+            out = groups * draw(st.integers(1, 3))
+            entry = {"type": "conv2d", "out_channels": out, "groups": groups,
                      "kernel_size": [k, draw(st.integers(1, 3))],
-                     "stride": draw(st.integers(1, 2)), "padding": draw(st.integers(0, 1)),
-                     "dilation": draw(st.integers(1, 2))}
+                     "stride": draw(st.integers(1, 2)),
+                     "padding": draw(st.sampled_from([0, 1, [1, 0], "valid"])),
+                     "dilation": draw(st.integers(1, 2)), "bias": draw(st.booleans())}
             if draw(st.booleans()):
-                entry["activation"] = "relu"
+                entry["activation"] = draw(st.sampled_from(["relu", "tanh", "gelu"]))
+            channels = out
         elif kind in ("maxpool2d", "avgpool2d"):
             entry = {"type": kind, "kernel_size": k, "stride": draw(st.integers(1, 2)),
-                     "padding": draw(st.integers(0, k // 2))}
+                     "padding": draw(st.integers(0, k // 2)),
+                     "ceil_mode": draw(st.booleans())}
+        elif kind == "lppool2d":
+            entry = {"type": kind, "norm_type": 2, "kernel_size": k}
         else:
             entry = {"type": kind}
         layers.append(entry)
+    if draw(st.booleans()):
+        layers.append({"type": draw(st.sampled_from(["global_avg_pool2d",
+                                                     "global_max_pool2d"]))})
     layers.append({"type": "flatten"})
-    layers.append({"type": "dense", "units": draw(st.integers(1, 5))})
+    layers.append({"type": "dense", "units": draw(st.integers(1, 5)),
+                   "activation": draw(st.sampled_from(["relu", "sigmoid"]))})
+    layers.append({"type": "dense", "units": draw(st.integers(1, 3))})
     return (c, h, w), layers
 
 
