@@ -99,6 +99,9 @@ class WindowPool(Layer):
 
     pad_value = 0.0
     aliases = {"pool_size": "kernel_size"}
+    # forward and backward return new arrays that the pool never reads again
+    fresh_output = True
+    fresh_input_grad = True
 
     def _set_window(self, kernel_size, stride, padding, dilation, ceil_mode) -> None:
         self.kernel_size = int_pair("kernel_size", kernel_size)
@@ -349,6 +352,9 @@ class LPPool2d(AvgPool2d):
 
 class GlobalPool(Layer):
     """(C, H, W) -> (C, 1, 1), kept spatial like ``nn.AdaptiveXPool2d(1)``."""
+
+    fresh_output = True
+    fresh_input_grad = True
 
     def output_shape(self, input_shape):
         c, _, _ = self.require_spatial(input_shape)
