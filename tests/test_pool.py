@@ -420,3 +420,23 @@ def test_model_errors_name_the_layer():
     assert "layer 2" in str(err.value) and "2x2 input" in str(err.value)
     with pytest.raises(ConfigError, match="needs 'norm_type'"):
         make_layers({"type": "lppool2d", "kernel_size": 2})
+
+
+@pytest.mark.parametrize("make", [lambda: MaxPool2d(2), lambda: MaxPool2d(3, 2, 1),
+                                  lambda: AvgPool2d(3, 2, 1), lambda: LPPool2d(2, 2),
+                                  GlobalAvgPool2d, GlobalMaxPool2d])
+def test_outputs_and_gradients_are_fresh_arrays(make):
+    """Pools declare fresh_output/fresh_input_grad: the next layer may overwrite them."""
+    layer = build_layer(make(), (2, 6, 6))
+    assert layer.fresh_output and layer.fresh_input_grad
+    rng = np.random.default_rng(0)
+    x = to_internal(rng.uniform(0.1, 1.0, (3, 2, 6, 6)))
+    y = layer.forward(x, train=True)
+    dy = rng.standard_normal(y.shape)
+    expected = layer.backward(dy.copy())
+    y2 = layer.forward(x, train=True)
+    assert not np.shares_memory(y2, x)
+    y2[...] = np.nan  # the next layer overwrites our output in place
+    dx = layer.backward(dy)
+    assert not np.shares_memory(dx, dy) and not np.shares_memory(dx, x)
+    np.testing.assert_array_equal(dx, expected)
