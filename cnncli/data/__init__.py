@@ -1,0 +1,209 @@
+"""Datasets for training and inputs for prediction: read, check, split, normalise, batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from . import download, sources
+from .batching import iterate_batches
+from .transforms import (
+    as_labels,
+    check_images,
+    fit_normalization,
+    normalize,
+    stratified_split,
+    to_nchw,
+)
+
+__all__ = ["Dataset", "load_dataset", "normalize", "load_inputs", "iterate_batches"]
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+
+
+@dataclass
+class Dataset:
+    """Normalised float32 NCHW splits with int64 labels, plus what is needed to redo it."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+    normalization: dict
+
+
+def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int,
+                 root: Path | None = None) -> Dataset:
+    """Read the source ``data_cfg`` names, check it fits the model, split and normalise it."""
+    input_shape = _image_shape(input_shape)
+    raw = read_source(data_cfg, input_shape[0], root)
+    layout = raw.layout or data_cfg.get("layout")
+    x_train = to_nchw(raw.x_train, input_shape, layout, "x_train")
+    if len(x_train) == 0:
+        raise DataError("the training split is empty (x_train has 0 images)")
+    check_images(x_train, input_shape, "x_train")
+    y_train = as_labels(raw.y_train, len(x_train), num_classes, "train")
+    if raw.x_test is not None:
+        x_test = to_nchw(raw.x_test, input_shape, layout, "x_test")
+        check_images(x_test, input_shape, "x_test")
+        y_test = as_labels(raw.y_test, len(x_test), num_classes, "test")
+    else:
+        x_test, y_test = np.zeros((0,) + input_shape, x_train.dtype), np.zeros(0, np.int64)
+    class_names = _class_names(raw.class_names, num_classes)
+
+    fraction = float(data_cfg.get("val_split") or 0.0)
+    train_idx, val_idx = stratified_split(y_train, fraction, np.random.default_rng([seed, 2]))
+    if fraction > 0 and len(val_idx) == 0:
+        raise DataError(f"val_split {fraction} of {len(y_train)} training images leaves no "
+                        f"validation images", key="val_split",
+                        hint=f"use val_split >= {0.5 / max(np.bincount(y_train).max(), 1):.3g} "
+                             f"or 0")
+    if len(train_idx) == 0:
+        raise DataError(f"val_split {fraction} leaves no training images", key="val_split")
+    stats = fit_normalization(x_train[train_idx], data_cfg.get("normalize") or "none",
+                              raw.value_max)
+    return Dataset(normalize(x_train[train_idx], stats), y_train[train_idx],
+                   normalize(x_train[val_idx], stats), y_train[val_idx],
+                   normalize(x_test, stats), y_test, class_names, stats)
+
+
+def _image_shape(input_shape) -> tuple:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3:
+        raise DataError(f"image data needs a model input_shape [C, H, W], got {list(shape)}",
+                        key="input_shape")
+    return shape
+
+
+def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
+    if names is None:
+        return [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise DataError(f"the data has {len(names)} classes but the model outputs "
+                        f"{num_classes} scores",
+                        hint=f"make the last layer output {len(names)} units")
+    return list(names)
+
+
+def read_source(data_cfg: dict, channels: int, root: Path | None = None) -> sources.RawData:
+    """Raw arrays of the configured ``dataset`` or ``path``."""
+    path = data_cfg.get("path")
+    if path is not None:
+        return read_path(path, channels, root)
+    name = data_cfg.get("dataset") or "digits"
+    if name == "digits":
+        return sources.read_digits()
+    cache = data_cfg.get("cache_dir")
+    if cache and root is not None:
+        cache = Path(root) / Path(cache).expanduser()
+    if name in ("mnist", "fashion-mnist"):
+        folder = next(iter(download.fetch(name, cache).values())).parent
+        raw = sources.read_idx_dir(folder)
+        raw.class_names = (sources.FASHION_CLASSES if name == "fashion-mnist"
+                           else [str(i) for i in range(10)])
+        return raw
+    if name == "cifar10":
+        return sources.read_cifar10(download.fetch(name, cache)["cifar-10-binary.tar.gz"])
+    raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}",
+                    key="dataset")
+
+
+def _resolve(path, root: Path | None) -> Path:
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() or root is None else Path(root) / p
+    if not p.exists():
+        raise DataError(f"data.path {str(path)!r} does not exist"
+                        + (f" (looked in {p.parent})" if root is not None else ""), key="path")
+    return p
+
+
+def read_path(path, channels: int, root: Path | None = None) -> sources.RawData:
+    """An .npz, an IDX directory / file / [images, labels] pair, CIFAR-10 archive or images."""
+    if isinstance(path, (list, tuple)):
+        if len(path) == 2:
+            return sources.read_idx_pair(_resolve(path[0], root), _resolve(path[1], root))
+        path = path[0]
+    p = _resolve(path, root)
+    name = p.name.lower()
+    if p.is_dir():
+        if sources.is_idx_dir(p):
+            return sources.read_idx_dir(p)
+        return sources.read_image_folder(p, channels)
+    if name.endswith(".npz"):
+        return sources.read_npz(p)
+    if name.endswith((".tar.gz", ".tgz")):
+        return sources.read_cifar10(p)
+    if "idx3-ubyte" in name:
+        base = p.name.removesuffix(".gz").replace("images", "labels").replace("idx3", "idx1")
+        labels = [q for q in (p.with_name(base), p.with_name(base + ".gz")) if q.is_file()]
+        if not labels:
+            raise DataError(f"no labels file next to {p}",
+                            hint="give path: [images-file, labels-file]", key="path")
+        return sources.read_idx_pair(p, labels[0])
+    raise DataError(f"data.path {str(path)!r} is not an .npz, IDX file, CIFAR-10 archive or "
+                    f"image folder", key="path")
+
+
+# ---------------------------------------------------------------- predict inputs
+
+def load_inputs(paths: list[str], input_shape, normalization: dict
+                ) -> tuple[np.ndarray, list[str]]:
+    """Images, .npy or .npz files -> normalised float32 NCHW and one label per row."""
+    input_shape = _image_shape(input_shape)
+    if not paths:
+        raise DataError("no inputs given")
+    batches, labels = [], []
+    for text in paths:
+        p = Path(text)
+        if not p.is_file():
+            raise DataError(f"input {text!r} does not exist or is not a file")
+        if sources.is_image(p):
+            img = sources.read_image(p, input_shape[0], size=input_shape[1:])[None]
+            batches.append(normalize(img, _image_normalization(normalization)))
+            labels.append(text)
+            continue
+        if p.suffix.lower() not in (".npz", ".npy"):
+            raise DataError(f"input {text!r} is not an image, .npy or .npz file")
+        x = _input_images(_pick_array(p), input_shape, text)
+        check_images(x, input_shape, text)
+        batches.append(normalize(x, normalization))
+        labels.extend(f"{text}[{i}]" for i in range(len(x)))
+    x = np.concatenate(batches)
+    if len(x) == 0:
+        raise DataError(f"the inputs {', '.join(paths)} hold no images")
+    return np.ascontiguousarray(x, dtype=np.float32), labels
+
+
+def _image_normalization(normalization: dict) -> dict:
+    """Image files are 0..255 whatever the training data's range: map 255 to the scaled 1."""
+    if str(normalization.get("mode", "none")) == "none":
+        return dict(normalization)
+    return {**normalization, "scale": np.float32(255.0)}
+
+
+def _pick_array(p: Path) -> np.ndarray:
+    arrays = sources.read_array_file(p)
+    for key in ("", "x", "x_test"):
+        if key in arrays:
+            return arrays[key]
+    if len(arrays) == 1:
+        return next(iter(arrays.values()))
+    raise DataError(f"{p} holds {', '.join(sorted(arrays))}; cannot tell which are the images",
+                    hint="name the image array x")
+
+
+def _input_images(x: np.ndarray, input_shape: tuple, what: str) -> np.ndarray:
+    """Accept one image ((H, W), (C, H, W), (H, W, C)) or a batch, as an NCHW batch."""
+    c, h, w = input_shape
+    if x.ndim == 2:
+        x = x[None]
+    elif x.ndim == 3 and c > 1 and x.shape in ((c, h, w), (h, w, c)):
+        x = x[None]
+    return to_nchw(x, input_shape, None, what)

@@ -1,0 +1,49 @@
+"""Shuffled mini-batches with vectorised augmentation (random crop, horizontal flip)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator,
+                    *, shuffle: bool = True, augment: dict | None = None
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of (x_batch, y_batch); a fresh permutation per call, last partial batch kept."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}",
+                          key="batch_size")
+    n = len(y)
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    pad = int((augment or {}).get("random_crop") or 0)
+    flip = bool((augment or {}).get("horizontal_flip"))
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        xb = x[idx]
+        if pad:
+            xb = random_crop(xb, pad, rng)
+        if flip:
+            xb = random_hflip(xb, rng)
+        yield np.ascontiguousarray(xb), y[idx]
+
+
+def random_crop(x: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """Zero-pad H and W by ``pad`` and crop back to H x W at a random offset per image."""
+    n, c, h, w = x.shape
+    padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+    padded[:, :, pad:pad + h, pad:pad + w] = x
+    dy = rng.integers(0, 2 * pad + 1, size=n)
+    dx = rng.integers(0, 2 * pad + 1, size=n)
+    rows = (dy[:, None] + np.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + np.arange(w))[:, None, None, :]
+    return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None],
+                  rows, cols]
+
+
+def random_hflip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mirror each image left-right with probability 1/2."""
+    flip = rng.random(len(x)) < 0.5
+    return np.where(flip[:, None, None, None], x[..., ::-1], x)

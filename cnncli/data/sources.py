@@ -1,0 +1,268 @@
+"""Readers that turn files on disk into raw (unnormalised) arrays: npz, IDX, CIFAR-10, images."""
+
+from __future__ import annotations
+
+import gzip
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+DIGITS_FILE = "digits.npz"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+
+
+@dataclass
+class RawData:
+    """Arrays as stored in the source; ``x_*`` keep their on-disk layout and dtype."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    class_names: list[str] | None = None
+    value_max: float | None = None   # the source's known pixel maximum (digits: 16)
+    layout: str | None = None        # known layout of 4-D arrays, else inferred
+
+
+# ---------------------------------------------------------------- npz / npy
+
+def read_array_file(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an .npz (or the one array of an .npy), never unpickling."""
+    try:
+        if path.suffix.lower() == ".npy":
+            return {"": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                return {"": np.asarray(data)}
+            return {k: data[k] for k in data.files}
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise DataError(f"{path} holds Python objects (pickled arrays), which cnncli "
+                            f"refuses to load", hint="save plain numeric arrays") from None
+        raise DataError(f"{path} is not a readable NumPy file: {err}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path} is not a readable NumPy file: {err}") from None
+
+
+def read_npz(path: Path) -> RawData:
+    arrays = read_array_file(path)
+    missing = [k for k in ("x_train", "y_train") if k not in arrays]
+    if missing:
+        raise DataError(f"{path} lacks {' and '.join(missing)} (it has "
+                        f"{', '.join(sorted(arrays)) or 'no arrays'})",
+                        hint="save x_train, y_train and optionally x_test, y_test, class_names")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        have = "x_test" if "x_test" in arrays else "y_test"
+        raise DataError(f"{path} has {have} but not its partner", hint="save x_test with y_test")
+    names = arrays.get("class_names")
+    if names is not None and (names.ndim != 1 or names.dtype.kind not in "US"):
+        raise DataError(f"{path}: class_names must be a 1-D array of strings, got "
+                        f"{names.dtype} {names.shape}")
+    return RawData(arrays["x_train"], arrays["y_train"], arrays.get("x_test"),
+                   arrays.get("y_test"),
+                   None if names is None else [str(n) for n in names.astype(str)])
+
+
+def digits_path() -> Path:
+    """The bundled digits: the package copy first, then the repository's data/ directory."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "datasets" / DIGITS_FILE,
+                      here.parent.parent / "data" / DIGITS_FILE):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"the bundled {DIGITS_FILE} is missing from {here.parent / 'datasets'}",
+                    hint="reinstall cnncli")
+
+
+def read_digits() -> RawData:
+    raw = read_npz(digits_path())
+    raw.value_max = 16.0
+    return raw
+
+
+# ---------------------------------------------------------------- IDX (MNIST format)
+
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (raw or .gz) as an array with its native shape."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                blob = f.read()
+        else:
+            blob = path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise DataError(f"cannot read IDX file {path}: {err}") from None
+    return parse_idx(blob, path)
+
+
+def parse_idx(blob: bytes, where) -> np.ndarray:
+    if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in IDX_DTYPES:
+        raise DataError(f"{where} is not an IDX file (bad magic number {blob[:4].hex()!r})")
+    ndim = blob[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(blob) < header:
+        raise DataError(f"{where}: truncated IDX header")
+    shape = tuple(int(d) for d in np.frombuffer(blob, ">u4", ndim, 4))
+    dtype = np.dtype(IDX_DTYPES[blob[2]])
+    need = int(np.prod(shape)) * dtype.itemsize
+    if len(blob) - header != need:
+        raise DataError(f"{where}: IDX header says {shape} ({need} bytes of data) but the file "
+                        f"holds {len(blob) - header} bytes")
+    return np.frombuffer(blob, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(folder: Path, split_names: tuple[str, ...], kind: str) -> Path | None:
+    for split in split_names:
+        for sep in ("-", "."):
+            base = f"{split}-{kind}{sep}idx{3 if kind == 'images' else 1}-ubyte"
+            for name in (base, base + ".gz"):
+                if (folder / name).is_file():
+                    return folder / name
+    return None
+
+
+def is_idx_dir(folder: Path) -> bool:
+    return _find_idx(folder, ("train",), "images") is not None
+
+
+def read_idx_dir(folder: Path) -> RawData:
+    """train-images-idx3-ubyte[.gz] etc., plus optional t10k-* / test-* files."""
+    files = {(split, kind): _find_idx(folder, names, kind)
+             for split, names in (("train", ("train",)), ("test", ("t10k", "test")))
+             for kind in ("images", "labels")}
+    if files["train", "labels"] is None:
+        raise DataError(f"{folder} has {files['train', 'images'].name} but no "
+                        f"train-labels-idx1-ubyte[.gz]")
+    if (files["test", "images"] is None) != (files["test", "labels"] is None):
+        have = files["test", "images"] or files["test", "labels"]
+        raise DataError(f"{folder} has {have.name} but not its images/labels partner")
+    test = files["test", "images"]
+    return RawData(read_idx(files["train", "images"]), read_idx(files["train", "labels"]),
+                   None if test is None else read_idx(test),
+                   None if test is None else read_idx(files["test", "labels"]))
+
+
+def read_idx_pair(images: Path, labels: Path) -> RawData:
+    return RawData(read_idx(images), read_idx(labels))
+
+
+# ---------------------------------------------------------------- CIFAR-10 binary
+
+CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def read_cifar10(archive: Path) -> RawData:
+    """cifar-10-binary.tar.gz read in place: 1 label byte + 3072 CHW bytes per record."""
+    def batch(tar, name):
+        member = tar.extractfile(f"cifar-10-batches-bin/{name}")
+        records = np.frombuffer(member.read(), np.uint8)
+        if records.size % CIFAR_RECORD:
+            raise DataError(f"{archive}: {name} is not a whole number of CIFAR-10 records")
+        records = records.reshape(-1, CIFAR_RECORD)
+        return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            train = [batch(tar, f"data_batch_{i}.bin") for i in range(1, 6)]
+            x_test, y_test = batch(tar, "test_batch.bin")
+            meta = tar.extractfile("cifar-10-batches-bin/batches.meta.txt").read()
+    except (OSError, EOFError, KeyError, AttributeError, tarfile.TarError) as err:
+        raise DataError(f"{archive} is not a complete CIFAR-10 binary archive ({err})",
+                        hint="delete it so it is downloaded again") from None
+    names = [n.strip() for n in meta.decode("ascii", "replace").splitlines() if n.strip()]
+    return RawData(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+                   x_test, y_test, names, layout="NCHW")
+
+
+# ---------------------------------------------------------------- image folders
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("reading image files needs pillow",
+                        hint="pip install 'cnncli[images]'") from None
+    return Image
+
+
+def pil_mode(channels: int) -> str:
+    modes = {1: "L", 3: "RGB", 4: "RGBA"}
+    if channels not in modes:
+        raise DataError(f"images can be read for 1, 3 or 4 channels, but the model input has "
+                        f"{channels}", key="input_shape")
+    return modes[channels]
+
+
+def read_image(path: Path, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image as uint8 (C, H, W); resized (bilinear) to ``size`` = (H, W) when given."""
+    Image = _pillow()
+    try:
+        with Image.open(path) as img:
+            img = img.convert(pil_mode(channels))
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as err:  # pillow raises many types for a bad file
+        raise DataError(f"cannot read image {path}: {err}") from None
+    return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _read_class_tree(folder: Path, class_names: list[str], channels: int):
+    images, labels = [], []
+    shape = None
+    for label, name in enumerate(class_names):
+        sub = folder / name
+        files = sorted(p for p in sub.iterdir() if p.is_file() and is_image(p)) \
+            if sub.is_dir() else []
+        for file in files:
+            img = read_image(file, channels)
+            if shape is None:
+                shape, first = img.shape, file
+            elif img.shape != shape:
+                raise DataError(f"{file} is {img.shape[2]}x{img.shape[1]} but {first} is "
+                                f"{shape[2]}x{shape[1]}; all images must have one size")
+            images.append(img)
+            labels.append(label)
+    if not images:
+        raise DataError(f"{folder} holds no images (.png, .jpg, ...) in its class subfolders")
+    return np.stack(images), np.asarray(labels, np.int64)
+
+
+def read_image_folder(folder: Path, channels: int) -> RawData:
+    """<folder>/<class>/*.png, or <folder>/train/<class>/... with an optional test/."""
+    train_dir = folder / "train" if (folder / "train").is_dir() else folder
+    class_dirs = _class_dirs(train_dir)
+    if not class_dirs:
+        raise DataError(f"{train_dir} has no class subfolders",
+                        hint="put the images of each class in their own subfolder")
+    names = [d.name for d in class_dirs]
+    x_train, y_train = _read_class_tree(train_dir, names, channels)
+    x_test = y_test = None
+    if train_dir != folder and (folder / "test").is_dir():
+        extra = sorted(set(d.name for d in _class_dirs(folder / "test")) - set(names))
+        if extra:
+            raise DataError(f"{folder / 'test'} has class folders missing from train/: "
+                            f"{', '.join(extra)}")
+        x_test, y_test = _read_class_tree(folder / "test", names, channels)
+    return RawData(x_train, y_train, x_test, y_test, names, layout="NCHW")
+

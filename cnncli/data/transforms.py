@@ -1,0 +1,133 @@
+"""Layout, sanity checks, stratified split and normalisation of raw image arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DataError
+
+CHANNEL_COUNTS = (1, 2, 3, 4)
+
+
+def to_nchw(x: np.ndarray, input_shape: tuple, layout: str | None, what: str) -> np.ndarray:
+    """(N,H,W), (N,C,H,W) or (N,H,W,C) -> NCHW; ``layout`` settles ambiguous 4-D arrays."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"{what} has shape {x.shape}; expected (N, H, W), (N, C, H, W) or "
+                        f"(N, H, W, C)")
+    if layout is None:
+        layout = _infer_layout(x.shape[1:], tuple(input_shape), what)
+    return x if layout == "NCHW" else np.transpose(x, (0, 3, 1, 2))
+
+
+def _infer_layout(shape: tuple, input_shape: tuple, what: str) -> str:
+    c, h, w = input_shape
+    as_nchw, as_nhwc = shape == (c, h, w), shape == (h, w, c)
+    if as_nchw != as_nhwc:
+        return "NCHW" if as_nchw else "NHWC"
+    first, last = shape[0] in CHANNEL_COUNTS, shape[2] in CHANNEL_COUNTS
+    if first != last and not as_nchw:
+        return "NCHW" if first else "NHWC"
+    raise DataError(f"{what} has shape (N, {', '.join(map(str, shape))}): cannot tell whether "
+                    f"channels come first or last for model input_shape {list(input_shape)}",
+                    key="layout", hint="set data.layout: NCHW or NHWC")
+
+
+def as_labels(y: np.ndarray, n: int, num_classes: int, what: str) -> np.ndarray:
+    """Checked int64 labels: 1-D, length ``n``, integer-valued, within [0, num_classes)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{what} labels have shape {y.shape}; expected one integer per image "
+                        f"({n},)", hint="store class indices, not one-hot vectors")
+    if len(y) != n:
+        raise DataError(f"{what} has {n} images but {len(y)} labels")
+    if y.dtype.kind in "fc":
+        bad = ~np.isfinite(y) | (y != np.round(y)) if y.dtype.kind == "f" else np.ones(len(y))
+        if np.any(bad):
+            first = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{what} label {first} is {y[first]!r}, not an integer class index")
+    elif y.dtype.kind not in "iub":
+        raise DataError(f"{what} labels have dtype {y.dtype}; expected integer class indices")
+    labels = y.astype(np.int64)
+    out = (labels < 0) | (labels >= num_classes)
+    if np.any(out):
+        first = int(np.flatnonzero(out)[0])
+        raise DataError(f"{what} label {labels[first]} (at index {first}) is outside 0.."
+                        f"{num_classes - 1}: the model has {num_classes} classes",
+                        hint=f"make the last layer output {int(labels.max()) + 1} units"
+                        if labels[first] >= num_classes else "labels must be >= 0")
+    return labels
+
+
+def check_images(x: np.ndarray, input_shape: tuple, what: str) -> None:
+    """NCHW images must match the model input and hold finite numbers."""
+    c, h, w = input_shape
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{what} has dtype {x.dtype}; expected integer or float pixels")
+    if x.shape[1] != c:
+        raise DataError(f"{what} has {x.shape[1]} channel(s) but the model input_shape "
+                        f"{list(input_shape)} expects {c}", key="input_shape")
+    if x.shape[2:] != (h, w):
+        raise DataError(f"{what} images are {x.shape[2]}x{x.shape[3]} (HxW) but the model "
+                        f"input_shape {list(input_shape)} expects {h}x{w}", key="input_shape")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
+        raise DataError(f"{what} image {bad} contains NaN or inf values")
+
+
+def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator):
+    """(train_idx, val_idx): each class keeps ``fraction`` of its images in val (rounded)."""
+    if fraction <= 0:
+        return np.arange(len(y)), np.arange(0)
+    val = []
+    for cls in np.unique(y):  # a loop over classes, not samples
+        members = np.flatnonzero(y == cls)
+        take = int(np.floor(fraction * len(members) + 0.5))
+        val.append(rng.permutation(members)[:take])
+    val_idx = np.sort(np.concatenate(val))
+    mask = np.ones(len(y), bool)
+    mask[val_idx] = False
+    return np.flatnonzero(mask), val_idx
+
+
+def fit_normalization(x: np.ndarray, mode: str, value_max: float | None = None) -> dict:
+    """Statistics of the training images (NCHW, raw units) for ``normalize``."""
+    channels = x.shape[1]
+    if mode == "none":
+        scale = 1.0
+    elif value_max is not None:
+        scale = float(value_max)
+    elif x.dtype == np.uint8:
+        scale = 255.0
+    else:
+        peak = float(x.max()) if x.size else 1.0
+        scale = peak if peak > 1.0 else 1.0
+    mean = np.zeros(channels, np.float32)
+    std = np.ones(channels, np.float32)
+    if mode == "standardize":
+        scaled = x.astype(np.float32) / np.float32(scale)
+        mean = scaled.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+        std = scaled.std(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+        std[std == 0] = 1.0  # a constant channel: leave it centred, do not divide by zero
+    return {"mode": mode, "scale": np.float32(scale), "mean": mean, "std": std}
+
+
+def normalize(x_raw: np.ndarray, normalization: dict) -> np.ndarray:
+    """Raw NCHW images -> float32 model input, using stored statistics (train or checkpoint)."""
+    mode = str(normalization.get("mode", "none"))
+    x = np.asarray(x_raw, dtype=np.float32)
+    if mode == "none":
+        return np.ascontiguousarray(x)
+    x = x / np.float32(normalization.get("scale", 1.0))
+    if mode == "standardize":
+        mean = np.asarray(normalization["mean"], np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(normalization["std"], np.float32).reshape(1, -1, 1, 1)
+        if mean.shape[1] != x.shape[1]:
+            raise DataError(f"the normalisation statistics are for {mean.shape[1]} channel(s) "
+                            f"but the images have {x.shape[1]}")
+        x = (x - mean) / std
+    return np.ascontiguousarray(x, dtype=np.float32)
