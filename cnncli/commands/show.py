@@ -65,7 +65,7 @@ def _model_and_meta(path: Path):
         return ckpt.model(), ckpt.normalization, getattr(ckpt, "class_names", None), False
     from .. import build_model
 
-    return build_model(str(path)), None, None, True
+    return build_model(str(path)), {}, None, True   # no training statistics: inputs as given
 
 
 def _layer_stack(path: Path):
@@ -275,7 +275,7 @@ def _show_receptive(source: Path, layer_name, at, background, out):
         from ..data import load_inputs
 
         normalization = (_load_checkpoint(source).normalization if _is_checkpoint(source)
-                         else None)
+                         else {})
         x, _ = load_inputs([background], input_shape, normalization)
         chw = np.asarray(x[0], dtype=np.float64)
         under = pictures.grey_rgb(chw.transpose(1, 2, 0) if chw.shape[0] == 3 else chw[0])
