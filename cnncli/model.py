@@ -90,6 +90,10 @@ class Model:
                 self.shapes.append(tuple(layer.output_shape(self.shapes[-1])))
             except ConfigError as err:
                 raise err.located(layer=label) from None
+        # In-place work (ReLU) is allowed only on arrays the neighbour hands over for good.
+        for prev, nxt in zip(self.layers[:-1], self.layers[1:], strict=True):
+            nxt.may_overwrite_input = prev.fresh_output
+            prev.may_overwrite_grad = nxt.fresh_input_grad
 
     @property
     def output_shape(self) -> tuple[int, ...]:

@@ -24,13 +24,21 @@ class Activation(Layer):
 class ReLU(Activation):
     """max(x, 0); the gradient at 0 is 0, as in PyTorch."""
 
+    fresh_input_grad = True
+
     def forward(self, x, train=False):
-        y = np.maximum(x, 0)
+        # In place when the previous layer hands its output over (conv, dense, pool in a
+        # Model): no new array, half the memory traffic.
+        y = np.maximum(x, 0, out=x) if self.may_overwrite_input else np.maximum(x, 0)
         self._cache = y
         return y
 
     def backward(self, dy, need_dx=True):
-        return dy * (self._cache > 0) if need_dx else None
+        if not need_dx:
+            return None
+        if self.may_overwrite_grad:
+            return np.multiply(dy, self._cache > 0, out=dy)
+        return dy * (self._cache > 0)
 
 
 @register("leaky_relu")

@@ -117,6 +117,14 @@ class Layer:
 
     type_name: str = "layer"
     aliases: dict[str, str] = {}
+    #: forward returns a new array that this layer never reads again (not its input, not
+    #: cached), so the next layer may overwrite it; ``fresh_input_grad``: the same for
+    #: backward's dx. ``Model`` turns these into ``may_overwrite_input``/``may_overwrite_grad``
+    #: on the neighbours (always False for a layer used on its own).
+    fresh_output = False
+    fresh_input_grad = False
+    may_overwrite_input = False
+    may_overwrite_grad = False
 
     def __init__(self, name: str | None = None):
         if name is not None and (not isinstance(name, str) or not name):

@@ -18,6 +18,8 @@ class Dense(Layer):
 
     accepts_activation = True
     aliases = {"out_features": "units"}
+    fresh_output = True       # y and dx are new arrays, never kept (see Layer)
+    fresh_input_grad = True
 
     def __init__(self, units, bias=True, init="default", in_features=None,
                  name: str | None = None):
