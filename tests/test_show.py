@@ -409,3 +409,23 @@ def test_cli_features_draw_the_maps_each_layer_produces(tmp_path):
 
     result = run_cli("show", path, "--features", tmp_path / "inputs.npy", "--index", 9)
     assert result.exit_code == 2 and "--index 9 is out of range" in result.output
+
+
+def test_cli_receptive_field_over_an_input_row(tmp_path):
+    config = write_config(tmp_path / "net.yaml", (1, 8, 8), STACK)
+    x = np.ones((2, 1, 8, 8), np.float32)
+    x[0] = 0.0
+    x[1, 0, 6, 6] = 0.0          # one dark pixel, outside the centre unit's box (rows 0..5)
+    np.save(tmp_path / "x.npy", x)
+    black = []
+    for row in (0, 1):
+        out = tmp_path / f"rf{row}.png"
+        result = run_cli("show", config, "--receptive-field", "--input", tmp_path / "x.npy",
+                         "--index", row, "--out", out)
+        assert result.exit_code == 0, result.output
+        black.append(int(np.all(pictures_png(out) == 0, axis=-1).sum()))
+    scale = pictures.tile_scale(8, 256, most=32)
+    assert black[1] - black[0] == scale * scale  # same title text; row 1 adds one dark pixel
+    result = run_cli("show", config, "--receptive-field", "--input", tmp_path / "x.npy",
+                     "--index", 2)
+    assert result.exit_code == 2 and "--index 2 is out of range" in result.output

@@ -117,7 +117,7 @@ def _parse_at(text: str | None):
 @click.option("--layer", "layer_name", default=None, metavar="NAME",
               help="Layer name (see 'cnncli summary').")
 @click.option("--index", default=0, show_default=True, type=int,
-              help="Row of the --features input file to use.")
+              help="Row of the --features or --input file to use.")
 @click.option("--at", "at", default=None, metavar="Y,X",
               help="Output unit for --receptive-field (default: the centre).")
 @click.option("--input", "background", default=None, metavar="IMG",
@@ -146,7 +146,7 @@ def show_command(source, mode, features_input, receptive_flag, layer_name, index
     elif chosen[0] == "--features":
         lines, path = _show_features(source, features_input, layer_name, index, out)
     else:
-        lines, path = _show_receptive(source, layer_name, _parse_at(at), background, out)
+        lines, path = _show_receptive(source, layer_name, _parse_at(at), background, index, out)
     for line in lines:
         click.echo(line)
     click.echo(f"wrote {path}")
@@ -216,9 +216,7 @@ def _show_features(source: Path, features_input: str, layer_name, index: int, ou
 
     model, normalization, class_names, untrained = _model_and_meta(source)
     x, row_labels = load_inputs([features_input], model.input_shape, normalization)
-    if not 0 <= index < len(x):
-        raise ConfigError(f"--index {index} is out of range: {features_input} has {len(x)} "
-                          f"input row(s)", key="index", hint=f"use 0..{len(x) - 1}")
+    _check_index(index, x, features_input)
     groups = _feature_groups(model)
     if layer_name is not None:
         i = _find_layer(model.layers, layer_name)
@@ -265,7 +263,13 @@ def _show_features(source: Path, features_input: str, layer_name, index: int, ou
     return lines, path
 
 
-def _show_receptive(source: Path, layer_name, at, background, out):
+def _check_index(index: int, x, path) -> None:
+    if not 0 <= index < len(x):
+        raise ConfigError(f"--index {index} is out of range: {path} has {len(x)} "
+                          f"input row(s)", key="index", hint=f"use 0..{len(x) - 1}")
+
+
+def _show_receptive(source: Path, layer_name, at, background, row: int, out):
     layers, input_shape = _layer_stack(source)
     index = (_find_layer(layers, layer_name) if layer_name is not None
              else receptive.last_spatial_index(layers, input_shape))
@@ -277,7 +281,8 @@ def _show_receptive(source: Path, layer_name, at, background, out):
         normalization = (_load_checkpoint(source).normalization if _is_checkpoint(source)
                          else {})
         x, _ = load_inputs([background], input_shape, normalization)
-        chw = np.asarray(x[0], dtype=np.float64)
+        _check_index(row, x, background)
+        chw = np.asarray(x[row], dtype=np.float64)
         under = pictures.grey_rgb(chw.transpose(1, 2, 0) if chw.shape[0] == 3 else chw[0])
     image, _, _ = pictures.receptive_picture(box, under)
     title = (f"{box.layer} unit ({box.unit[0]},{box.unit[1]}): rows {box.top}..{box.bottom} "
