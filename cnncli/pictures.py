@@ -408,7 +408,8 @@ def receptive_picture(box, background: np.ndarray | None = None, target: int = 2
         if jx > 1:
             inner[:, cols] = JUMP_COLOR
         image[y0:y0 + h * scale, x0:x0 + w * scale] = inner
-    draw_rect(image, y0, x0, y0 + h * scale, x0 + w * scale, (60, 60, 60), thickness=1)
+    if background is None:  # frame the blank input; an image frames itself
+        draw_rect(image, y0, x0, y0 + h * scale, x0 + w * scale, (60, 60, 60), thickness=1)
     top, left = (box.top + pad_top) * scale, (box.left + pad_left) * scale
     bottom, right = (box.bottom + pad_top + 1) * scale, (box.right + pad_left + 1) * scale
     thick = max(2, scale // 8)
