@@ -36,6 +36,13 @@ class RawData:
 def read_array_file(path: Path) -> dict[str, np.ndarray]:
     """All arrays of an .npz (or the one array of an .npy), never unpickling."""
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):
+        raise DataError(f"{path} is not a readable NumPy file (no .npz/.npy header)")
+    try:
         if path.suffix.lower() == ".npy":
             return {"": np.load(path, allow_pickle=False)}
         with np.load(path, allow_pickle=False) as data:

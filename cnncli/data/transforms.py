@@ -49,7 +49,8 @@ def as_labels(y: np.ndarray, n: int, num_classes: int, what: str) -> np.ndarray:
         bad = ~np.isfinite(y) | (y != np.round(y)) if y.dtype.kind == "f" else np.ones(len(y))
         if np.any(bad):
             first = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{what} label {first} is {y[first]!r}, not an integer class index")
+            raise DataError(f"{what} label {first} is {y[first].item()!r}, not an integer "
+                            f"class index")
     elif y.dtype.kind not in "iub":
         raise DataError(f"{what} labels have dtype {y.dtype}; expected integer class indices")
     labels = y.astype(np.int64)
