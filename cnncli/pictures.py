@@ -17,7 +17,7 @@ from .errors import CnncliError
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
 BACKGROUND = (255, 255, 255)
-GAP_COLOR = (200, 200, 200)
+GAP_COLOR = (150, 150, 150)
 
 # Diverging map (ColorBrewer RdBu, reversed): -1 blue, 0 near-white, +1 red.
 _DIVERGING = np.array([(33, 102, 172), (103, 169, 207), (247, 247, 247),

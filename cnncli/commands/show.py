@@ -178,6 +178,8 @@ def _show_filters(source: Path, layer_name, out):
         meaning = (f"one RGB tile per output channel (channel weights -> red/green/blue; "
                    f"0 = mid-grey, shared scale +-{info['limit']:.3g})")
     else:
+        if c > 1:
+            title += "  rows: outputs, columns: inputs"
         image = pictures.vstack([pictures.labelled(grid, title),
                                  pictures.colorbar(info["limit"])], gap=6)
         layout = ("rows = output channels, columns = input channels" if c > 1
