@@ -80,7 +80,7 @@ def fetch(dataset: str, cache_dir=None) -> dict[str, Path]:
 def download(url: str, dest: Path, checksum: str) -> None:
     """Stream ``url`` into ``dest`` via a temp file; verify, fsync, then rename into place."""
     algorithm, expected = checksum.split(":", 1)
-    by_hand = f"download {url} yourself and save it as {dest}"
+    by_hand = f"download it yourself and save it as {dest}"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -105,7 +105,16 @@ def download(url: str, dest: Path, checksum: str) -> None:
     except DataError:
         raise
     except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
-        raise DataError(f"cannot download {url} ({reason}); {by_hand}") from None
+        raise DataError(f"cannot download {url} ({_reason(err)}); {by_hand}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _reason(err: Exception) -> str:
+    """A short cause: 'HTTP 404 Not Found', 'Connection refused', 'timed out'."""
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    inner = getattr(err, "reason", err)
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror
+    return str(inner)
