@@ -288,7 +288,7 @@ def pictures_png(path):
 @pytest.mark.parametrize("args, message", [
     (["--receptive-field", "--layer", "nope"], "no layer named 'nope'"),
     (["--receptive-field", "--layer", "fc"], "flat output"),
-    (["--receptive-field", "--at", "9,0"], "outside layer 'pool'"),
+    (["--receptive-field", "--at", "9,0"], "outside the 4x4 output of layer 'pool'"),
     (["--receptive-field", "--at", "x"], "--at must be Y,X"),
     (["--filters", "--receptive-field"], "choose exactly one"),
     ([], "choose exactly one"),
