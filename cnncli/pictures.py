@@ -348,12 +348,13 @@ def feature_grid(maps: np.ndarray, *, target: int = 40, gap: int = 2):
     maps = np.asarray(maps, dtype=np.float64)
     shown = maps[:MAX_FEATURE_MAPS]
     c, h, w = shown.shape
-    signed = bool(np.nanmin(shown) < 0) if shown.size else False
+    finite = shown[np.isfinite(shown)]   # a diverged model's NaN/inf must not hide the rest
+    signed = bool(finite.size and finite.min() < 0)
     if signed:
-        limit = symmetric_limit(shown)
+        limit = symmetric_limit(finite)
         tiles, low, high = diverging(shown, limit), -limit, limit
     else:
-        high = float(np.nanmax(shown)) if shown.size else 1.0
+        high = float(finite.max()) if finite.size else 1.0
         low, high = 0.0, (high if high > 0 else 1.0)
         tiles = sequential(shown, low, high)
     scale = tile_scale(max(h, w), target)

@@ -162,7 +162,7 @@ def braille_chart(series, width: int = 60, height: int = 12, style=None) -> list
     """Draw series [(label, marker, color, xs, ys), ...] on one braille chart with axes.
 
     ``style(text, color)`` colours a cell (e.g. click.style); lines connect the points, the
-    marker character sits on each data point when there are few enough of them.
+    marker character sits on the data points (on every few when there are many).
     """
     style = style or (lambda text, color: text)
     series = [s for s in series if len(s[3])]
@@ -195,9 +195,10 @@ def braille_chart(series, width: int = 60, height: int = 12, style=None) -> list
             ly = np.rint(np.interp(t, np.arange(len(py)), py)).astype(int)
         np.bitwise_or.at(bits, (ly // 4, lx // 2), _DOTS[ly % 4, lx % 2])
         owner[ly // 4, lx // 2] = k
-        if len(px) <= width // 3:
-            for cx, cy in zip(px // 2, py // 4, strict=True):
-                marks[(int(cy), int(cx))] = (marker, k)
+        # Markers name the series; with many points mark only every `step`-th one.
+        step = max(1, math.ceil(len(px) / max(1, width // 3)))
+        for cx, cy in zip(px[::step] // 2, py[::step] // 4, strict=True):
+            marks[(int(cy), int(cx))] = (marker, k)
 
     y_labels = {0: y_hi, height // 2: (y_lo + y_hi) / 2, height - 1: y_lo}
     label_width = max(len(f"{v:.3g}") for v in y_labels.values())

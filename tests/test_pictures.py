@@ -238,3 +238,12 @@ def test_png_of_a_grid_decodes_to_the_same_pixels(tmp_path):
     grid, _ = pictures.filter_grid(np.random.default_rng(1).standard_normal((4, 2, 3, 3)))
     path = pictures.write_png(tmp_path / "g.png", grid)
     np.testing.assert_array_equal(decode(path.read_bytes()), grid)
+
+
+def test_feature_grid_ignores_non_finite_values_for_the_scale():
+    maps = np.array([[[np.nan, 0.0], [2.0, np.inf]]])
+    grid, info = pictures.feature_grid(maps)
+    assert not info["signed"] and info["high"] == 2.0
+    s = info["scale"]
+    _, tile = tile_colour(grid, info, 0, 1)
+    assert tuple(tile[s, 0]) == (253, 231, 37)

@@ -170,3 +170,10 @@ def test_cli_plot_missing_metrics_is_one_line_exit_2(tmp_path):
 def test_terminal_chart_is_plain_text_when_not_a_tty(tmp_path):
     result = CliRunner().invoke(main, ["plot", str(write_run(tmp_path / "r")), "--terminal"])
     assert result.exit_code == 0 and "\x1b[" not in result.output
+
+
+def test_long_runs_still_carry_markers_for_every_series():
+    xs = np.arange(1, 201)
+    series = [("a", "*", None, xs, np.linspace(1, 0, 200)), ("b", "o", None, xs, np.zeros(200))]
+    text = "\n".join(plot.braille_chart(series, width=40, height=8))
+    assert text.count("*") >= 5 and text.count("o") >= 5
