@@ -332,13 +332,22 @@ def test_load_inputs_npz_npy_and_png(tmp_path):
                                          "big.png")]
     got, labels = load_inputs(paths, (1, 8, 8), norm)
     assert got.shape == (8, 1, 8, 8) and got.dtype == np.float32
-    assert labels[:4] == [f"{paths[0]}[0]", f"{paths[0]}[1]", f"{paths[0]}[2]", f"{paths[1]}[0]"]
-    assert labels[-2:] == paths[3:]
+    assert labels == ["batch.npy[0]", "batch.npy[1]", "batch.npy[2]", "t.npz[0]", "t.npz[1]",
+                      "one.npy[0]", "digit.png", "big.png"]
     np.testing.assert_allclose(got[:3, 0], x / 16.0)
     np.testing.assert_allclose(got[5, 0], x[0] / 16.0)
     # a 0..255 PNG is mapped to [0, 1] like the training data, and resized to the input size
     np.testing.assert_allclose(got[6, 0], x[0] * 15 / 255.0, atol=1e-6)
     np.testing.assert_allclose(got[7, 0], 1.0)
+
+
+def test_load_inputs_same_name_in_two_folders_keeps_paths(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        np.save(tmp_path / sub / "x.npy", np.zeros((1, 2, 2)))
+    paths = [str(tmp_path / "a" / "x.npy"), str(tmp_path / "b" / "x.npy")]
+    _, labels = load_inputs(paths, (1, 2, 2), {"mode": "none"})
+    assert labels == [f"{paths[0]}[0]", f"{paths[1]}[0]"]
 
 
 def test_load_inputs_errors(tmp_path):

@@ -155,26 +155,31 @@ def read_path(path, channels: int, root: Path | None = None) -> sources.RawData:
 
 def load_inputs(paths: list[str], input_shape, normalization: dict
                 ) -> tuple[np.ndarray, list[str]]:
-    """Images, .npy or .npz files -> normalised float32 NCHW and one label per row."""
+    """Images, .npy or .npz files -> normalised float32 NCHW and one label per row.
+
+    Labels are file names ("digit.png", "batch.npy[3]"); full paths if two names clash.
+    """
     input_shape = _image_shape(input_shape)
     if not paths:
         raise DataError("no inputs given")
     batches, labels = [], []
-    for text in paths:
-        p = Path(text)
+    names = [Path(text).name for text in paths]
+    unique = len(set(names)) == len(names)  # short labels unless two files share a name
+    for text, name in zip(paths, names, strict=True):
+        p, label = Path(text), name if unique else text
         if not p.is_file():
             raise DataError(f"input {text!r} does not exist or is not a file")
         if sources.is_image(p):
             img = sources.read_image(p, input_shape[0], size=input_shape[1:])[None]
             batches.append(normalize(img, _image_normalization(normalization)))
-            labels.append(text)
+            labels.append(label)
             continue
         if p.suffix.lower() not in (".npz", ".npy"):
             raise DataError(f"input {text!r} is not an image, .npy or .npz file")
         x = _input_images(_pick_array(p), input_shape, text)
         check_images(x, input_shape, text)
         batches.append(normalize(x, normalization))
-        labels.extend(f"{text}[{i}]" for i in range(len(x)))
+        labels.extend(f"{label}[{i}]" for i in range(len(x)))
     x = np.concatenate(batches)
     if len(x) == 0:
         raise DataError(f"the inputs {', '.join(paths)} hold no images")
