@@ -99,8 +99,10 @@ def test_checksum_mismatch_is_refused_and_leaves_no_file(mirror, monkeypatch, tm
     _, _, sums = _fake_mnist(www)
     sums["train-labels-idx1-ubyte.gz"] = "sha256:" + "0" * 64
     _use_sums(monkeypatch, "mnist", sums)
-    with pytest.raises(DataError, match=r"has sha256 [0-9a-f]{64}, expected 0{64}"):
+    with pytest.raises(DataError, match=r"has sha256 [0-9a-f]{64}, expected 0{64}") as err:
         load_dataset({"dataset": "mnist"}, (1, 28, 28), 10, seed=0)
+    assert err.value.hint.startswith("mnist also needs t10k-images-idx3-ubyte.gz, "
+                                     "t10k-labels-idx1-ubyte.gz in that folder, from http")
     left = sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir())
     assert left == ["train-images-idx3-ubyte.gz"]  # the good file stays; no partial, no bad
 

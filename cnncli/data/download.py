@@ -67,14 +67,24 @@ def fetch(dataset: str, cache_dir=None) -> dict[str, Path]:
     if dataset not in SOURCES:
         raise DataError(f"no download source for dataset {dataset!r}", key="dataset")
     folder = cache_root(cache_dir) / dataset
-    paths = {}
-    for name, checksum in SOURCES[dataset][1].items():
-        dest = folder / name
-        algorithm, expected = checksum.split(":", 1)
-        if not (dest.is_file() and digest_of(dest, algorithm) == expected):
-            download(file_url(dataset, name), dest, checksum)
-        paths[name] = dest
+    files = SOURCES[dataset][1]
+    paths = {name: folder / name for name in files}
+    missing = [name for name, checksum in files.items()
+               if not _verified(paths[name], checksum)]
+    for i, name in enumerate(missing):
+        try:
+            download(file_url(dataset, name), paths[name], files[name])
+        except DataError as err:
+            if len(missing) > i + 1:  # say up front everything an offline user must fetch
+                err.hint = (f"{dataset} also needs {', '.join(missing[i + 1:])} in that folder, "
+                            f"from {file_url(dataset, '')}")
+            raise
     return paths
+
+
+def _verified(path: Path, checksum: str) -> bool:
+    algorithm, expected = checksum.split(":", 1)
+    return path.is_file() and digest_of(path, algorithm) == expected
 
 
 def download(url: str, dest: Path, checksum: str) -> None:
