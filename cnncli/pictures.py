@@ -113,7 +113,7 @@ def tile_grid(tiles: np.ndarray, columns: int, gap: int = 2,
     out = np.empty((rows * (h + gap) + gap, columns * (w + gap) + gap, 3), dtype=np.uint8)
     out[...] = gap_color
     padded = np.empty((rows * columns, h, w, 3), dtype=np.uint8)
-    padded[...] = gap_color
+    padded[...] = BACKGROUND  # unused cells of the last row
     padded[:n] = tiles
     # Place all tiles at once through a (rows, h, columns, w) view of the interior.
     body = padded.reshape(rows, columns, h, w, 3).transpose(0, 2, 1, 3, 4)
@@ -381,8 +381,9 @@ JUMP_COLOR = (90, 90, 200)
 def receptive_picture(box, background: np.ndarray | None = None, target: int = 256):
     """Draw ``box`` (a receptive.ReceptiveBox) over the input and the padding around it.
 
-    ``background``: an (H, W, 3) uint8 input picture at 1 pixel per input pixel, or None for a
-    blank grid with lines every input pixel and stronger lines at the layer's jump. The canvas
+    ``background``: an (H, W, 3) uint8 input picture at 1 pixel per input pixel (faded outside
+    the box), or None for a blank grid with lines every input pixel and stronger lines at the
+    layer's jump (the box tinted). The canvas
     grows to hold the unclipped box (the padding shown grey, the box dashed there). Returns
     (image, scale, (pad_top, pad_left)) where pad_* are input pixels added above/left.
     """
@@ -421,6 +422,12 @@ def receptive_picture(box, background: np.ndarray | None = None, target: int = 2
         t, l, b, r = inside
         ct, cl = (t + pad_top) * scale, (l + pad_left) * scale
         cb, cr = (b + pad_top + 1) * scale, (r + pad_left + 1) * scale
-        tint_rect(image, ct, cl, cb, cr, BOX_COLOR, alpha=0.25)
+        if background is None:
+            tint_rect(image, ct, cl, cb, cr, BOX_COLOR, alpha=0.25)
+        else:  # fade the image outside the box, so what the unit sees stands out
+            keep = image[ct:cb, cl:cr].copy()
+            inner = image[y0:y0 + h * scale, x0:x0 + w * scale].astype(np.float64)
+            image[y0:y0 + h * scale, x0:x0 + w * scale] = np.rint(inner * 0.35 + 255 * 0.65)
+            image[ct:cb, cl:cr] = keep
         draw_rect(image, ct, cl, cb, cr, BOX_COLOR, thickness=thick)
     return image, scale, (pad_top, pad_left)

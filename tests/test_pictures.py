@@ -123,7 +123,7 @@ def test_tile_grid_places_tiles_row_major_with_gaps():
         np.testing.assert_array_equal(grid[y:y + h, x:x + w], tiles[i])
         assert tuple(grid[y - 1, x]) == pictures.GAP_COLOR
     y, x = pictures.tile_origin(5, 3, (h, w), gap)  # the empty sixth cell
-    assert np.all(grid[y:y + h, x:x + w] == pictures.GAP_COLOR)
+    assert np.all(grid[y:y + h, x:x + w] == pictures.BACKGROUND)
 
 
 def test_draw_rect_clips_and_stays_inside_the_box():
