@@ -239,6 +239,17 @@ def test_standardize_uses_train_split_stats_and_reuses_them(tmp_path):
     np.testing.assert_allclose(normalize(x[:5], stored), ds.x_test, rtol=1e-6)
 
 
+def test_given_normalization_is_reused_not_refitted(tmp_path):
+    x = np.random.default_rng(10).integers(0, 256, (8, 1, 2, 2), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(8) % 2)
+    stored = {"mode": np.array("standardize"), "scale": np.float32(255), "mean":
+              np.array([0.5], np.float32), "std": np.array([0.25], np.float32)}
+    ds = load_dataset(_cfg(tmp_path / "d.npz", normalize="scale"), (1, 2, 2), 2, seed=0,
+                      normalization=stored)
+    np.testing.assert_allclose(ds.x_train, (x / 255.0 - 0.5) / 0.25, rtol=1e-5)
+    assert ds.normalization is stored
+
+
 def test_scale_of_float_data_and_none(tmp_path):
     x = np.linspace(0, 3, 4 * 4).reshape(4, 1, 2, 2).astype(np.float32)
     np.savez(tmp_path / "d.npz", x_train=x, y_train=[0, 1, 0, 1])

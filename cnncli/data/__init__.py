@@ -40,8 +40,11 @@ class Dataset:
 
 
 def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int,
-                 root: Path | None = None) -> Dataset:
-    """Read the source ``data_cfg`` names, check it fits the model, split and normalise it."""
+                 root: Path | None = None, normalization: dict | None = None) -> Dataset:
+    """Read the source ``data_cfg`` names, check it fits the model, split and normalise it.
+
+    ``normalization`` (e.g. a checkpoint's) is reused instead of fitting the training split.
+    """
     input_shape = _image_shape(input_shape)
     raw = read_source(data_cfg, input_shape[0], root)
     layout = raw.layout or data_cfg.get("layout")
@@ -67,8 +70,8 @@ def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int
                              f"or 0")
     if len(train_idx) == 0:
         raise DataError(f"val_split {fraction} leaves no training images", key="val_split")
-    stats = fit_normalization(x_train[train_idx], data_cfg.get("normalize") or "none",
-                              raw.value_max)
+    stats = normalization if normalization is not None else fit_normalization(
+        x_train[train_idx], data_cfg.get("normalize") or "none", raw.value_max)
     return Dataset(normalize(x_train[train_idx], stats), y_train[train_idx],
                    normalize(x_train[val_idx], stats), y_train[val_idx],
                    normalize(x_test, stats), y_test, class_names, stats)
