@@ -257,6 +257,9 @@ def _show_features(source: Path, features_input: str, layer_name, index: int, ou
         k = int(np.argmax(p))
         cls = class_names[k] if class_names and k < len(class_names) else str(k)
         lines.append(f"prediction: {cls} (p={p[k]:.3f})")
+        if not layer_name:  # under the input picture
+            panels[0] = pictures.vstack([panels[0], pictures.text_image(f"pred {cls}"),
+                                         pictures.text_image(f"p={p[k]:.2f}")], gap=4)
     if untrained:
         lines.append("(a config, not a checkpoint: untrained weights)")
     image = pictures.pad_border(pictures.hstack(panels, gap=16), 6)
