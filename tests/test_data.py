@@ -374,3 +374,13 @@ def test_load_inputs_errors(tmp_path):
     (tmp_path / "a.csv").write_text("1,2")
     with pytest.raises(DataError, match="not an image, .npy or .npz"):
         load_inputs([str(tmp_path / "a.csv")], (1, 4, 4), norm)
+
+
+def test_package_copy_of_digits_matches_the_repository_file():
+    from pathlib import Path
+    package = Path(__file__).parents[1] / "cnncli" / "datasets" / "digits.npz"
+    repo = Path(__file__).parents[1] / "data" / "digits.npz"
+    if not repo.is_file():
+        pytest.skip("no repository data/ directory (installed package)")
+    assert package.read_bytes() == repo.read_bytes(), \
+        "copy data/digits.npz to cnncli/datasets/digits.npz after regenerating it"
