@@ -164,3 +164,27 @@ def test_predict_table_and_csv(trained, tmp_path):
         assert 0 <= float(row["probability_2"]) <= float(row["probability"]) <= 1
     # the trained model separates the blobs: predictions are the true classes
     assert [int(r["predicted"]) for r in rows] == list(expected)
+
+
+def test_eval_other_data_uses_the_checkpoints_statistics(tmp_path):
+    """--data FILE is normalised with the stored training statistics, not its own."""
+    from test_train import _blobs, _config
+
+    from cnncli.train import train
+
+    data = _blobs(tmp_path / "blobs.npz")
+    cfg = _config(data)
+    cfg["data"]["normalize"] = "standardize"
+    train(cfg, out_dir=tmp_path / "run", epochs=2)
+    with np.load(data) as d:
+        # same test images; training images with very different statistics
+        np.savez(tmp_path / "other.npz", x_train=d["x_train"] // 4, y_train=d["y_train"],
+                 x_test=d["x_test"], y_test=d["y_test"])
+    own = _invoke("eval", tmp_path / "run" / "last.npz", "--json")
+    other = _invoke("eval", tmp_path / "run" / "last.npz", "--json", "--data",
+                    tmp_path / "other.npz")
+    assert own.exit_code == 0 and other.exit_code == 0, other.output
+    a, b = json.loads(own.stdout), json.loads(other.stdout)
+    assert a["loss"] == b["loss"] and a["confusion_matrix"] == b["confusion_matrix"]
+    missing = _invoke("eval", tmp_path / "run" / "last.npz", "--data", tmp_path / "nope.npz")
+    assert missing.exit_code == 2 and "neither a dataset name" in missing.stderr

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ..cli import main
 from ..errors import CheckpointError, DataError
@@ -174,7 +175,7 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, quiet, verb
 
 # ---------------------------------------------------------------- eval
 
-def _eval_data(ckpt, data: str | None):
+def _data_config(ckpt, data: str | None) -> dict:
     """The checkpoint's data config, with --data swapped in (a dataset name or a path)."""
     cfg = dict(ckpt.config.get("data") or {})
     if data is not None:
@@ -188,13 +189,50 @@ def _eval_data(ckpt, data: str | None):
     return cfg
 
 
-def _split(dataset, split: str):
-    x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
-    if len(y) == 0:
-        others = [s for s in ("test", "val", "train") if len(getattr(dataset, f"y_{s}"))]
-        raise DataError(f"the {split} split is empty for this data",
-                        hint=f"use --split {others[0]}" if others else None)
-    return x, y
+def _empty_split(split: str, sizes: dict) -> DataError:
+    others = [s for s, n in sizes.items() if n and s != split]
+    return DataError(f"the {split} split of this data is empty",
+                     hint=f"use --split {others[0]}" if others else None)
+
+
+def _eval_arrays(ckpt, model, data: str | None, split: str):
+    """Images and labels of one split, normalised with the checkpoint's own statistics.
+
+    The run's own data is re-split exactly as in training (same seed). Other data (--data) is
+    read raw and normalised with the stored training statistics, never its own.
+    """
+    from ..data import load_dataset, read_source
+    from ..data.transforms import as_labels, check_images, normalize, stratified_split, to_nchw
+
+    cfg = _data_config(ckpt, data)
+    seed = int(ckpt.config.get("seed") or 0)
+    shape, num_classes = tuple(model.input_shape), model.output_shape[0]
+    if data is None:
+        ds = load_dataset(cfg, shape, num_classes, seed)
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        if len(y) == 0:
+            raise _empty_split(split, {s: len(getattr(ds, f"y_{s}"))
+                                       for s in ("test", "val", "train")})
+        return x, y
+    raw = read_source(cfg, shape[0])
+    layout = raw.layout or cfg.get("layout")
+    if split == "test":
+        if raw.x_test is None or len(raw.x_test) == 0:
+            raise _empty_split("test", {"train": len(raw.x_train)})
+        x_raw, y_raw = raw.x_test, raw.y_test
+    else:
+        x_raw, y_raw = raw.x_train, raw.y_train
+    x = to_nchw(x_raw, shape, layout, f"{data} {split}")
+    check_images(x, shape, f"{data} {split}")
+    y = as_labels(y_raw, len(x), num_classes, f"{data} {split}")
+    if split != "test":
+        fraction = float(cfg.get("val_split") or 0.0)
+        train_idx, val_idx = stratified_split(y, fraction, np.random.default_rng([seed, 2]))
+        pick = val_idx if split == "val" else train_idx
+        if len(pick) == 0:
+            raise _empty_split(split, {"test": 0 if raw.x_test is None else len(raw.x_test)})
+        x, y = x[pick], y[pick]
+    return normalize(x, ckpt.normalization), y
 
 
 def _report_tables(report: dict, class_names: list[str]):
@@ -233,16 +271,12 @@ def _report_tables(report: dict, class_names: list[str]):
 def eval_command(checkpoint, data, split, as_json, top_k):
     """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from ..checkpoint import load_checkpoint
-    from ..data import load_dataset
     from ..evaluate import evaluate
 
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model()
-    num_classes = model.output_shape[0]
-    dataset = load_dataset(_eval_data(ckpt, data), tuple(model.input_shape), num_classes,
-                           int(ckpt.config.get("seed") or 0))
-    x, y = _split(dataset, split)
-    class_names = ckpt.class_names or dataset.class_names
+    x, y = _eval_arrays(ckpt, model, data, split)
+    class_names = ckpt.class_names
     report = evaluate(model, x, y, class_names, top_k=top_k)
     report = {"checkpoint": str(ckpt.path), "split": split, **report}
     if as_json:
