@@ -311,19 +311,20 @@ def colorbar(limit: float, width: int = 160, height: int = 10) -> np.ndarray:
     return vstack([bar, labels], gap=3)
 
 
-def filter_grid(weight: np.ndarray, *, target: int = 36, gap: int = 2):
+def filter_grid(weight: np.ndarray, *, target: int = 36, gap: int = 2, rgb: bool | None = None):
     """Conv weights (O, C/groups, kh, kw) -> (tile grid image, info dict).
 
     Three input channels make one RGB tile per output channel (0 = mid-grey); otherwise one
     tile per (output, input channel) pair on the diverging map (rows = outputs, columns =
     inputs; one near-square grid when there is one input channel). One symmetric scale for all.
+    ``rgb`` forces or forbids RGB tiles (default: exactly 3 input channels).
     """
     weight = np.asarray(weight, dtype=np.float64)
     out_ch, in_ch, kh, kw = weight.shape
     shown = weight[:MAX_FILTER_OUTPUTS, :MAX_FILTER_INPUTS]
     limit = symmetric_limit(shown)
     scale = tile_scale(max(kh, kw), target)
-    if in_ch == 3:
+    if (in_ch == 3) if rgb is None else (rgb and in_ch == 3):
         tiles = signed_rgb(shown.transpose(0, 2, 3, 1), limit)   # (O, kh, kw, 3)
         columns = grid_columns(len(tiles))
         mode = "rgb"

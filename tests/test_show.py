@@ -318,7 +318,10 @@ def save_ckpt(tmp_path, input_shape, entries, seed=3, normalization=None):
     state = model.state_dict()
     rng = np.random.default_rng(seed)
     for key in state:
-        state[key] = rng.standard_normal(state[key].shape).astype(np.float32)
+        if "num_batches" in key:
+            continue
+        value = rng.standard_normal(state[key].shape).astype(np.float32)
+        state[key] = np.abs(value) + 0.5 if key.endswith("running_var") else value
     config = {"name": "t", "seed": 0, "model": {"input_shape": list(input_shape),
                                                 "layers": entries}}
     path = save_checkpoint(tmp_path / "run" / "best.npz", config=config, model_state=state,
@@ -429,3 +432,29 @@ def test_cli_receptive_field_over_an_input_row(tmp_path):
     result = run_cli("show", config, "--receptive-field", "--input", tmp_path / "x.npy",
                      "--index", 2)
     assert result.exit_code == 2 and "--index 2 is out of range" in result.output
+
+
+def test_cli_grouped_conv_with_three_channels_per_group_is_not_rgb(tmp_path):
+    entries = [{"type": "conv2d", "out_channels": 6, "kernel_size": 3, "name": "c"},
+               {"type": "conv2d", "out_channels": 6, "kernel_size": 1, "groups": 2, "name": "g"},
+               {"type": "flatten"}, {"type": "dense", "units": 2}]
+    path, state = save_ckpt(tmp_path, (6, 5, 5), entries)
+    assert state["g.weight"].shape[1] == 3          # 6 channels in 2 groups: 3 per group
+    result = run_cli("show", path, "--filters", "--layer", "g", "--out", tmp_path / "g.png")
+    assert result.exit_code == 0, result.output
+    assert "rows = output channels, columns = input channels" in result.output
+    grid, info = pictures.filter_grid(state["g.weight"], rgb=False)
+    assert info["mode"] == "diverging" and contains(pictures_png(tmp_path / "g.png"), grid)
+
+
+def test_cli_features_fold_batch_norm_and_activation_into_the_conv(tmp_path):
+    entries = [{"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1,
+                "name": "conv"},
+               {"type": "batchnorm2d", "name": "bn"}, {"type": "relu", "name": "act"},
+               {"type": "maxpool2d", "kernel_size": 2, "name": "pool"},
+               {"type": "flatten"}, {"type": "dense", "units": 3}]
+    path, _ = save_ckpt(tmp_path, (1, 6, 6), entries)
+    np.save(tmp_path / "x.npy", np.ones((1, 1, 6, 6), np.float32))
+    result = run_cli("show", path, "--features", tmp_path / "x.npy")
+    assert result.exit_code == 0, result.output
+    assert "conv+bn+act: 2x6x6" in result.output and "pool: 2x3x3" in result.output

@@ -169,7 +169,8 @@ def _show_filters(source: Path, layer_name, out):
         i = convs[0]
     layer = model.layers[i]
     weight = layer.params["weight"]
-    grid, info = pictures.filter_grid(weight)
+    # RGB tiles only for the image's own 3 channels, not a grouped conv with 3 per group.
+    grid, info = pictures.filter_grid(weight, rgb=model.shapes[i][0] == 3 and weight.shape[1] == 3)
     o, c, kh, kw = weight.shape
     title = f"{layer.name} weight {o}x{c}x{kh}x{kw}"
     if info["mode"] == "rgb":
@@ -199,14 +200,19 @@ def _show_filters(source: Path, layer_name, out):
 
 
 def _feature_groups(model):
-    """[(first, last)] layer index ranges: each conv/pool layer plus the activations after it."""
-    groups, shapes = [], model.shapes
-    for i, layer in enumerate(model.layers):
+    """[(first, last)] layer index ranges: each conv/pool layer plus the position-wise layers
+    right after it (activation, batch norm, dropout), whose output the next layer sees."""
+    groups, shapes, layers = [], model.shapes, model.layers
+
+    def pointwise(j):
+        return (len(shapes[j]) == 3 and tuple(shapes[j + 1]) == tuple(shapes[j])
+                and layers[j].geometry(shapes[j]) is None)
+
+    for i, layer in enumerate(layers):
         if len(shapes[i + 1]) != 3 or len(shapes[i]) != 3 or layer.geometry(shapes[i]) is None:
             continue
         last = i
-        while (last + 1 < len(model.layers)
-               and getattr(model.layers[last + 1], "is_activation", False)):
+        while last + 1 < len(layers) and pointwise(last + 1):
             last += 1
         groups.append((i, last))
     return groups
