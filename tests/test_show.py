@@ -458,3 +458,19 @@ def test_cli_features_fold_batch_norm_and_activation_into_the_conv(tmp_path):
     result = run_cli("show", path, "--features", tmp_path / "x.npy")
     assert result.exit_code == 0, result.output
     assert "conv+bn+act: 2x6x6" in result.output and "pool: 2x3x3" in result.output
+
+
+def test_cli_show_accepts_a_run_directory(tmp_path):
+    import shutil
+
+    path, state = save_ckpt(tmp_path, (1, 8, 8), STACK)
+    shutil.copy(path, path.parent / "last.npz")
+    run_dir = path.parent
+    result = run_cli("show", run_dir, "--receptive-field", "--layer", "conv2")
+    assert result.exit_code == 0, result.output
+    assert "receptive field 5x5" in result.output
+    assert (run_dir / "receptive_field_conv2.png").is_file()
+    result = run_cli("show", run_dir, "--filters")
+    assert result.exit_code == 0, result.output
+    grid, _ = pictures.filter_grid(state["conv1.weight"])
+    assert contains(pictures_png(run_dir / "filters_conv1.png"), grid)
