@@ -135,6 +135,9 @@ def plot_png(runs: list[Run], out) -> Path:
             fig.savefig(out)
         except OSError as err:
             raise CnncliError(f"cannot write {out}: {err.strerror}") from None
+        except ValueError as err:  # an extension matplotlib cannot write
+            raise CnncliError(f"cannot write {out}: {str(err).splitlines()[0]}",
+                              hint="use a .png, .svg or .pdf name") from None
     finally:
         plt.close(fig)
     return out
