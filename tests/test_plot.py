@@ -177,3 +177,11 @@ def test_long_runs_still_carry_markers_for_every_series():
     series = [("a", "*", None, xs, np.linspace(1, 0, 200)), ("b", "o", None, xs, np.zeros(200))]
     text = "\n".join(plot.braille_chart(series, width=40, height=8))
     assert text.count("*") >= 5 and text.count("o") >= 5
+
+
+def test_cli_plot_unknown_extension_is_one_line(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = CliRunner().invoke(main, ["plot", str(write_run(tmp_path / "r")),
+                                       "--out", str(tmp_path / "c.txt")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "cannot write" in result.output and isinstance(result.exception, SystemExit)
