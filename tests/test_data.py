@@ -7,9 +7,12 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cnncli.data import load_dataset, load_inputs, normalize
 from cnncli.data.sources import parse_idx
+from cnncli.data.transforms import stratified_split
 from cnncli.errors import DataError
 
 CFG = {"dataset": None, "path": None, "layout": None, "val_split": 0.0, "normalize": "none"}
@@ -209,6 +212,19 @@ def test_val_split_is_stratified_deterministic_and_disjoint(tmp_path):
     # the union of train and val is exactly the original set of images
     rows = lambda arr: sorted(map(bytes, arr.astype(np.uint8).reshape(len(arr), -1)))  # noqa: E731
     assert rows(np.concatenate([a.x_train, a.x_val])) == rows(x[:, None])
+
+
+@given(labels=st.lists(st.integers(0, 4), min_size=1, max_size=60),
+       fraction=st.floats(0.0, 0.95), seed=st.integers(0, 2**32 - 1))
+def test_stratified_split_properties(labels, fraction, seed):
+    y = np.array(labels)
+    train, val = stratified_split(y, fraction, np.random.default_rng(seed))
+    again = stratified_split(y, fraction, np.random.default_rng(seed))
+    np.testing.assert_array_equal(val, again[1])
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(len(y)))
+    for cls in np.unique(y):
+        count = int(np.sum(y == cls))
+        assert int(np.sum(y[val] == cls)) == int(np.floor(fraction * count + 0.5))
 
 
 def test_val_split_too_small_to_hold_an_image(tmp_path):
