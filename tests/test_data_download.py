@@ -74,8 +74,12 @@ def test_mnist_downloads_once_then_reads_the_cache(mirror, monkeypatch, tmp_path
     x, y, sums = _fake_mnist(www)
     _use_sums(monkeypatch, "mnist", sums)
     cfg = {"dataset": "mnist", "val_split": 0, "normalize": "none"}
+    calls = []
+    monkeypatch.setattr(download, "progress", lambda *args: calls.append(args))
     ds = load_dataset(cfg, (1, 28, 28), 10, seed=0)
     np.testing.assert_array_equal(ds.x_train[:, 0], x)
+    sizes = {f"{url.rsplit('/', 1)[1]}": (done, total) for url, done, total in calls}
+    assert sizes == {name: ((www / "mnist" / name).stat().st_size,) * 2 for name in sums}
     np.testing.assert_array_equal(ds.y_test, y[:10])
     assert sorted(log) == sorted(f"/mnist/{name}" for name in sums)
     assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(sums)

@@ -7,12 +7,16 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DataError
 
 TIMEOUT_SECONDS = 30
 CHUNK_BYTES = 1 << 20
+
+# The CLI may set this to show progress: called with (url, bytes so far, total or None) per chunk.
+progress: Callable[[str, int, int | None], None] | None = None
 
 # dataset -> (base URL, {file name: "algorithm:hexdigest"}).
 # The sums are the ones the dataset authors / torchvision publish. They are md5, not sha256:
@@ -102,9 +106,16 @@ def download(url: str, dest: Path, checksum: str) -> None:
         h = hashlib.new(algorithm)
         with os.fdopen(fd, "wb") as out:
             with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
+                length = response.headers.get("Content-Length") if hasattr(
+                    response, "headers") else None
+                total = int(length) if length and length.isdigit() else None
+                done = 0
                 for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
                     h.update(chunk)
                     out.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(url, done, total)
             out.flush()
             os.fsync(out.fileno())
         got = h.hexdigest()
