@@ -108,14 +108,34 @@ class _Progress:
             self.bar = None
 
 
-def _metrics_table(rows: list[dict]):
+def _summary_rows(rows: list[dict], best_epoch: int | None) -> list[dict | None]:
+    """All rows of a short run; else the first 3, the best and the last 5 (None = a gap)."""
+    if len(rows) <= 15:
+        return list(rows)
+    keep = {0, 1, 2, *range(len(rows) - 5, len(rows))}
+    if best_epoch is not None:
+        keep.add(best_epoch - 1)
+    out, previous = [], -1
+    for i in sorted(keep):
+        if i != previous + 1:
+            out.append(None)
+        out.append(rows[i])
+        previous = i
+    return out
+
+
+def _metrics_table(rows: list[dict], best_epoch: int | None = None):
     from rich.table import Table
 
-    table = Table(title="training summary", title_justify="left")
+    table = Table(title="training summary (* best)", title_justify="left")
     for name in ("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "time"):
         table.add_column(name, justify="right")
-    for row in rows:
-        table.add_row(str(row["epoch"]), _num(row["train_loss"]), _pct(row["train_accuracy"]),
+    for row in _summary_rows(rows, best_epoch):
+        if row is None:
+            table.add_row(*["⋮"] * 7)
+            continue
+        mark = "*" if row["epoch"] == best_epoch else ""
+        table.add_row(f"{mark}{row['epoch']}", _num(row["train_loss"]), _pct(row["train_accuracy"]),
                       _num(row.get("val_loss")), _pct(row.get("val_accuracy")),
                       f"{row['lr']:.3g}", f"{row['seconds']:.1f}s")
     return table
@@ -162,7 +182,7 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, quiet, verb
     finally:
         progress.close()
     if not quiet and run.metrics:
-        _console().print(_metrics_table(run.metrics))
+        _console().print(_metrics_table(run.metrics, run.best_epoch))
     if run.stopped_early:
         click.echo(f"early stopping after epoch {run.metrics[-1]['epoch']}")
     if run.best_epoch is not None:
