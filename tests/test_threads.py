@@ -1,0 +1,71 @@
+"""threads.split: every index exactly once, same numbers for any thread count, errors surface."""
+
+import numpy as np
+import pytest
+
+from cnncli import threads
+from cnncli.model import model_from_entries
+
+
+@pytest.fixture
+def thread_count():
+    before = threads.get_threads()
+    yield threads.set_threads
+    threads.set_threads(before)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 8])
+@pytest.mark.parametrize("length", [1, 2, 5, 64])
+def test_split_covers_each_index_once(thread_count, count, length):
+    thread_count(count)
+    hits = np.zeros(length, int)
+
+    def part(lo, hi):
+        hits[lo:hi] += 1
+
+    threads.split(part, length, threads.MIN_ELEMENTS)
+    np.testing.assert_array_equal(hits, 1)
+
+
+def test_small_work_stays_on_the_calling_thread(thread_count):
+    import threading
+
+    thread_count(2)
+    seen = set()
+    threads.split(lambda lo, hi: seen.add(threading.get_ident()), 8, threads.MIN_ELEMENTS - 1)
+    assert seen == {threading.get_ident()}
+
+
+def test_worker_errors_propagate(thread_count):
+    thread_count(2)
+
+    def part(lo, hi):
+        if lo > 0:
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        threads.split(part, 4, threads.MIN_ELEMENTS)
+
+
+def test_model_step_is_bitwise_identical_for_one_and_two_threads(thread_count):
+    # Big enough (64 x 16 x 16 x 16 = 262k per map, x2 channels' worth) to take the threaded path.
+    entries = [{"type": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1,
+                "activation": "relu"},
+               {"type": "maxpool2d", "kernel_size": 2},
+               {"type": "flatten"},
+               {"type": "dense", "units": 4}]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((160, 3, 16, 16)).astype(np.float32)
+    dlogits = rng.standard_normal((160, 4)).astype(np.float32)
+    results = []
+    for count in (1, 2):
+        thread_count(count)
+        model = model_from_entries((3, 16, 16), entries, seed=0)
+        logits = model.forward(x, train=True)
+        dx = model.backward(dlogits)
+        results.append((logits, dx, model.grads()))
+    (l1, d1, g1), (l2, d2, g2) = results
+    np.testing.assert_array_equal(l1, l2)
+    np.testing.assert_array_equal(d1, d2)
+    for key in g1:
+        np.testing.assert_array_equal(g1[key], g2[key], err_msg=key)
