@@ -40,7 +40,7 @@ def plain(obj):
 
 
 def config_to_text(config: dict) -> str:
-    return yaml.safe_dump(plain(config), sort_keys=False)
+    return yaml.safe_dump(plain(config), sort_keys=False, default_flow_style=None, width=100)
 
 
 @dataclass

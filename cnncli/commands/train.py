@@ -174,7 +174,7 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, quiet, verb
     except TrainingInterrupted as stop:
         progress.close()
         again = ["cnncli", "train"] + ([str(config)] if config else []) + \
-            ["--resume", str(stop.run_dir)] + ([f"--epochs={epochs}"] if epochs else [])
+            ["--resume", str(stop.run_dir)] + (["--epochs", str(epochs)] if epochs else [])
         click.echo(f"\ninterrupted: state after epoch {stop.epoch} saved to "
                    f"{stop.run_dir / 'last.npz'}", err=True)
         click.echo(f"resume with: {shlex.join(again)}", err=True)
