@@ -18,7 +18,7 @@ REEXEC_GUARD = "CNNCLI_BENCH_REEXEC"
 
 
 def _thread_limit(threads: int | None):
-    """A context that runs BLAS on ``threads`` threads.
+    """A context that runs BLAS on ``threads`` threads (cnncli's own splitting is set apart).
 
     OpenBLAS reads its thread count once, when NumPy loads it, and NumPy is loaded before any
     command runs. So: threadpoolctl changes it at run time if installed; otherwise the process
@@ -71,12 +71,19 @@ def _load_config(path: str) -> dict:
 def bench(config, batch_size, steps, warmup, threads, as_json):
     """Time each layer's forward/backward, training steps and inference on synthetic data."""
     from .. import build_model
+    from .. import threads as cnncli_threads
     from ..bench import bench_model
 
     cfg = _load_config(config)
+    before = cnncli_threads.get_threads()
     with _thread_limit(threads):
-        model = build_model(cfg)
-        result = bench_model(model, batch_size=batch_size, steps=steps, warmup=warmup)
+        if threads is not None:
+            cnncli_threads.set_threads(threads)  # cnncli's own element-wise splitting
+        try:
+            model = build_model(cfg)
+            result = bench_model(model, batch_size=batch_size, steps=steps, warmup=warmup)
+        finally:
+            cnncli_threads.set_threads(before)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
