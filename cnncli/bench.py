@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import threads
 from .errors import ConfigError
 from .losses import softmax_cross_entropy
 from .optim import SGD
@@ -50,6 +51,7 @@ class BenchResult:
     steps: int
     warmup: int
     threads: int | None
+    elementwise_threads: int
     train_step_ms: float
     train_images_per_s: float
     infer_batch_ms: float
@@ -213,6 +215,7 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
     rss = peak_rss_mb()  # before the matmul probe, whose 48 MB operands are not the model's
     return BenchResult(
         batch_size=batch_size, steps=steps, warmup=warmup, threads=blas_threads(),
+        elementwise_threads=threads.get_threads(),
         train_step_ms=train_ms, train_images_per_s=batch_size / (train_ms * 1e-3),
         infer_batch_ms=infer_ms, infer_images_per_s=batch_size / (infer_ms * 1e-3),
         peak_rss_mb=rss, step_numpy_peak_mb=numpy_peak,

@@ -124,6 +124,6 @@ def _print_result(result, title: str) -> None:
     if result.matmul_peak_gflops:
         lines.append(f"matmul peak     {result.matmul_peak_gflops:8.1f} GFLOP/s  (float32 "
                      "2048x2048, the ceiling for the GFLOP/s columns)")
-    lines.append(f"BLAS threads    {threads}")
+    lines.append(f"threads         {threads} BLAS, {result.elementwise_threads} element-wise")
     for line in lines:
         console.print(line)
