@@ -145,6 +145,14 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path} is a directory, not a checkpoint file",
                               hint=f"did you mean {path / 'last.npz'}?")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror}") from None
+    if not magic.startswith((b"PK", b"\x93NUMPY")):
+        raise CheckpointError(f"{path} is not a cnncli checkpoint (not an .npz file)",
+                              hint="pass a .npz written by 'cnncli train' or its run directory")
+    try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise CheckpointError(f"{path} is a single .npy array, not a cnncli checkpoint")
@@ -152,8 +160,8 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except CheckpointError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, NotImplementedError, struct.error,
-            zipfile.BadZipFile, zlib.error) as err:
+    except (OSError, ValueError, EOFError, KeyError, NotImplementedError, RuntimeError,
+            struct.error, zipfile.BadZipFile, zlib.error) as err:
         raise CheckpointError(f"{path} is truncated or corrupt ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'unreadable'})",
                               hint="use another checkpoint, e.g. best.npz or last.npz") from None
