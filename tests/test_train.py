@@ -137,6 +137,7 @@ class _InterruptAt(Callbacks):
 def test_ctrl_c_mid_epoch_then_resume_is_bitwise_identical(tmp_path, blobs, epoch, batch):
     cfg = _config(blobs, lr_schedule={"type": "cosine", "warmup_epochs": 1},
                   grad_clip_norm=1.0, label_smoothing=0.1)
+    cfg["data"]["augment"] = {"random_crop": 1, "horizontal_flip": True}
     train(cfg, out_dir=tmp_path / "straight")
     with pytest.raises(TrainingInterrupted) as info:
         train(cfg, out_dir=tmp_path / "cut", callbacks=_InterruptAt(epoch, batch))
