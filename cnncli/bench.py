@@ -203,7 +203,9 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
     layers = []
     for k, layer in enumerate(model.layers):
         f_ms, b_ms = _median_ms(fwd[k]), _median_ms(bwd[k])
-        macs = layer.macs(model.shapes[k]) * batch_size
+        # Rates only for layers that multiply by weights (conv, dense); a pool's "MACs" are
+        # comparisons, not arithmetic the GFLOP/s ceiling is about.
+        macs = layer.macs(model.shapes[k]) * batch_size if "weight" in layer.params else 0
         # Backward multiplies twice (weights and input) except where dx is skipped.
         bwd_flops = 2 * macs * (2 if k > 0 else 1)
         layers.append(LayerTiming(

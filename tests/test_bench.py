@@ -52,6 +52,8 @@ def test_json_schema_and_positive_numbers(tiny):
     conv = data["layers"][0]
     assert conv["forward_gflops"] > 0 and conv["backward_gflops"] > 0
     assert data["layers"][1]["forward_gflops"] is None  # relu does no multiplications
+    assert data["layers"][2]["forward_gflops"] is None  # nor does max pooling
+    assert data["layers"][4]["forward_gflops"] > 0
 
 
 def test_table_output(tiny):
