@@ -279,6 +279,10 @@ def test_cli_train_prints_one_line_per_epoch_and_a_table(tmp_path, blobs):
                                       "--out", str(tmp_path / "q")])
     assert quiet.exit_code == 0 and "epoch 1/1" not in quiet.stdout
     assert "best val_accuracy" in quiet.stdout
+    verbose = CliRunner().invoke(main, ["train", str(config), "--epochs", "1", "-v",
+                                        "--out", str(tmp_path / "v")])
+    assert "sgd lr=0.2 schedule=constant, batch_size=16, epochs=1, momentum=0.9" \
+        in verbose.stdout
 
 
 def test_cli_ctrl_c_saves_and_prints_resume_command(tmp_path, blobs, monkeypatch):

@@ -60,10 +60,7 @@ class _Progress:
                    f"{sum(v.size for _, v, _ in run.model.parameters()):,} parameters -> "
                    f"{run.run_dir}")
         if self.verbose:
-            train = run.config.get("train", {})
-            keys = ("optimizer", "lr", "batch_size", "epochs", "momentum", "weight_decay",
-                    "lr_schedule", "grad_clip_norm", "label_smoothing")
-            click.echo("  " + ", ".join(f"{k}={train.get(k)}" for k in keys if k in train))
+            click.echo("  " + _settings_text(run.config.get("train") or {}))
         if run.start_epoch >= run.epochs:
             click.echo(f"already trained {run.start_epoch} epochs; pass --epochs N with N > "
                        f"{run.start_epoch} to continue")
@@ -106,6 +103,27 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _settings_text(train: dict) -> str:
+    """One line: optimizer, lr and schedule, batch size, epochs and whichever extras are on."""
+    sched = train.get("lr_schedule") or "constant"
+    if isinstance(sched, dict):
+        extra = {k: v for k, v in sched.items() if k not in ("type", "warmup_epochs")}
+        text = sched.get("type", "constant") + (
+            "(" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")" if extra else "")
+        if sched.get("warmup_epochs"):
+            text += f" after {sched['warmup_epochs']} warmup epochs"
+        sched = text
+    parts = [f"{train.get('optimizer', 'sgd')} lr={train.get('lr')} schedule={sched}",
+             f"batch_size={train.get('batch_size')}", f"epochs={train.get('epochs')}"]
+    for key in ("momentum", "nesterov", "weight_decay", "grad_clip_norm", "label_smoothing"):
+        if train.get(key):
+            parts.append(f"{key}={train[key]}")
+    if train.get("early_stopping"):
+        es = train["early_stopping"]
+        parts.append(f"early_stopping={es.get('metric')}/patience {es.get('patience')}")
+    return ", ".join(parts)
 
 
 def _summary_rows(rows: list[dict], best_epoch: int | None) -> list[dict | None]:
