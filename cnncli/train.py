@@ -324,9 +324,8 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
     if run.metrics and not (run.run_dir / "metrics.csv").exists():
         _write_metrics_csv(run.run_dir / "metrics.csv", run.metrics)
     if len(dataset.y_test) and run.best_path.exists():
-        best = load_checkpoint(run.best_path)
-        model.load_state_dict(best.state)
-        run.test = evaluate(model, dataset.x_test, dataset.y_test, dataset.class_names)
+        best_model = load_checkpoint(run.best_path).model()  # run.model keeps the last weights
+        run.test = evaluate(best_model, dataset.x_test, dataset.y_test, dataset.class_names)
         run.test["checkpoint"] = str(run.best_path)
     return run
 
