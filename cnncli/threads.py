@@ -62,3 +62,19 @@ def split(fn, length: int, elements: int) -> None:
     finally:
         for future in futures:
             future.result()
+
+
+def pair(first, second, elements: int):
+    """``(first(), second())``, the two run at once if there are threads to spare and
+    ``elements`` (the work's size) is at least MIN_ELEMENTS."""
+    global _pool
+    if _threads < 2 or elements < MIN_ELEMENTS:
+        return first(), second()
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="cnncli")
+    future = _pool.submit(first)
+    try:
+        result = second()
+    finally:
+        out = future.result()
+    return out, result

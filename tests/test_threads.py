@@ -69,3 +69,22 @@ def test_model_step_is_bitwise_identical_for_one_and_two_threads(thread_count):
     np.testing.assert_array_equal(d1, d2)
     for key in g1:
         np.testing.assert_array_equal(g1[key], g2[key], err_msg=key)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+@pytest.mark.parametrize("elements", [0, 1 << 30])
+def test_pair_returns_both_results_in_order(thread_count, count, elements):
+    thread_count(count)
+    assert threads.pair(lambda: "first", lambda: 2, elements) == ("first", 2)
+
+
+def test_pair_surfaces_errors_of_either_task(thread_count):
+    thread_count(2)
+
+    def fail():
+        raise KeyError("worker")
+
+    with pytest.raises(KeyError, match="worker"):
+        threads.pair(fail, lambda: 1, threads.MIN_ELEMENTS)
+    with pytest.raises(KeyError, match="worker"):
+        threads.pair(lambda: 1, fail, threads.MIN_ELEMENTS)
