@@ -25,6 +25,8 @@ from .model import model_from_entries
 from .optim import clip_grad_norm, make_optimizer
 from .schedules import make_schedule
 
+# A lone final sample joins the batch before it: batch norm cannot train on one sample.
+MIN_LAST_BATCH = 2
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                   "seconds")
 
@@ -190,6 +192,7 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
     Ctrl-C after saving ``last.npz``, and TrainingDiverged on a non-finite loss.
     """
     from .data import iterate_batches, load_dataset
+    from .data.batching import batch_starts
 
     callbacks = callbacks or Callbacks()
     ckpt = None
@@ -262,7 +265,7 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
     consistent = snapshot(run.start_epoch)
     disk_epoch = ckpt.epoch if ckpt is not None else None
     x_tr, y_tr = dataset.x_train, dataset.y_train
-    num_batches = -(-len(y_tr) // settings["batch_size"])
+    num_batches = len(batch_starts(len(y_tr), settings["batch_size"], MIN_LAST_BATCH))
     epoch = run.start_epoch
     try:
         for epoch in range(run.start_epoch, run.epochs):
@@ -271,7 +274,8 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
             started = time.perf_counter()
             loss_sum, correct_sum, seen = 0.0, 0, 0
             batches = iterate_batches(x_tr, y_tr, settings["batch_size"], batch_rng,
-                                      shuffle=True, augment=settings["augment"])
+                                      shuffle=True, augment=settings["augment"],
+                                      min_last_batch=MIN_LAST_BATCH)
             for index, (xb, yb) in enumerate(batches, start=1):
                 with np.errstate(over="ignore", invalid="ignore"):  # divergence checked below
                     loss, correct = train_step(model, optimizer, xb, yb,

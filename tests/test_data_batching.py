@@ -98,3 +98,14 @@ def test_bad_batch_size(bad):
     x, y = _data(3)
     with pytest.raises(ConfigError, match="batch_size"):
         list(iterate_batches(x, y, bad, np.random.default_rng(0)))
+
+
+def test_a_lone_final_sample_joins_the_previous_batch():
+    x = np.arange(7, dtype=np.float32).reshape(7, 1, 1, 1)
+    y = np.arange(7)
+    rng = np.random.default_rng(0)
+    sizes = [len(yb) for _, yb in iterate_batches(x, y, 3, rng, min_last_batch=2)]
+    assert sizes == [3, 4]
+    seen = np.concatenate([yb for _, yb in iterate_batches(x, y, 3, rng, min_last_batch=2)])
+    assert sorted(seen) == list(range(7))
+    assert [len(yb) for _, yb in iterate_batches(x, y, 3, rng)] == [3, 3, 1]

@@ -10,9 +10,13 @@ from ..errors import ConfigError
 
 
 def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator,
-                    *, shuffle: bool = True, augment: dict | None = None
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """One epoch of (x_batch, y_batch); a fresh permutation per call, last partial batch kept."""
+                    *, shuffle: bool = True, augment: dict | None = None,
+                    min_last_batch: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of (x_batch, y_batch); a fresh permutation per call, last partial batch kept.
+
+    A final batch smaller than ``min_last_batch`` joins the one before it (batch norm cannot
+    train on a single sample).
+    """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}",
                           key="batch_size")
@@ -20,14 +24,23 @@ def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.rando
     order = rng.permutation(n) if shuffle else np.arange(n)
     pad = int((augment or {}).get("random_crop") or 0)
     flip = bool((augment or {}).get("horizontal_flip"))
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
+    starts = batch_starts(n, batch_size, min_last_batch)
+    for start, stop in zip(starts, starts[1:] + [n], strict=True):
+        idx = order[start:stop]
         xb = x[idx]
         if pad:
             xb = random_crop(xb, pad, rng)
         if flip:
             xb = random_hflip(xb, rng)
         yield np.ascontiguousarray(xb), y[idx]
+
+
+def batch_starts(n: int, batch_size: int, min_last_batch: int = 1) -> list[int]:
+    """Start index of each batch of one epoch over ``n`` samples."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < min_last_batch:
+        starts.pop()
+    return starts
 
 
 def random_crop(x: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
