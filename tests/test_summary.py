@@ -109,6 +109,41 @@ def test_macs_by_layer_type():
     assert rows[4].params == 16 * 5 + 5
 
 
+# Every registered type on a 6x9x7 input: its entry and its MACs counted by hand.
+# Windowed layers count one MAC per window read, norms a multiply and an add per value,
+# element-wise and reshaping layers none.
+HAND_MACS = {
+    "conv2d": ({"out_channels": 4, "kernel_size": [3, 2], "stride": 2, "groups": 2},
+               4 * 4 * 3 * (6 // 2) * 3 * 2),                      # O*H'*W'*(C/g)*kh*kw
+    "dense": ({"units": 5}, 6 * 9 * 7 * 5),                         # in*out (flattened input)
+    "maxpool2d": ({"kernel_size": 2}, 6 * 4 * 3 * 2 * 2),          # C*H'*W'*kh*kw
+    "avgpool2d": ({"kernel_size": [3, 2], "stride": 1, "padding": 1},
+                  6 * 9 * 8 * 3 * 2),
+    "lppool2d": ({"norm_type": 2, "kernel_size": 3, "stride": 2}, 6 * 4 * 3 * 3 * 3),
+    "global_avg_pool2d": ({}, 6 * 9 * 7),                           # one read per value
+    "global_max_pool2d": ({}, 6 * 9 * 7),
+    "batchnorm2d": ({}, 2 * 6 * 9 * 7),                             # scale and shift
+    "batchnorm1d": ({}, 2 * 6 * 9 * 7),                             # after a flatten
+    "dropout": ({}, 0), "flatten": ({}, 0), "relu": ({}, 0), "leaky_relu": ({}, 0),
+    "elu": ({}, 0), "gelu": ({}, 0), "sigmoid": ({}, 0), "tanh": ({}, 0),
+}
+
+
+def test_hand_macs_cover_every_registered_type():
+    import cnncli.layers  # noqa: F401  (fills the registry)
+    from cnncli.registry import LAYERS
+
+    assert set(HAND_MACS) == set(LAYERS)
+
+
+@pytest.mark.parametrize("type_name", sorted(HAND_MACS))
+def test_macs_by_hand_for_each_layer_type(type_name):
+    entry, expected = HAND_MACS[type_name]
+    before = [{"type": "flatten"}] if type_name == "batchnorm1d" else []
+    row = summary_of([6, 9, 7], before + [{"type": type_name, **entry}]).layers[-1]
+    assert row.macs == expected
+
+
 # ---------------------------------------------------------------- receptive field and jump
 
 def fields(input_shape, layers):
