@@ -360,8 +360,9 @@ class _Checker:
 
 def _show(value) -> str:
     """A value as the user would recognise it, cut short if long."""
-    text = "null" if value is None else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    from .layers.base import shown
+
+    return shown(value)
 
 
 # ---------------------------------------------------------------- sections
@@ -401,7 +402,10 @@ def _model(section, ck: _Checker) -> dict:
     if not layers:
         raise ck.error(lpath, "model.layers is empty", hint="add at least one layer")
     for i, entry in enumerate(layers):
-        _no_huge_ints(ck, lpath + (i,), entry)
+        try:
+            _no_huge_ints(ck, lpath + (i,), entry)
+        except ConfigError as err:
+            raise err.located(layer=_entry_label(i, entry)) from None
     return {"input_shape": dims, "layers": copy.deepcopy(layers)}
 
 
@@ -579,17 +583,15 @@ def _schedule(spec, ck: _Checker, epochs: int) -> dict:
 def _check_layers(checked: CheckedConfig, ck: _Checker) -> None:
     """Construct every layer (no weights) and walk output shapes; collect drop warnings."""
     from . import layers as _layers  # noqa: F401  (fills the registry)
-    from .model import _assign_names, layer_label, make_layers
+    from .model import _assign_names, make_layers
 
     model = checked.config["model"]
     lpath = ("model", "layers")
     seen_names: dict = {}
     for i, entry in enumerate(model["layers"]):
         epath = lpath + (i,)
-        type_name = entry.get("type") if isinstance(entry, dict) else None
         name = entry.get("name") if isinstance(entry, dict) else None
-        label = layer_label(i + 1, name if isinstance(name, str) else None,
-                            type_name if isinstance(type_name, str) else None)
+        label = _entry_label(i, entry)
         try:
             made = make_layers(entry)
         except ConfigError as err:
@@ -633,6 +635,17 @@ def _check_layers(checked: CheckedConfig, ck: _Checker) -> None:
             checked.warnings.append(f"{checked.where(epath + ('type',))}{label}: {drop}")
         checked.shapes.append(out)
         shape = out
+
+
+def _entry_label(i: int, entry) -> str:
+    """``layer 3 'conv2' (conv2d)`` for config entry ``i`` (0-based), whatever it holds."""
+    from .model import layer_label
+
+    def text(key):
+        value = entry.get(key) if isinstance(entry, dict) else None
+        return value if isinstance(value, str) else None
+
+    return layer_label(i + 1, text("name"), text("type"))
 
 
 def _dropped(layer, shape) -> str | None:

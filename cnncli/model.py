@@ -18,7 +18,8 @@ _EMPTY = inspect.Parameter.empty
 def layer_label(index: int, name, type_name) -> str:
     """How errors name a layer: ``layer 3 'conv2' (conv2d)`` (1-based index)."""
     named = f" '{name}'" if name else ""
-    return f"layer {index}{named} ({type_name})"
+    kind = f" ({type_name})" if type_name else ""
+    return f"layer {index}{named}{kind}"
 
 
 def make_layers(entry: dict) -> list[Layer]:
@@ -28,7 +29,9 @@ def make_layers(entry: dict) -> list[Layer]:
     "did you mean" hint).
     """
     if not isinstance(entry, dict):
-        raise ConfigError(f"a layer must be a mapping with a 'type:' key, got {entry!r}")
+        hint = f"write - {{type: {entry}}}" if isinstance(entry, str) else None
+        raise ConfigError(f"a layer must be a mapping with a 'type:' key, got {entry!r}",
+                          hint=hint)
     if "type" not in entry:
         raise ConfigError("layer has no 'type:' key", hint="e.g. type: conv2d")
     cls = registry.layer_class(entry["type"])
@@ -61,8 +64,11 @@ def make_layers(entry: dict) -> list[Layer]:
         if act_cls is None or not getattr(act_cls, "is_activation", False):
             names = sorted(n for n, c in registry.LAYERS.items()
                            if getattr(c, "is_activation", False))
+            close = (difflib.get_close_matches(activation, names, n=1)
+                     if isinstance(activation, str) else [])
             raise ConfigError(f"activation must be one of {', '.join(names)}; "
-                              f"got {activation!r}", key="activation")
+                              f"got {activation!r}", key="activation",
+                              hint=f"did you mean '{close[0]}'?" if close else None)
         layers.append(act_cls())
     return layers
 

@@ -145,7 +145,8 @@ BROKEN = [
     ("model:\n  input_shape: [1, 8, 8]\n  layers: []\n", 3, 3, ["model.layers is empty"]),
     ("model:\n  input_shape: [1, 8, 8]\n", 1, 1, ["model needs the key 'layers'"]),
     ("model:\n  input_shape: [1, 8, 8]\n  layers:\n    - {type: flatten}\n"
-     "    - {type: dense, units: 99999999999999999999}\n", 5, 21, ["too large"]),
+     "    - {type: dense, units: 99999999999999999999}\n", 5, 21,
+     ["layer 2 (dense): units is too large"]),
     ("yes: 1\nmodel: {}\n", 1, 1, ["key 'yes' is not a name", "quote the key"]),
     ("a: 1\n---\nb: 2\n", 2, 1, ["YAML syntax error", "single document"]),
     ("model: !!python/object:os.system {}\n", 1, 8, ["YAML tag", "is not allowed"]),
@@ -157,11 +158,19 @@ BROKEN = [
      ["layer 2 (dense)", "unknown key 'unit' for dense", "did you mean 'units'"]),
     ("model:\n  input_shape: [1, 8, 8]\n  layers:\n    - {type: flatten}\n"
      "    - {type: dense, units: 10, activation: relux}\n", 5, 32,
-     ["layer 2 (dense)", "activation must be one of", "relux"]),
+     ["layer 2 (dense)", "activation must be one of", "relux", "did you mean 'relu'"]),
     ("model:\n  input_shape: [1, 8, 8]\n  layers:\n    - {type: dense, units: 3, name: a}\n"
      "    - {type: dense, units: 3, name: a}\n", 5, 31, ["two layers are named 'a'"]),
     ("model:\n  input_shape: [1, 8, 8]\n  layers:\n    - 7\n", 4, 7,
-     ["layer 1", "a layer must be a mapping"]),
+     ["layer 1: a layer must be a mapping"]),
+    ("model:\n  input_shape: [1, 8, 8]\n  layers:\n    - flatten\n", 4, 7,
+     ["layer 1: a layer must be a mapping", "write - {type: flatten}"]),
+    # Values are quoted as the YAML spells them: null and true, not None and True.
+    ("model:\n  input_shape: [1, 8, 8]\n  layers:\n    - {type: dense, units: null}\n",
+     4, 21, ["layer 1 (dense): units must be a positive int, got null"]),
+    ("model:\n  input_shape: [1, 8, 8]\n  layers:\n    - {type: dropout, p: true}\n",
+     4, 23, ["got true"]),
+    (MINIMAL + "train: {epochs: yes}\n", 6, 9, ["train.epochs must be an int", "got true"]),
 ]
 
 

@@ -38,6 +38,13 @@ def from_internal(y: np.ndarray) -> np.ndarray:
 # Each raises ConfigError(key=...) quoting the value received, so the config
 # loader can point at the line of that key.
 
+def shown(value) -> str:
+    """A received value as the YAML file spells it (null, true), cut short if long."""
+    text = ("null" if value is None else str(value).lower() if isinstance(value, bool)
+            else repr(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -45,7 +52,7 @@ def _is_int(value) -> bool:
 def positive_int(key: str, value, *, minimum: int = 1) -> int:
     if not _is_int(value) or value < minimum:
         what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ConfigError(f"{key} must be {what}, got {value!r}", key=key)
+        raise ConfigError(f"{key} must be {what}, got {shown(value)}", key=key)
     return int(value)
 
 
@@ -57,7 +64,7 @@ def int_pair(key: str, value, *, minimum: int = 1) -> tuple[int, int]:
             and all(_is_int(v) and v >= minimum for v in value)):
         return int(value[0]), int(value[1])
     what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-    raise ConfigError(f"{key} must be {what} or [h, w], got {value!r}", key=key)
+    raise ConfigError(f"{key} must be {what} or [h, w], got {shown(value)}", key=key)
 
 
 def real_number(key: str, value, *, low=None, high=None, low_open=False,
@@ -73,20 +80,20 @@ def real_number(key: str, value, *, low=None, high=None, low_open=False,
         rng = f" in {lo}{hi}" if (low is not None and high is not None) else ""
         if low is not None and high is None:
             rng = f" {'>' if low_open else '>='} {low}"
-        raise ConfigError(f"{key} must be a finite number{rng}, got {value!r}", key=key)
+        raise ConfigError(f"{key} must be a finite number{rng}, got {shown(value)}", key=key)
     return float(value)
 
 
 def boolean(key: str, value) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}", key=key)
+        raise ConfigError(f"{key} must be true or false, got {shown(value)}", key=key)
     return value
 
 
 def choice(key: str, value, options) -> str:
     if value not in options:
         opts = ", ".join(map(str, options))
-        raise ConfigError(f"{key} must be one of {opts}; got {value!r}", key=key)
+        raise ConfigError(f"{key} must be one of {opts}; got {shown(value)}", key=key)
     return value
 
 
