@@ -409,6 +409,8 @@ def test_cli_features_draw_the_maps_each_layer_produces(tmp_path):
     image = pictures_png(tmp_path / "pool.png")
     assert contains(image, pictures.feature_grid(by_hand(0)[1])[0])
     assert not contains(image, pictures.feature_grid(by_hand(0)[0])[0])
+    assert contains(image, pictures.input_picture(x[0]))   # the input stays beside one layer
+    assert "prediction:" in result.output
 
     result = run_cli("show", path, "--features", tmp_path / "inputs.npy", "--index", 9)
     assert result.exit_code == 2 and "--index 9 is out of range" in result.output

@@ -238,8 +238,7 @@ def _show_features(source: Path, features_input: str, layer_name, index: int, ou
         raise ConfigError("the model has no conv or pool layer to show feature maps of")
     wanted = {last: first for first, last in groups}
     h = to_internal(np.asarray(x[index:index + 1], dtype=model.dtype))
-    panels = [] if layer_name else [pictures.labelled(pictures.input_picture(x[index]),
-                                                      "input")]
+    panels = [pictures.labelled(pictures.input_picture(x[index]), "input")]
     label = row_labels[index] if row_labels else features_input
     lines = [f"input {label}: shape {list(x.shape[1:])}"]
     for j, layer in enumerate(model.layers):
@@ -263,9 +262,8 @@ def _show_features(source: Path, features_input: str, layer_name, index: int, ou
         k = int(np.argmax(p))
         cls = class_names[k] if class_names and k < len(class_names) else str(k)
         lines.append(f"prediction: {cls} (p={p[k]:.3f})")
-        if not layer_name:  # under the input picture
-            panels[0] = pictures.vstack([panels[0], pictures.text_image(f"pred {cls}"),
-                                         pictures.text_image(f"p={p[k]:.2f}")], gap=4)
+        panels[0] = pictures.vstack([panels[0], pictures.text_image(f"pred {cls}"),
+                                     pictures.text_image(f"p={p[k]:.2f}")], gap=4)
     if untrained:
         lines.append("(a config, not a checkpoint: untrained weights)")
     image = pictures.pad_border(pictures.hstack(panels, gap=16), 6)
