@@ -377,6 +377,7 @@ BOX_COLOR = (220, 30, 30)
 PADDING_COLOR = (225, 225, 225)
 GRID_COLOR = (190, 190, 190)
 JUMP_COLOR = (90, 90, 200)
+MIN_JUMP_SPACING = 8   # pixels between the jump lines of a blank grid, at least
 
 
 def receptive_picture(box, background: np.ndarray | None = None, target: int = 256):
@@ -402,13 +403,14 @@ def receptive_picture(box, background: np.ndarray | None = None, target: int = 2
         if scale >= 4:
             inner[::scale, :] = GRID_COLOR
             inner[:, ::scale] = GRID_COLOR
-        # Stronger lines where neighbouring units of the layer start (every `jump` pixels).
+        # Stronger lines where neighbouring units of the layer start (every `jump` pixels),
+        # unless they would be so close (a big input) that they hide the box.
         jy, jx = box.jump
         rows = np.arange(box.top % jy if jy > 1 else 0, h, jy) * scale
         cols = np.arange(box.left % jx if jx > 1 else 0, w, jx) * scale
-        if jy > 1:
+        if jy > 1 and jy * scale >= MIN_JUMP_SPACING:
             inner[rows, :] = JUMP_COLOR
-        if jx > 1:
+        if jx > 1 and jx * scale >= MIN_JUMP_SPACING:
             inner[:, cols] = JUMP_COLOR
         image[y0:y0 + h * scale, x0:x0 + w * scale] = inner
     if background is None:  # frame the blank input; an image frames itself

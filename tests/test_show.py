@@ -182,6 +182,19 @@ def test_receptive_picture_tints_the_clipped_box_and_shows_the_padding():
     assert red[pad_top * scale:, :].any() and red[:pad_top * scale, :].any()
 
 
+def test_jump_lines_mark_where_units_start_unless_they_would_crowd_a_big_input():
+    layers = named(Window(3, 1, 1), Window(2, 2))   # jump 2; centre unit (2, 2) sees rows 3..6
+    box = receptive.input_box(layers, (1, 12, 12), 1)
+    image, scale, _ = pictures.receptive_picture(box)
+    blue = np.all(image == pictures.JUMP_COLOR, axis=-1)
+    blue_rows = np.nonzero(blue.mean(axis=1) > 0.5)[0]   # lines cross the whole grid
+    assert list(blue_rows) == [r * scale for r in range(1, 12, 2)]   # 1, 3, 5..: through row 3
+    big = receptive.input_box(layers, (1, 600, 600), 1)
+    image, scale, _ = pictures.receptive_picture(big)
+    assert scale == 1 and not np.all(image == pictures.JUMP_COLOR, axis=-1).any()
+    assert np.all(image == pictures.BOX_COLOR, axis=-1).any()
+
+
 def test_receptive_picture_over_an_image_keeps_the_image_outside_the_box():
     box = receptive.input_box(named(Window(3, 1, 1)), (1, 6, 6), 0, (2, 2))
     background = np.zeros((6, 6, 3), np.uint8)
