@@ -605,6 +605,7 @@ def _check_layers(checked: CheckedConfig, ck: _Checker) -> None:
                                                   f"{seen_names[name] + 1} and {i + 1})",
                                hint="names must be unique", layer=label)
             seen_names[name] = i
+        model["layers"][i] = _filled_entry(entry)
         checked.layers.extend(made)
         checked.labels.extend([label] * len(made))
         checked.entry_index.extend([i] * len(made))
@@ -635,6 +636,23 @@ def _check_layers(checked: CheckedConfig, ck: _Checker) -> None:
             checked.warnings.append(f"{checked.where(epath + ('type',))}{label}: {drop}")
         checked.shapes.append(out)
         shape = out
+
+
+def _filled_entry(entry: dict) -> dict:
+    """A valid layer entry resolved: canonical type and keys, every default written out."""
+    from .layers.base import hyperparameters
+    from .registry import layer_class
+
+    cls = layer_class(entry["type"])
+    given = {cls.aliases.get(key, key): value for key, value in entry.items()}
+    out = {"type": cls.type_name}
+    if "name" in entry:
+        out["name"] = entry["name"]
+    for key, default in hyperparameters(cls).items():
+        out[key] = given[key] if key in given else _plain(default)
+    if "activation" in entry and "activation" not in out:
+        out["activation"] = entry["activation"]
+    return out
 
 
 def _entry_label(i: int, entry) -> str:

@@ -114,6 +114,25 @@ def test_dump_round_trip_and_resolution_is_idempotent(name):
     assert check_data(cfg).config == cfg
 
 
+def test_layer_entries_are_resolved_with_every_default():
+    from cnncli.layers.base import hyperparameters
+    from cnncli.registry import LAYERS
+
+    text = ("model:\n  input_shape: [1, 8, 8]\n  layers:\n"
+            "    - {type: conv2d, filters: 2, kernel_size: [3, 1], activation: relu, name: c}\n"
+            "    - {type: maxpool, pool_size: 2}\n"
+            "    - {type: linear, out_features: 3}\n")
+    conv, pool, dense = load_config_text(text)["model"]["layers"]
+    assert [conv["type"], pool["type"], dense["type"]] == ["conv2d", "maxpool2d", "dense"]
+    for entry in (conv, pool, dense):
+        assert set(hyperparameters(LAYERS[entry["type"]])) <= set(entry)
+    assert conv["out_channels"] == 2 and "filters" not in conv
+    assert conv["kernel_size"] == [3, 1] and conv["activation"] == "relu" and conv["name"] == "c"
+    assert conv["stride"] == 1 and conv["padding"] == 0 and conv["groups"] == 1
+    assert pool["kernel_size"] == 2 and pool["stride"] is None and "name" not in pool
+    assert dense["units"] == 3 and dense["bias"] is True
+
+
 def test_build_model_accepts_a_path():
     model = build_model(CONFIGS / "digits.yaml")
     assert model.output_shape == (10,)
