@@ -306,6 +306,12 @@ def pictures_png(path):
     (["--filters", "--receptive-field"], "choose exactly one"),
     ([], "choose exactly one"),
     (["--filters", "--layer", "pool"], "has no conv kernels"),
+    (["--filters", "--at", "1,1"], "--at does not apply to --filters"),
+    (["--filters", "--index", "0"], "--index does not apply to --filters"),
+    (["--features", "x.npy", "--input", "x.npy"], "--input does not apply to --features"),
+    (["--features", "x.npy", "--at", "0,0"], "--at does not apply to --features"),
+    (["--receptive-field", "--index", "1"], "--index does not apply to --receptive-field "
+                                            "without --input"),
 ])
 def test_cli_show_errors_are_one_line(tmp_path, args, message):
     config = write_config(tmp_path / "net.yaml", (1, 8, 8), STACK)

@@ -141,6 +141,7 @@ def show_command(source, mode, features_input, receptive_flag, layer_name, index
         got = " and ".join(chosen) if chosen else "none"
         raise ConfigError(f"choose exactly one of --filters, --features INPUT, "
                           f"--receptive-field (got {got})")
+    _reject_unused_options(chosen[0], at, background)
     if chosen[0] == "--filters":
         lines, path = _show_filters(source, layer_name, out)
     elif chosen[0] == "--features":
@@ -150,6 +151,24 @@ def show_command(source, mode, features_input, receptive_flag, layer_name, index
     for line in lines:
         click.echo(line)
     click.echo(f"wrote {path}")
+
+
+def _reject_unused_options(mode: str, at, background) -> None:
+    """An option the chosen picture does not use is a mistake, not something to ignore."""
+    index_given = (click.get_current_context().get_parameter_source("index")
+                   is not click.core.ParameterSource.DEFAULT)
+    index_used = mode == "--features" or (mode == "--receptive-field" and background is not None)
+    for name, given, used, use in (
+            ("--at", at is not None, mode == "--receptive-field", "--receptive-field"),
+            ("--input", background is not None, mode == "--receptive-field",
+             "--receptive-field; --features takes the input as its own value"),
+            ("--index", index_given, index_used,
+             "--features INPUT or --receptive-field --input IMG")):
+        if given and not used:
+            raise ConfigError(f"{name} does not apply to {mode}"
+                              + (" without --input" if name == "--index" and
+                                 mode == "--receptive-field" else ""),
+                              key=name.lstrip("-"), hint=f"it is for {use}")
 
 
 def _show_filters(source: Path, layer_name, out):
