@@ -244,3 +244,12 @@ def test_cache_root_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("CNNCLI_DATA", str(tmp_path / "env"))
     assert download.cache_root() == tmp_path / "env"
     assert download.cache_root(tmp_path / "key") == tmp_path / "key"
+
+
+def test_every_published_file_is_pinned_by_sha256():
+    for dataset, (_, files) in download.SOURCES.items():
+        assert files, dataset
+        for name, checksum in files.items():
+            algorithm, digest = checksum.split(":", 1)
+            assert algorithm == "sha256", (dataset, name)
+            assert len(digest) == 64 and int(digest, 16) >= 0, (dataset, name)
