@@ -93,15 +93,17 @@ def summary_csv(summary: Summary) -> str:
 
 def summary_markdown(summary: Summary) -> str:
     """A GitHub-flavoured Markdown table plus totals."""
-    head = ["#", "layer", "type", "kernel", "output", "params", "MACs", "RF", "jump"]
+    head = ["#", "layer", "type", "kernel", "output", "params", "MACs", "RF", "jump",
+            "act/sample"]
     lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join("---:" if h in ("#", "params", "MACs") else "---" for h in head)
-             + "|",
-             f"|  | input |  |  | {_shape(summary.input_shape)} |  |  | 1x1 | 1x1 |"]
+             "|" + "|".join("---:" if h in ("#", "params", "MACs", "act/sample") else "---"
+                            for h in head) + "|",
+             f"|  | input |  |  | {_shape(summary.input_shape)} |  |  | 1x1 | 1x1 |  |"]
     for i, row in enumerate(summary.layers, start=1):
         cells = [str(i), row.name, row.type, row.description, _shape(row.output_shape),
                  format_count(row.params), format_count(row.macs),
-                 _shape(row.receptive_field), _shape(row.jump)]
+                 _shape(row.receptive_field), _shape(row.jump),
+                 format_bytes(row.activation_bytes)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines.append("")
     lines.extend(f"- {line}" for line in summary_totals(summary))

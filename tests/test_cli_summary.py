@@ -69,6 +69,10 @@ def test_summary_csv_and_markdown():
     assert rows[-1]["output_shape"] == "10"
     md = run("summary", DIGITS, "--format", "markdown").stdout
     assert md.startswith("| # | layer |") and "| conv1 | conv2d |" in md
+    table = [line.split(" | ") for line in md.splitlines() if line.startswith("| 1 |")]
+    assert table[0][-1] == "4.0 KiB |"             # conv1's 16x8x8 float32 output per sample
+    assert all(line.count("|") == md.splitlines()[0].count("|")
+               for line in md.splitlines() if line.startswith("|"))
 
 
 def test_input_shape_override_and_batch_size():
