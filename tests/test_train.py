@@ -285,6 +285,27 @@ def test_cli_train_prints_one_line_per_epoch_and_a_table(tmp_path, blobs):
         in verbose.stdout
 
 
+def test_cli_train_warns_once_per_layer_that_drops_rows(tmp_path, blobs):
+    from click.testing import CliRunner
+
+    from cnncli.cli import main
+
+    cfg = _config(blobs, epochs=1)
+    cfg["model"]["layers"][:1] = [       # 4x4, kernel 3, stride 2: the last row/column unused
+        {"type": "conv2d", "out_channels": 2, "kernel_size": 3, "stride": 2,
+         "activation": "relu", "name": "c"},
+        {"type": "flatten"}]
+    config = tmp_path / "drop.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = CliRunner().invoke(main, ["train", str(config), "-q", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith(f"cnncli: warning: {config}:")
+    assert "layer 1 'c' (conv2d)" in warnings[0] and "drops the last 1 row and 1 column" \
+        in warnings[0]
+
+
 def test_cli_ctrl_c_saves_and_prints_resume_command(tmp_path, blobs, monkeypatch):
     from click.testing import CliRunner
 

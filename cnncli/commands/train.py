@@ -182,9 +182,12 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, quiet, verb
         raise click.UsageError("give a CONFIG file (or --resume RUN_DIR to continue a run)")
     cfg = None
     if config is not None:
-        from ..config import load_config
+        from ..config import check_config
 
-        cfg = load_config(config)
+        checked = check_config(config)
+        for line in checked.warnings:     # strides that drop rows: once per layer
+            click.echo(f"cnncli: warning: {line}", err=True)
+        cfg = checked.config
     progress = _Progress(quiet, verbose)
     try:
         run = train(cfg, out_dir=out, resume=resume, epochs=epochs, batch_size=batch_size,
