@@ -298,15 +298,21 @@ MAX_FILTER_INPUTS = 32
 MAX_FEATURE_MAPS = 64
 
 
-def colorbar(limit: float, width: int = 160, height: int = 10) -> np.ndarray:
-    """The diverging scale as a bar labelled -limit, 0, +limit."""
-    bar = diverging(np.repeat(np.linspace(-limit, limit, width)[None, :], height, axis=0), limit)
+def colorbar(limit: float, width: int = 160, height: int = 10, *,
+             signed: bool = True) -> np.ndarray:
+    """The colour scale as a labelled bar: diverging -limit, 0, +limit, or sequential 0..limit."""
+    values = np.repeat(np.linspace(-limit if signed else 0.0, limit, width)[None, :], height,
+                       axis=0)
+    bar = diverging(values, limit) if signed else sequential(values, 0.0, limit)
     bar = draw_rect(bar, 0, 0, height, width, (120, 120, 120), thickness=1)
-    left, mid, right = (text_image(f"{v:+.3g}" if v else "0")
-                        for v in (-limit, 0.0, limit))
+    left = text_image(f"{-limit:+.3g}" if signed else "0")
+    right = text_image(f"{limit:+.3g}" if signed else f"{limit:.3g}")
     labels = canvas(left.shape[0], width + right.shape[1])
     labels[:, :left.shape[1]] = left
-    labels[:, width // 2 - mid.shape[1] // 2:width // 2 - mid.shape[1] // 2 + mid.shape[1]] = mid
+    if signed:
+        mid = text_image("0")
+        at = width // 2 - mid.shape[1] // 2
+        labels[:, at:at + mid.shape[1]] = mid
     labels[:, width - right.shape[1] // 2:width - right.shape[1] // 2 + right.shape[1]] = right
     return vstack([bar, labels], gap=3)
 

@@ -97,6 +97,18 @@ def test_sequential_ends_and_monotone():
     assert rgb[0].sum() < rgb[1].sum() < rgb[2].sum()
 
 
+def test_colorbars_run_from_their_low_end_to_their_high_end():
+    signed = pictures.colorbar(2.0, width=50)
+    assert tuple(signed[5, 1]) == tuple(pictures.diverging(np.array([-2.0 + 4.0 / 49]), 2.0)[0])
+    assert tuple(signed[5, 25]) == tuple(pictures.diverging(np.array([-2 + 4 * 25 / 49]), 2)[0])
+    plain = pictures.colorbar(3.0, width=50, signed=False)
+    assert tuple(plain[5, 0]) != tuple(plain[5, 1])           # a grey frame
+    assert tuple(plain[5, 1]) == tuple(pictures.sequential(np.array([3.0 / 49]), 0, 3.0)[0])
+    assert tuple(plain[5, 48]) == tuple(pictures.sequential(np.array([3.0 * 48 / 49]), 0, 3)[0])
+    assert plain[5, 1].sum() < plain[5, 25].sum() < plain[5, 48].sum()   # dark to bright
+    assert np.all(plain[13:] == pictures.BLACK, axis=-1).any()          # labels under it
+
+
 def test_signed_rgb_zero_is_grey_and_channels_keep_their_order():
     w = np.array([[[1.0, 0.0, -1.0]]])
     assert tuple(pictures.signed_rgb(w)[0, 0]) == (255, 128, 0)

@@ -270,7 +270,10 @@ def _show_features(source: Path, features_input: str, layer_name, index: int, ou
             c, mh, mw = maps.shape
             scale = (f"-{info['high']:.3g}..{info['high']:.3g}" if info["signed"]
                      else f"0..{info['high']:.3g}")
-            panels.append(pictures.labelled(grid, f"{name} {c}x{mh}x{mw}"))
+            bar = pictures.colorbar(info["high"], min(160, grid.shape[1] - 16),
+                                    signed=info["signed"])
+            panels.append(pictures.vstack([pictures.labelled(grid, f"{name} {c}x{mh}x{mw}"),
+                                           bar], gap=6))
             lines.append(f"{name}: {c}x{mh}x{mw}, colour scale {scale} "
                          f"({'blue<0<red' if info['signed'] else 'dark=0, bright=max'})"
                          + (f", first {info['shown']} maps shown" if info["shown"] < c else ""))
