@@ -42,6 +42,10 @@ DEFAULTS = {
         "label_smoothing": 0.0,
     },
 }
+# Which section a bare key in a library error (DataError(key="path")) belongs to.
+_SECTION_OF_KEY = {**{key: "data" for key in DEFAULTS["data"]},
+                   **{key: "train" for key in DEFAULTS["train"]},
+                   "input_shape": "model", "layers": "model"}
 SCHEDULE_KEYS = ("type", "step_size", "gamma", "milestones", "eta_min", "warmup_epochs")
 EARLY_STOPPING_DEFAULTS = {"patience": 5, "metric": "val_accuracy", "min_delta": 0.0}
 
@@ -64,6 +68,14 @@ class CheckedConfig:
     def where(self, path) -> str:
         line, col = _find(self.locations, path)
         return _prefix(self.file, line, col)
+
+    def locate(self, err):
+        """Point an unlocated error that names a config key (``key="path"``) at that key."""
+        section = _SECTION_OF_KEY.get(err.key) if isinstance(err.key, str) else None
+        if err.file is None and section is not None:
+            line, col = _find(self.locations, (section, err.key))
+            err.located(file=self.file, line=line, column=col)
+        return err
 
 
 # ---------------------------------------------------------------- reading

@@ -213,7 +213,8 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
     model = model_from_entries(section["input_shape"], section["layers"], seed=run_seed)
     if len(model.output_shape) != 1:
         raise ConfigError(f"the model must end in class scores (N, classes), but it outputs "
-                          f"{list(model.output_shape)} per sample", hint="end with flatten + dense")
+                          f"{list(model.output_shape)} per sample", hint="end with flatten + dense",
+                          key="layers")
     num_classes = model.output_shape[0]
     dataset = load_dataset(cfg.get("data") or {}, tuple(model.input_shape), num_classes,
                            run_seed, root=root)

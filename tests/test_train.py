@@ -306,6 +306,34 @@ def test_cli_train_warns_once_per_layer_that_drops_rows(tmp_path, blobs):
         in warnings[0]
 
 
+def test_cli_train_errors_point_at_the_config_key(tmp_path, blobs):
+    from click.testing import CliRunner
+
+    from cnncli.cli import main
+
+    def error_line(cfg):
+        config = tmp_path / "bad.yaml"
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        result = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "r")])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        return config, lines[0]
+
+    text = yaml.safe_dump(_config(blobs), sort_keys=False).splitlines()
+    path_line = next(i for i, line in enumerate(text, 1) if line.strip().startswith("path:"))
+    shape_line = next(i for i, line in enumerate(text, 1) if "input_shape" in line)
+    missing = _config(blobs)
+    missing["data"]["path"] = str(tmp_path / "nothere.npz")
+    config, line = error_line(missing)
+    assert line.startswith(f"cnncli: error: {config}:{path_line}:3: data.path "), line
+    wrong_size = _config(blobs)
+    wrong_size["model"]["input_shape"] = [1, 5, 5]
+    config, line = error_line(wrong_size)
+    assert line.startswith(f"cnncli: error: {config}:{shape_line}:3: "), line
+    assert "5x5" in line and "4x4" in line
+
+
 def test_cli_ctrl_c_saves_and_prints_resume_command(tmp_path, blobs, monkeypatch):
     from click.testing import CliRunner
 

@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from ..cli import main
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, CnncliError, DataError
 
 KNOWN_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
@@ -192,6 +192,10 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, quiet, verb
     try:
         run = train(cfg, out_dir=out, resume=resume, epochs=epochs, batch_size=batch_size,
                     lr=lr, seed=seed, callbacks=progress)
+    except CnncliError as err:        # data.path missing, wrong input_shape: point at the key
+        if config is None:
+            raise
+        raise checked.locate(err) from None
     except TrainingInterrupted as stop:
         progress.close()
         again = ["cnncli", "train"] + ([str(config)] if config else []) + \
