@@ -309,10 +309,10 @@ def colorbar(limit: float, width: int = 160, height: int = 10, *,
     right = text_image(f"{limit:+.3g}" if signed else f"{limit:.3g}")
     labels = canvas(left.shape[0], width + right.shape[1])
     labels[:, :left.shape[1]] = left
-    if signed:
-        mid = text_image("0")
-        at = width // 2 - mid.shape[1] // 2
-        labels[:, at:at + mid.shape[1]] = mid
+    mid = text_image("0")
+    at = width // 2 - mid.shape[1] // 2
+    if signed and left.shape[1] + 4 <= at and at + mid.shape[1] + 4 <= width - right.shape[1] // 2:
+        labels[:, at:at + mid.shape[1]] = mid     # only where it does not cover the end labels
     labels[:, width - right.shape[1] // 2:width - right.shape[1] // 2 + right.shape[1]] = right
     return vstack([bar, labels], gap=3)
 

@@ -101,6 +101,8 @@ def test_colorbars_run_from_their_low_end_to_their_high_end():
     signed = pictures.colorbar(2.0, width=50)
     assert tuple(signed[5, 1]) == tuple(pictures.diverging(np.array([-2.0 + 4.0 / 49]), 2.0)[0])
     assert tuple(signed[5, 25]) == tuple(pictures.diverging(np.array([-2 + 4 * 25 / 49]), 2)[0])
+    narrow, label = pictures.colorbar(10.6, width=60)[13:], pictures.text_image("-10.6")
+    assert np.array_equal(narrow[:, :label.shape[1]], label)  # no "0" drawn over the end label
     plain = pictures.colorbar(3.0, width=50, signed=False)
     assert tuple(plain[5, 0]) != tuple(plain[5, 1])           # a grey frame
     assert tuple(plain[5, 1]) == tuple(pictures.sequential(np.array([3.0 / 49]), 0, 3.0)[0])

@@ -270,7 +270,7 @@ def _show_features(source: Path, features_input: str, layer_name, index: int, ou
             c, mh, mw = maps.shape
             scale = (f"-{info['high']:.3g}..{info['high']:.3g}" if info["signed"]
                      else f"0..{info['high']:.3g}")
-            bar = pictures.colorbar(info["high"], min(160, grid.shape[1] - 16),
+            bar = pictures.colorbar(info["high"], max(100, min(160, grid.shape[1] - 16)),
                                     signed=info["signed"])
             panels.append(pictures.vstack([pictures.labelled(grid, f"{name} {c}x{mh}x{mw}"),
                                            bar], gap=6))
