@@ -1,5 +1,9 @@
 """cnncli: train convolutional neural networks written in pure NumPy from a YAML file."""
 
+import os
+
+import numpy as np
+
 from . import layers  # noqa: F401  (fills the registry)
 from .errors import CheckpointError, CnncliError, ConfigError, DataError, ShapeError
 from .model import Model, model_from_entries
@@ -8,14 +12,33 @@ __version__ = "0.1.0"
 
 
 def build_model(config, *, dtype="float32", seed=None) -> Model:
-    """Build a model from a YAML path or a config dict (full config, or just its ``model:``)."""
-    from .config import load_config, model_section
+    """Build a model from a YAML path or a config dict (full config, or just its ``model:``).
 
-    cfg = load_config(config) if not isinstance(config, dict) else config
-    section = model_section(cfg)
+    A dict is checked exactly like a file, so bad values raise ConfigError, never a traceback.
+    """
+    from .config import load_config
+
+    if isinstance(config, dict):
+        model_only = "model" not in config and ("layers" in config or "input_shape" in config)
+        cfg = load_config({"model": config} if model_only else config)
+    elif isinstance(config, (str, os.PathLike)):
+        cfg = load_config(config)
+    else:
+        raise ConfigError(f"build_model needs a YAML path or a config dict, got "
+                          f"{type(config).__name__} {config!r}")
+    if _dtype_name(dtype) not in ("float32", "float64"):
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}", key="dtype")
     if seed is None:
-        seed = cfg.get("seed", 0) if isinstance(cfg.get("seed", 0), int) else 0
+        seed = cfg["seed"]
+    section = cfg["model"]
     return model_from_entries(section["input_shape"], section["layers"], dtype=dtype, seed=seed)
+
+
+def _dtype_name(dtype) -> str | None:
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return None
 
 
 __all__ = ["build_model", "Model", "model_from_entries", "CnncliError", "ConfigError",
