@@ -85,6 +85,7 @@ class Model:
         self.layers = list(layers)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = np.dtype(dtype)
+        self._forward_shape: tuple[int, ...] | None = None  # checked by backward
         self.labels = labels or [layer_label(i + 1, l.name, l.type_name)
                                  for i, l in enumerate(self.layers)]
         _assign_names(self.layers)
@@ -115,11 +116,20 @@ class Model:
         h = to_internal(x.astype(self.dtype, copy=False))
         for layer in self.layers:
             h = layer.forward(h, train=train)
-        return from_internal(h)
+        out = from_internal(h)
+        self._forward_shape = out.shape
+        return out
 
     def backward(self, dlogits: np.ndarray, need_input_grad: bool = True):
         """Backpropagate dL/dlogits (N, classes); accumulate parameter grads; return dL/dx."""
-        g = to_internal(np.asarray(dlogits, dtype=self.dtype))
+        dlogits = np.asarray(dlogits)
+        expected = self._forward_shape
+        if expected is None:
+            raise DataError("backward needs a forward pass first")
+        if dlogits.shape != expected:
+            raise DataError(f"dlogits must have the shape of the last forward output "
+                            f"{tuple(expected)}, got {tuple(dlogits.shape)}")
+        g = to_internal(dlogits.astype(self.dtype, copy=False))
         for i in range(len(self.layers) - 1, -1, -1):
             g = self.layers[i].backward(g, need_dx=need_input_grad or i > 0)
         return from_internal(g) if need_input_grad else None
