@@ -143,6 +143,11 @@ def test_layers_command():
     assert data["conv2d"]["hyperparameters"]["stride"] == 1
     assert data["conv2d"]["key_aliases"] == {"filters": "out_channels"}
     assert data["relu"]["is_activation"] and data["conv2d"]["accepts_activation"]
+    from cnncli.registry import LAYERS
+    assert set(data) == set(LAYERS)
+    for entry in data.values():      # a whole first sentence or more, never cut at a line end
+        assert entry["doc"] and "\n" not in entry["doc"], entry
+        assert entry["doc"].endswith("."), entry
 
 
 def test_summary_of_a_checkpoint(tmp_path):

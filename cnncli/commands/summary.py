@@ -89,7 +89,7 @@ def config_command(config):
 
 
 def layer_catalogue() -> list[dict]:
-    """Every registered layer type: aliases, hyperparameters with defaults, first doc line."""
+    """Every registered layer type: aliases, hyperparameters with defaults, first doc paragraph."""
     from ..layers.base import hyperparameters
     from ..registry import ALIASES, LAYERS
 
@@ -104,7 +104,7 @@ def layer_catalogue() -> list[dict]:
             "key_aliases": dict(getattr(cls, "aliases", {}) or {}),
             "accepts_activation": bool(getattr(cls, "accepts_activation", False)),
             "is_activation": bool(getattr(cls, "is_activation", False)),
-            "doc": doc.splitlines()[0] if doc else "",
+            "doc": " ".join(doc.split("\n\n")[0].split()),   # first paragraph, one line
         })
     return out
 
