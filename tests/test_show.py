@@ -312,10 +312,12 @@ def pictures_png(path):
     (["--features", "x.npy", "--at", "0,0"], "--at does not apply to --features"),
     (["--receptive-field", "--index", "1"], "--index does not apply to --receptive-field "
                                             "without --input"),
+    (["--filters", "--out", "f.jpg"], "is not a .png file"),
 ])
 def test_cli_show_errors_are_one_line(tmp_path, args, message):
     config = write_config(tmp_path / "net.yaml", (1, 8, 8), STACK)
-    result = run_cli("show", config, *args, "--out", tmp_path / "x.png")
+    out = [] if "--out" in args else ["--out", tmp_path / "x.png"]
+    result = run_cli("show", config, *args, *out)
     assert result.exit_code == 2, result.output
     assert message in result.output and result.output.count("\n") == 1
     assert isinstance(result.exception, SystemExit)

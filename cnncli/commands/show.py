@@ -142,6 +142,9 @@ def show_command(source, mode, features_input, receptive_flag, layer_name, index
         raise ConfigError(f"choose exactly one of --filters, --features INPUT, "
                           f"--receptive-field (got {got})")
     _reject_unused_options(chosen[0], at, background)
+    if out is not None and out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {str(out)!r} is not a .png file; show writes PNG pictures",
+                          key="out", hint="give a name ending in .png")
     if chosen[0] == "--filters":
         lines, path = _show_filters(source, layer_name, out)
     elif chosen[0] == "--features":
