@@ -53,6 +53,8 @@ class BenchResult:
     threads: int | None
     elementwise_threads: int
     train_step_ms: float
+    train_step_ms_min: float
+    train_step_ms_max: float
     train_images_per_s: float
     infer_batch_ms: float
     infer_images_per_s: float
@@ -218,7 +220,8 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
     return BenchResult(
         batch_size=batch_size, steps=steps, warmup=warmup, threads=blas_threads(),
         elementwise_threads=threads.get_threads(),
-        train_step_ms=train_ms, train_images_per_s=batch_size / (train_ms * 1e-3),
+        train_step_ms=train_ms, train_step_ms_min=1e3 * min(train_times),
+        train_step_ms_max=1e3 * max(train_times), train_images_per_s=batch_size / (train_ms * 1e-3),
         infer_batch_ms=infer_ms, infer_images_per_s=batch_size / (infer_ms * 1e-3),
         peak_rss_mb=rss, step_numpy_peak_mb=numpy_peak,
         matmul_peak_gflops=matmul_peak_gflops() if measure_peak else None,

@@ -115,7 +115,8 @@ def _print_result(result, title: str) -> None:
     threads = "default" if result.threads is None else str(result.threads)
     lines = [
         f"training step   {result.train_step_ms:8.2f} ms   {result.train_images_per_s:9.0f} "
-        "images/s  (forward + loss + backward + SGD update)",
+        f"images/s  (forward + loss + backward + SGD update; steps took "
+        f"{result.train_step_ms_min:.2f}-{result.train_step_ms_max:.2f} ms)",
         f"inference       {result.infer_batch_ms:8.2f} ms   {result.infer_images_per_s:9.0f} "
         "images/s",
         f"peak RSS        {result.peak_rss_mb:8.1f} MB   (getrusage ru_maxrss, whole process)",
