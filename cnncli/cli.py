@@ -18,6 +18,12 @@ class _Group(click.Group):
         except CnncliError as err:
             click.echo(f"cnncli: error: {err}", err=True)
             sys.exit(err.exit_code)
+        except MemoryError as err:   # a model or batch too big for this machine
+            detail = f": {err}" if str(err) else ""
+            click.echo(f"cnncli: error: out of memory{detail} (see the estimate of "
+                       "'cnncli summary CONFIG --batch-size N'; use a smaller model or batch)",
+                       err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

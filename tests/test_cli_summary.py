@@ -161,3 +161,17 @@ def test_summary_of_a_checkpoint(tmp_path):
     assert from_ckpt == from_yaml
     assert json.loads(run("summary", str(tmp_path), "--json").stdout) == from_yaml
     assert np.isfinite(from_ckpt["params_mb"])
+
+
+def test_out_of_memory_is_one_line_not_a_traceback(monkeypatch):
+    import cnncli.summary
+
+    def too_big(*args, **kwargs):
+        raise MemoryError("Unable to allocate 954. GiB for an array")
+
+    monkeypatch.setattr(cnncli.summary, "summarize", too_big)
+    result = run("summary", DIGITS)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "cnncli: error: out of memory: Unable to allocate 954. GiB for an array (see the "
+        "estimate of 'cnncli summary CONFIG --batch-size N'; use a smaller model or batch)"]
