@@ -3,6 +3,7 @@ early stopping, Ctrl-C, parity with PyTorch SGD, and the digits quality bar."""
 
 import csv
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -351,15 +352,22 @@ def test_cli_ctrl_c_saves_and_prints_resume_command(tmp_path, blobs, monkeypatch
 
     monkeypatch.setattr(train_mod, "train_step", interrupting)
     out = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", str(config), "--out", str(out)])
+    overrides = ["--lr", "0.05", "--batch-size", "20"]
+    result = CliRunner().invoke(main, ["train", str(config), "--out", str(out), *overrides])
     assert result.exit_code == 130
-    assert f"resume with: cnncli train {config} --resume {out}" in result.stderr
+    hint = result.stderr.strip().splitlines()[-1]
+    assert hint == f"resume with: cnncli train --resume {out}"
     assert load_checkpoint(out / "last.npz").epoch == 1
     monkeypatch.setattr(train_mod, "train_step", real)
-    resumed = CliRunner().invoke(main, ["train", "--resume", str(out)])
+    resumed = CliRunner().invoke(main, shlex.split(hint.removeprefix("resume with: "))[1:])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming blobs" in resumed.stdout
     assert load_checkpoint(out / "last.npz").epoch == 4
+    # the printed command continues exactly: same weights as never stopping
+    whole = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "whole"),
+                                      *overrides])
+    assert whole.exit_code == 0, whole.output
+    _assert_same_state(_params(out / "last.npz"), _params(tmp_path / "whole" / "last.npz"))
 
 
 def test_cli_errors_are_one_line(tmp_path, blobs):

@@ -198,8 +198,10 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, quiet, verb
         raise checked.locate(err) from None
     except TrainingInterrupted as stop:
         progress.close()
-        again = ["cnncli", "train"] + ([str(config)] if config else []) + \
-            ["--resume", str(stop.run_dir)] + (["--epochs", str(epochs)] if epochs else [])
+        # No CONFIG: the run's stored config keeps this run's --lr/--batch-size overrides;
+        # the file may also have been edited since.
+        again = ["cnncli", "train", "--resume", str(stop.run_dir)] + \
+            (["--epochs", str(epochs)] if epochs else [])
         click.echo(f"\ninterrupted: state after epoch {stop.epoch} saved to "
                    f"{stop.run_dir / 'last.npz'}", err=True)
         click.echo(f"resume with: {shlex.join(again)}", err=True)
