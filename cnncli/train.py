@@ -265,6 +265,7 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
 
     consistent = snapshot(run.start_epoch)
     disk_epoch = ckpt.epoch if ckpt is not None else None
+    best_disk_epoch = run.best_epoch  # the epoch best.npz holds
     x_tr, y_tr = dataset.x_train, dataset.y_train
     num_batches = len(batch_starts(len(y_tr), settings["batch_size"], MIN_LAST_BATCH))
     epoch = run.start_epoch
@@ -317,14 +318,21 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
             disk_epoch = consistent["epoch"]
             if improved:
                 save_checkpoint(run.best_path, **consistent)
+                best_disk_epoch = run.best_epoch
             _write_metrics_csv(run.run_dir / "metrics.csv", run.metrics)
             callbacks.on_epoch_end(row, improved)
             if settings["early"] and bad_epochs >= settings["early"]["patience"]:
                 run.stopped_early = True
                 break
     except KeyboardInterrupt:
+        # Ctrl-C may land between the epoch's writes: finish the ones it skipped.
         if disk_epoch != consistent["epoch"]:
             save_checkpoint(run.last_path, **consistent)
+        best_epoch = consistent["run_state"]["best_epoch"]
+        if best_epoch == consistent["epoch"] and best_disk_epoch != best_epoch:
+            save_checkpoint(run.best_path, **consistent)
+        if consistent["metrics"]:
+            _write_metrics_csv(run.run_dir / "metrics.csv", consistent["metrics"])
         raise TrainingInterrupted(run.run_dir, consistent["epoch"]) from None
     if run.metrics and not (run.run_dir / "metrics.csv").exists():
         _write_metrics_csv(run.run_dir / "metrics.csv", run.metrics)

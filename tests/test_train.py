@@ -151,6 +151,34 @@ def test_ctrl_c_mid_epoch_then_resume_is_bitwise_identical(tmp_path, blobs, epoc
                        _params(tmp_path / "cut" / "best.npz"))
 
 
+
+@pytest.mark.parametrize("target", ["last.npz", "best.npz"])
+def test_ctrl_c_during_the_epochs_writes_still_leaves_best_and_metrics(tmp_path, blobs,
+                                                                     monkeypatch, target):
+    """A Ctrl-C just before last.npz or best.npz of epoch 2 is written loses nothing."""
+    real = train_mod.save_checkpoint
+    writes = []
+
+    def interrupted_once(path, **kwargs):
+        writes.append(Path(path).name)
+        if Path(path).name == target and kwargs["epoch"] == 2 and writes.count(target) == 2:
+            raise KeyboardInterrupt
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", interrupted_once)
+    cfg = _config(blobs, epochs=4)
+    cfg["data"]["val_split"] = 0.0  # best by training accuracy: epoch 2 improves on epoch 1
+    out = tmp_path / "r"
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, out_dir=out)
+    last = load_checkpoint(out / "last.npz")
+    assert last.epoch == 2
+    best_epoch = last.run_state["best_epoch"]
+    assert load_checkpoint(out / "best.npz").epoch == best_epoch
+    with open(out / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+
+
 def test_resuming_a_finished_run_with_more_epochs_continues(tmp_path, blobs):
     train(_config(blobs), out_dir=tmp_path / "r", epochs=2)
     again = train(None, resume=tmp_path / "r", epochs=2)
