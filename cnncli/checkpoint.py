@@ -111,11 +111,19 @@ def save_checkpoint(path, *, config: dict, model_state: dict, optimizer_state: d
     return path
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 minus the umask); mkstemp uses 0o600."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temp file beside ``path``, then swap it in durably."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

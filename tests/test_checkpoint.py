@@ -174,3 +174,16 @@ def test_weights_not_matching_the_model(tmp_path):
                                  "fc.bias": np.zeros(3, np.float32)})
     with pytest.raises(CheckpointError, match="fc.weight"):
         load_checkpoint(tmp_path / "c.npz").model()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_usual_umask_mode_not_mkstemps_0600(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        _save(tmp_path / "c.npz")
+        ckpt_mod.atomic_write(tmp_path / "metrics.csv", lambda f: f.write(b"epoch\n"))
+    finally:
+        os.umask(old)
+    for name in ("c.npz", "metrics.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

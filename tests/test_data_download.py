@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import os
 import socket
 import tarfile
 import threading
@@ -83,6 +84,10 @@ def test_mnist_downloads_once_then_reads_the_cache(mirror, monkeypatch, tmp_path
     np.testing.assert_array_equal(ds.y_test, y[:10])
     assert sorted(log) == sorted(f"/mnist/{name}" for name in sums)
     assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(sums)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {(p.stat().st_mode & 0o777) for p in (tmp_path / "cache" / "mnist").iterdir()} \
+        == {0o666 & ~umask}  # not mkstemp's owner-only 0o600: a shared cache stays readable
     load_dataset(cfg, (1, 28, 28), 10, seed=0)
     assert len(log) == 4  # cached files verified, not fetched again
 

@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from ..checkpoint import new_file_mode
 from ..errors import DataError
 
 TIMEOUT_SECONDS = 30
@@ -113,6 +114,7 @@ def download(url: str, dest: Path, checksum: str) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, new_file_mode())  # a shared cache stays readable to its other users
         h = hashlib.new(algorithm)
         with os.fdopen(fd, "wb") as out:
             with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
