@@ -43,7 +43,11 @@ def read_metrics(run_dir) -> Run:
     try:
         with open(csv_path, newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except UnicodeDecodeError:
+        raise DataError(f"{csv_path}: not a text metrics.csv",
+                        hint="give a run directory written by 'cnncli train' or its "
+                             "metrics.csv") from None
+    except (OSError, csv.Error) as err:
         raise DataError(f"{csv_path}: cannot read metrics: {err}") from None
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise DataError(f"{csv_path}: empty file, expected a header "

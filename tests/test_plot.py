@@ -59,8 +59,12 @@ def test_malformed_metrics_are_one_line_data_errors(tmp_path, text, message):
 
 def test_non_utf8_metrics(tmp_path):
     (tmp_path / "metrics.csv").write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="not a text metrics.csv"):
         plot.read_metrics(tmp_path)
+    np.savez(tmp_path / "best.npz", w=np.zeros(3))          # a checkpoint given by mistake
+    result = CliRunner().invoke(main, ["plot", str(tmp_path / "best.npz")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "best.npz: not a text metrics.csv (give a run directory" in result.output
 
 
 def test_same_directory_names_get_their_paths(tmp_path):

@@ -501,3 +501,6 @@ def test_cli_show_accepts_a_run_directory(tmp_path):
     assert result.exit_code == 0, result.output
     grid, _ = pictures.filter_grid(state["conv1.weight"])
     assert contains(pictures_png(run_dir / "filters_conv1.png"), grid)
+    result = run_cli("show", tmp_path, "--filters")          # a directory without last.npz
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "no last.npz in this directory" in result.output

@@ -142,6 +142,10 @@ def show_command(source, mode, features_input, receptive_flag, layer_name, index
         raise ConfigError(f"choose exactly one of --filters, --features INPUT, "
                           f"--receptive-field (got {got})")
     _reject_unused_options(chosen[0], at, background)
+    if source.is_dir() and not _is_checkpoint(source):
+        raise ConfigError(f"{source}: no last.npz in this directory",
+                          hint="give a checkpoint .npz, a run directory written by 'cnncli "
+                               "train', or a config")
     if out is not None and out.suffix.lower() != ".png":
         raise ConfigError(f"--out {str(out)!r} is not a .png file; show writes PNG pictures",
                           key="out", hint="give a name ending in .png")
