@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cnncli.errors import ConfigError, ShapeError
-from cnncli.layers.base import from_internal, to_internal
+from cnncli.layers.base import from_internal, shown, to_internal
 from cnncli.layers.dense import Dense
 from cnncli.layers.init import INIT_SCHEMES, init_bias, init_weight
 from cnncli.layers.reshape import Flatten
@@ -142,7 +142,7 @@ def test_bad_hyperparameters_raise_config_error_with_key(kwargs, key):
     with pytest.raises(ConfigError) as err:
         Dense(**kwargs)
     assert err.value.key == key
-    assert repr(kwargs[key]) in str(err.value)
+    assert shown(kwargs[key]) in str(err.value)     # as the YAML spells it: true, not True
 
 
 def test_unknown_key_and_missing_units_are_config_errors():

@@ -355,7 +355,7 @@ def test_need_dx_false_returns_none():
     ({"kernel_size": -2}, "kernel_size", "-2"),
     ({"kernel_size": "2"}, "kernel_size", "'2'"),
     ({"kernel_size": [2]}, "kernel_size", "[2]"),
-    ({"kernel_size": True}, "kernel_size", "True"),
+    ({"kernel_size": True}, "kernel_size", "got true"),
     ({"kernel_size": 2.0}, "kernel_size", "2.0"),
     ({"kernel_size": 2, "stride": 0}, "stride", "0"),
     ({"kernel_size": 2, "padding": -1}, "padding", "-1"),
