@@ -633,8 +633,11 @@ def _check_layers(checked: CheckedConfig, ck: _Checker) -> None:
         epath = lpath + (i,)
         try:
             out = tuple(int(s) for s in layer.output_shape(shape))
-        except ConfigError as err:
-            line, col = _find(ck.locations, epath + ("type",))
+        except ConfigError as err:   # at the key it names (or its alias) if written, else type:
+            written = [epath + (k,) for k in (err.key, *(a for a, t in layer.aliases.items()
+                                                          if t == err.key))]
+            at = next((w for w in written if w in ck.locations), epath + ("type",))
+            line, col = _find(ck.locations, at)
             raise err.located(file=ck.file, line=line, column=col, layer=label) from None
         except (TypeError, ValueError, OverflowError, ArithmeticError) as err:
             raise ck.error(epath + ("type",), f"cannot take input shape {list(shape)} ({err})",

@@ -248,7 +248,30 @@ def test_kernel_larger_than_input_is_a_located_error(tmp_path):
     text = ("model:\n  input_shape: [1, 4, 4]\n  layers:\n"
             "    - {type: conv2d, out_channels: 4, kernel_size: 5}\n")
     path = write(tmp_path, text)
-    assert str(error_of(path)).startswith(f"{path}:4:8: layer 1 (conv2d): ")
+    assert str(error_of(path)).startswith(f"{path}:4:39: layer 1 (conv2d): kernel 5")
+
+
+def test_shape_error_points_at_the_key_it_names(tmp_path):
+    text = ("model:\n  input_shape: [1, 4, 4]\n  layers:\n"
+            "    - {type: conv2d, out_channels: 2, kernel_size: 3, in_channels: 3}\n")
+    path = write(tmp_path, text)
+    assert str(error_of(path)).startswith(f"{path}:4:55: layer 1 (conv2d): in_channels is 3")
+    text = ("model:\n  input_shape: [1, 4, 4]\n  layers:\n"
+            "    - {type: maxpool, pool_size: 5}\n")    # written under its alias
+    path = write(tmp_path, text)
+    assert str(error_of(path)).startswith(f"{path}:4:23: layer 1 (maxpool): the 5x5")
+    text = ("model:\n  input_shape: [1, 4, 4]\n  layers:\n"
+            "    - {type: flatten}\n    - {type: conv2d, out_channels: 2, kernel_size: 3}\n")
+    path = write(tmp_path, text)                      # no key to blame: the layer's type:
+    assert str(error_of(path)).startswith(f"{path}:5:8: layer 2 (conv2d): conv2d needs")
+
+
+def test_choice_errors_suggest_the_closest_option(tmp_path):
+    text = ("model:\n  input_shape: [1, 4, 4]\n  layers:\n"
+            "    - {type: gelu, approximate: tanhh}\n")
+    message = str(error_of(write(tmp_path, text)))
+    assert ":4:20: layer 1 (gelu): approximate must be one of none, tanh; got 'tanhh' " \
+        "(did you mean 'tanh'?)" in message
 
 
 def test_non_utf8_bytes(tmp_path):

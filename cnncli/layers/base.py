@@ -14,6 +14,7 @@ Array conventions (stated once, followed everywhere):
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import numbers
 
@@ -93,7 +94,10 @@ def boolean(key: str, value) -> bool:
 def choice(key: str, value, options) -> str:
     if value not in options:
         opts = ", ".join(map(str, options))
-        raise ConfigError(f"{key} must be one of {opts}; got {shown(value)}", key=key)
+        close = (difflib.get_close_matches(value, [str(o) for o in options], n=1)
+                 if isinstance(value, str) else [])
+        raise ConfigError(f"{key} must be one of {opts}; got {shown(value)}", key=key,
+                          hint=f"did you mean '{close[0]}'?" if close else None)
     return value
 
 
