@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import atomic_write, config_to_text, load_checkpoint, save_checkpoint
-from .errors import CnncliError, ConfigError
+from .errors import CheckpointError, CnncliError, ConfigError
 from .evaluate import evaluate, loss_and_accuracy
 from .model import model_from_entries
 from .optim import clip_grad_norm, make_optimizer
@@ -235,8 +235,14 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
               best_by="val_accuracy" if has_val else "train_accuracy")
     step, bad_epochs, early_best = 0, 0, None
     if ckpt is not None:
-        model.load_state_dict(ckpt.state)
-        optimizer.load_state_dict(ckpt.optimizer_state)
+        try:
+            model.load_state_dict(ckpt.state)
+            optimizer.load_state_dict(ckpt.optimizer_state)
+        except CnncliError as err:  # CONFIG given on resume describes another model/optimizer
+            raise CheckpointError(
+                f"cannot resume {ckpt.path}: {err.message}",
+                hint=(err.hint + "; " if err.hint else "") + "or resume without CONFIG to "
+                "use the run's own config") from None
         for name, gen in generators.items():
             if name in ckpt.rng_state:
                 gen.bit_generator.state = ckpt.rng_state[name]

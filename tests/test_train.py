@@ -13,7 +13,7 @@ import yaml
 import cnncli.train as train_mod
 from cnncli import model_from_entries
 from cnncli.checkpoint import load_checkpoint
-from cnncli.errors import ConfigError
+from cnncli.errors import CheckpointError, ConfigError
 from cnncli.optim import SGD
 from cnncli.train import Callbacks, TrainingDiverged, TrainingInterrupted, train, train_step
 
@@ -187,6 +187,20 @@ def test_resuming_a_finished_run_with_more_epochs_continues(tmp_path, blobs):
     assert [r["epoch"] for r in more.metrics] == [1, 2, 3]
     assert load_checkpoint(tmp_path / "r" / "last.npz").epoch == 3
 
+
+
+@pytest.mark.parametrize("change", ["model", "optimizer"])
+def test_resume_with_a_config_for_another_model_names_the_checkpoint(tmp_path, blobs, change):
+    train(_config(blobs), out_dir=tmp_path / "r", epochs=1)
+    before = (tmp_path / "r" / "config.yaml").read_text()
+    other = _config(blobs, optimizer="adam") if change == "optimizer" else _config(blobs)
+    if change == "model":
+        other["model"]["layers"][1]["units"] = 5
+    with pytest.raises(CheckpointError, match=r"cannot resume .*last\.npz: .*(hidden\.weight|"
+                       r"adam)") as err:
+        train(other, resume=tmp_path / "r", epochs=2)
+    assert "resume without CONFIG" in str(err.value)
+    assert (tmp_path / "r" / "config.yaml").read_text() == before  # nothing overwritten
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, blobs):
     train(_config(blobs), out_dir=tmp_path / "r", epochs=1)
