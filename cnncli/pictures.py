@@ -330,16 +330,18 @@ def filter_grid(weight: np.ndarray, *, target: int = 36, gap: int = 2, rgb: bool
     shown = weight[:MAX_FILTER_OUTPUTS, :MAX_FILTER_INPUTS]
     limit = symmetric_limit(shown)
     scale = tile_scale(max(kh, kw), target)
+    gap_color = GAP_COLOR
     if (in_ch == 3) if rgb is None else (rgb and in_ch == 3):
         tiles = signed_rgb(shown.transpose(0, 2, 3, 1), limit)   # (O, kh, kw, 3)
         columns = grid_columns(len(tiles))
         mode = "rgb"
+        gap_color = WHITE   # grey is the zero weight here: it would hide the tile borders
     else:
         tiles = diverging(shown.reshape(-1, kh, kw), limit)       # (O*C, kh, kw, 3)
         columns = shown.shape[1] if shown.shape[1] > 1 else grid_columns(len(tiles))
         mode = "diverging"
     tiles = upscale(tiles.transpose(1, 2, 0, 3), scale).transpose(2, 0, 1, 3)
-    image = tile_grid(tiles, columns, gap)
+    image = tile_grid(tiles, columns, gap, gap_color)
     info = {"mode": mode, "limit": limit, "scale": scale, "columns": columns,
             "outputs_shown": shown.shape[0], "inputs_shown": shown.shape[1],
             "outputs": out_ch, "inputs": in_ch, "tile": (kh * scale, kw * scale), "gap": gap}

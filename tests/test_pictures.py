@@ -215,6 +215,8 @@ def test_filter_grid_rgb_tiles_for_three_input_channels():
     assert tuple(tile[0, s]) == (255, 128, 128)
     assert tuple(tile[s, 0]) == (128, 128, 0)
     assert tuple(tile[0, 0]) == (128, 128, 128)
+    y, x = pictures.tile_origin(1, info["columns"], info["tile"], info["gap"])
+    assert tuple(grid[y - 1, x]) == pictures.WHITE   # borders stand out from grey zero weights
 
 
 def test_filter_grid_caps_huge_layers():
