@@ -159,6 +159,19 @@ def vstack(images: list[np.ndarray], gap: int = 4, color=BACKGROUND) -> np.ndarr
     return out
 
 
+def wrap(images: list[np.ndarray], max_width: int = 1600, gap: int = 16) -> np.ndarray:
+    """Images left to right, starting a new row before one would pass ``max_width`` pixels."""
+    rows, row, width = [], [], 0
+    for im in images:
+        if row and width + gap + im.shape[1] > max_width:
+            rows.append(row)
+            row, width = [], 0
+        width += (gap if row else 0) + im.shape[1]
+        row.append(im)
+    rows.append(row)
+    return vstack([hstack(r, gap) for r in rows], gap=gap)
+
+
 def pad_border(image: np.ndarray, margin: int, color=BACKGROUND) -> np.ndarray:
     out = canvas(image.shape[0] + 2 * margin, image.shape[1] + 2 * margin, color)
     out[margin:margin + image.shape[0], margin:margin + image.shape[1]] = image

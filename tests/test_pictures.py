@@ -140,6 +140,15 @@ def test_tile_grid_places_tiles_row_major_with_gaps():
     assert np.all(grid[y:y + h, x:x + w] == pictures.BACKGROUND)
 
 
+def test_wrap_starts_a_new_row_before_the_width_limit():
+    a, b, c = (np.full((5, 40, 3), v, np.uint8) for v in (10, 20, 30))
+    one_row = pictures.wrap([a, b], max_width=100, gap=4)
+    assert one_row.shape[:2] == (5, 84)
+    two_rows = pictures.wrap([a, b, c], max_width=100, gap=4)
+    assert two_rows.shape[:2] == (14, 84)
+    assert np.all(two_rows[9:, :40] == 30) and np.all(two_rows[:5, 44:84] == 20)
+
+
 def test_draw_rect_clips_and_stays_inside_the_box():
     image = pictures.canvas(10, 10, (0, 0, 0))
     pictures.draw_rect(image, -3, 4, 6, 20, (255, 0, 0), thickness=1)

@@ -279,8 +279,9 @@ def _show_features(source: Path, features_input: str, layer_name, index: int, ou
                      else f"0..{info['high']:.3g}")
             bar = pictures.colorbar(info["high"], max(100, min(160, grid.shape[1] - 16)),
                                     signed=info["signed"])
-            panels.append(pictures.vstack([pictures.labelled(grid, f"{name} {c}x{mh}x{mw}"),
-                                           bar], gap=6))
+            title = f"{name} {c}x{mh}x{mw}" + (f" (first {info['shown']})"
+                                                 if info["shown"] < c else "")
+            panels.append(pictures.vstack([pictures.labelled(grid, title), bar], gap=6))
             lines.append(f"{name}: {c}x{mh}x{mw}, colour scale {scale} "
                          f"({'blue<0<red' if info['signed'] else 'dark=0, bright=max'})"
                          + (f", first {info['shown']} maps shown" if info["shown"] < c else ""))
@@ -295,7 +296,7 @@ def _show_features(source: Path, features_input: str, layer_name, index: int, ou
                                      pictures.text_image(f"p={p[k]:.2f}")], gap=4)
     if untrained:
         lines.append("(a config, not a checkpoint: untrained weights)")
-    image = pictures.pad_border(pictures.hstack(panels, gap=16), 6)
+    image = pictures.pad_border(pictures.wrap(panels, gap=16), 6)   # deep nets: several rows
     stem = f"features_{layer_name}" if layer_name else "features"
     path = pictures.write_png(out or _default_out(source, stem), image)
     return lines, path
