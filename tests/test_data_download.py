@@ -258,3 +258,25 @@ def test_every_published_file_is_pinned_by_sha256():
             algorithm, digest = checksum.split(":", 1)
             assert algorithm == "sha256", (dataset, name)
             assert len(digest) == 64 and int(digest, 16) >= 0, (dataset, name)
+
+
+def test_cli_says_what_it_downloads_once(mirror, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from cnncli.cli import main
+
+    www, _ = mirror
+    _, _, sums = _fake_mnist(www)
+    _use_sums(monkeypatch, "mnist", sums)
+    config = tmp_path / "m.yaml"
+    config.write_text("model:\n  input_shape: [1, 28, 28]\n  layers:\n    - {type: flatten}\n"
+                      "    - {type: dense, units: 10}\n"
+                      "data: {dataset: mnist, val_split: 0}\ntrain: {epochs: 1}\n")
+    first = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "r")])
+    assert first.exit_code == 0, first.output
+    lines = [line for line in first.stderr.splitlines() if line.startswith("downloading ")]
+    assert sorted(line.split("/")[-1].split()[0] for line in lines) == sorted(sums)
+    assert "downloading" not in first.stdout  # stdout keeps the training lines only
+    again = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "r2")])
+    assert again.exit_code == 0 and "downloading" not in again.stderr  # read from the cache
+    assert download.progress is None  # the hook is removed afterwards

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shlex
@@ -30,6 +31,45 @@ def _console():
     from rich.console import Console
 
     return Console(highlight=False)
+
+
+# ---------------------------------------------------------------- download progress
+
+@contextlib.contextmanager
+def _download_progress(quiet: bool):
+    """Show first-use dataset downloads on stderr: a byte bar on a terminal, else one line."""
+    from ..data import download
+
+    bars: dict[str, object] = {}
+
+    def show(url: str, done: int, total: int | None) -> None:
+        if url not in bars:
+            if sys.stderr.isatty():
+                from tqdm import tqdm
+
+                bars[url] = tqdm(total=total, desc=url.rsplit("/", 1)[-1], unit="B",
+                                 unit_scale=True, leave=False, file=sys.stderr)
+            else:
+                bars[url] = None
+                size = "" if not total else f" ({total / 1e6:.1f} MB)" if total >= 10**5 \
+                    else f" ({total:,} bytes)"
+                click.echo(f"downloading {url}{size} ...", err=True)
+        bar = bars[url]
+        if bar is not None:
+            bar.update(done - bar.n)
+            if total and done >= total:  # finished: clear it before the next file's bar
+                bar.close()
+                bars[url] = None
+
+    previous = download.progress
+    download.progress = None if quiet else show
+    try:
+        yield
+    finally:
+        download.progress = previous
+        for bar in bars.values():
+            if bar is not None:
+                bar.close()
 
 
 # ---------------------------------------------------------------- train progress
@@ -190,8 +230,9 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, quiet, verb
         cfg = checked.config
     progress = _Progress(quiet, verbose)
     try:
-        run = train(cfg, out_dir=out, resume=resume, epochs=epochs, batch_size=batch_size,
-                    lr=lr, seed=seed, callbacks=progress)
+        with _download_progress(quiet):
+            run = train(cfg, out_dir=out, resume=resume, epochs=epochs, batch_size=batch_size,
+                        lr=lr, seed=seed, callbacks=progress)
     except CnncliError as err:        # data.path missing, wrong input_shape: point at the key
         if config is None:
             raise
@@ -322,7 +363,8 @@ def eval_command(checkpoint, data, split, as_json, top_k):
 
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model()
-    x, y = _eval_arrays(ckpt, model, data, split)
+    with _download_progress(False):  # stderr: --json output stays clean
+        x, y = _eval_arrays(ckpt, model, data, split)
     class_names = ckpt.class_names
     report = evaluate(model, x, y, class_names, top_k=top_k)
     report = {"checkpoint": str(ckpt.path), "split": split, **report}
