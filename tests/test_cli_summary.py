@@ -163,6 +163,25 @@ def test_summary_of_a_checkpoint(tmp_path):
     assert np.isfinite(from_ckpt["params_mb"])
 
 
+def test_checkpoint_with_an_input_shape_its_dense_weights_cannot_take(tmp_path):
+    from cnncli.checkpoint import save_checkpoint
+
+    cfg = load_config(DIGITS)
+    path = save_checkpoint(tmp_path / "last.npz", config=cfg,
+                           model_state=build_model(cfg).state_dict())
+    result = run("summary", str(path), "--input-shape", "1,16,16")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [   # fc1 was trained on 32x4x4; 16x16 gives 32x8x8
+        f"cnncli: error: {path}: layer 5 'fc1' (dense): its input size changed: the "
+        f"checkpoint's weights take {32 * 4 * 4} features, --input-shape 1,16,16 gives it "
+        f"{32 * 8 * 8} (dense layers fix the input size; this model was trained on 1,8,8)"]
+    same = run("summary", str(path), "--input-shape", "1,8,8", "--json")
+    assert same.exit_code == 0
+    model = build_model(cfg)
+    assert json.loads(same.stdout)["total_params"] == sum(v.size for _, v, _ in
+                                                         model.parameters())
+
+
 def test_out_of_memory_is_one_line_not_a_traceback(monkeypatch):
     import cnncli.summary
 

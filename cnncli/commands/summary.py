@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from rich.console import Console
 
 from ..cli import main
 from ..config import check_config, check_data, dump_config
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
 
 
 def _console() -> Console:
@@ -44,9 +45,31 @@ def checked_from(path: str, input_shape=None):
     if p.suffix.lower() == ".npz" or (p.is_dir() and (p / "last.npz").exists()):
         from ..checkpoint import load_checkpoint
 
-        cfg = load_checkpoint(path).config
-        return check_data(cfg, file=path, input_shape=input_shape)
+        ckpt = load_checkpoint(path)
+        checked = check_data(ckpt.config, file=path, input_shape=input_shape)
+        if input_shape is not None:
+            _check_dense_inputs(checked, ckpt.state, path, input_shape,
+                                ckpt.config["model"]["input_shape"])
+        return checked
     return check_config(path, input_shape=input_shape)
+
+
+def _check_dense_inputs(checked, state: dict, path, input_shape, trained_shape) -> None:
+    """Trained dense weights fix their input size: an --input-shape must keep it."""
+    for layer, label, in_shape in zip(checked.layers, checked.labels, checked.shapes,
+                                      strict=False):
+        weight = state.get(f"{layer.name}.weight")
+        if layer.type_name != "dense" or weight is None or weight.ndim != 2:
+            continue
+        features = math.prod(in_shape)
+        if weight.shape[1] != features:
+            given = ",".join(map(str, input_shape))
+            trained = ",".join(map(str, trained_shape))
+            raise ShapeError(f"its input size changed: the checkpoint's weights take "
+                             f"{weight.shape[1]} features, --input-shape {given} gives it "
+                             f"{features}", file=path, layer=label,
+                             hint=f"dense layers fix the input size; this model was trained "
+                                  f"on {trained}")
 
 
 @main.command()
