@@ -167,6 +167,21 @@ def test_predict_table_and_csv(trained, tmp_path):
     assert [int(r["predicted"]) for r in rows] == list(expected)
 
 
+
+def test_predict_out_creates_folders_and_an_unwritable_path_is_one_line(trained, tmp_path):
+    with np.load(trained / "blobs.npz") as data:
+        np.save(tmp_path / "two.npy", data["x_test"][:2])
+    ckpt = trained / "run" / "best.npz"
+    nested = tmp_path / "new" / "folder" / "preds.csv"
+    result = _invoke("predict", ckpt, tmp_path / "two.npy", "--out", nested)
+    assert result.exit_code == 0, result.output
+    with open(nested) as f:
+        assert [r["input"] for r in csv.DictReader(f)] == ["two.npy[0]", "two.npy[1]"]
+    blocked = _invoke("predict", ckpt, tmp_path / "two.npy", "--out",
+                      tmp_path / "two.npy" / "preds.csv")  # a file where a folder should be
+    assert blocked.exit_code == 1 and blocked.stderr.count("\n") == 1, blocked.output
+    assert blocked.stderr.startswith("cnncli: error: cannot write --out ")
+
 def test_eval_other_data_uses_the_checkpoints_statistics(tmp_path):
     """--data FILE is normalised with the stored training statistics, not its own."""
     from test_train import _blobs, _config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import shlex
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..checkpoint import atomic_write
 from ..cli import main
 from ..errors import CheckpointError, CnncliError, DataError
 
@@ -414,11 +416,15 @@ def predict_command(checkpoint, inputs, top, out):
         header = ["input", "predicted", "probability"]
         for r in range(2, k + 1):
             header += [f"class_{r}", f"probability_{r}"]
-        with open(out, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            for label, ranked in rows:
-                writer.writerow([label] + [v for c, p in ranked for v in (c, f"{p:.6f}")])
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        for label, ranked in rows:
+            writer.writerow([label] + [v for c, p in ranked for v in (c, f"{p:.6f}")])
+        try:  # creates missing parent folders, as train --out does
+            atomic_write(out, lambda f: f.write(buf.getvalue().encode("utf-8")))
+        except OSError as err:
+            raise CnncliError(f"cannot write --out {out}: {err.strerror or err}") from None
         click.echo(f"wrote {len(rows)} predictions to {out}")
         return
     from rich.table import Table
