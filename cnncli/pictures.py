@@ -442,16 +442,18 @@ def receptive_picture(box, background: np.ndarray | None = None, target: int = 2
     inside = box.clipped
     dash = max(4, scale // 2)
     draw_rect(image, top, left, bottom, right, BOX_COLOR, thickness=thick, dashed=dash)
+    ct = cl = cb = cr = 0   # the part of the input the unit sees (none if only padding)
     if inside is not None:
         t, l, b, r = inside
         ct, cl = (t + pad_top) * scale, (l + pad_left) * scale
         cb, cr = (b + pad_top + 1) * scale, (r + pad_left + 1) * scale
+    if background is not None:  # fade the image outside the box, so what the unit sees stands out
+        keep = image[ct:cb, cl:cr].copy()
+        inner = image[y0:y0 + h * scale, x0:x0 + w * scale].astype(np.float64)
+        image[y0:y0 + h * scale, x0:x0 + w * scale] = np.rint(inner * 0.35 + 255 * 0.65)
+        image[ct:cb, cl:cr] = keep
+    if inside is not None:
         if background is None:
             tint_rect(image, ct, cl, cb, cr, BOX_COLOR, alpha=0.25)
-        else:  # fade the image outside the box, so what the unit sees stands out
-            keep = image[ct:cb, cl:cr].copy()
-            inner = image[y0:y0 + h * scale, x0:x0 + w * scale].astype(np.float64)
-            image[y0:y0 + h * scale, x0:x0 + w * scale] = np.rint(inner * 0.35 + 255 * 0.65)
-            image[ct:cb, cl:cr] = keep
         draw_rect(image, ct, cl, cb, cr, BOX_COLOR, thickness=thick)
     return image, scale, (pad_top, pad_left)

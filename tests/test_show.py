@@ -204,6 +204,11 @@ def test_receptive_picture_over_an_image_keeps_the_image_outside_the_box():
     assert tuple(image[2 * scale + scale // 2, 2 * scale + scale // 2]) == (0, 77, 0)  # as is
     faded = image[5 * scale + 1, 5 * scale + 1].astype(int)
     assert np.all(faded > (0, 77, 0)) and faded[1] > faded[0]  # lighter, still greenish
+    nothing = receptive.input_box(named(Window(1, 1, 2)), (1, 6, 6), 0, (0, 0))
+    image, scale, (pad_top, pad_left) = pictures.receptive_picture(nothing, background)
+    assert nothing.clipped is None and (pad_top, pad_left) == (2, 2)
+    seen = image[pad_top * scale:, pad_left * scale:].reshape(-1, 3)
+    assert not np.any(np.all(seen == (0, 77, 0), axis=-1))    # a box in the padding sees no pixel
 
 
 # ---------------------------------------------------------------- real layers and the CLI
