@@ -412,6 +412,25 @@ def test_cli_ctrl_c_saves_and_prints_resume_command(tmp_path, blobs, monkeypatch
     _assert_same_state(_params(out / "last.npz"), _params(tmp_path / "whole" / "last.npz"))
 
 
+
+def test_cli_unwritable_run_directory_is_one_line(tmp_path, blobs, monkeypatch):
+    from click.testing import CliRunner
+
+    from cnncli.cli import main
+
+    config = _write_config(tmp_path, blobs)
+    result = CliRunner().invoke(main, ["train", str(config), "--out", str(blobs / "run")])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert result.stderr.startswith(f"cnncli: error: cannot write {blobs / 'run'}: ")
+
+    def disk_full(path, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", disk_full)
+    full = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "r")])
+    assert full.exit_code == 1 and full.stderr.count("\n") == 1, full.output
+    assert "last.npz: No space left on device" in full.stderr
+
 def test_cli_errors_are_one_line(tmp_path, blobs):
     from click.testing import CliRunner
 

@@ -239,6 +239,11 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, quiet, verb
         if config is None:
             raise
         raise checked.locate(err) from None
+    except OSError as err:  # run directory or checkpoint writes: disk full, not a folder, ...
+        raise CnncliError(f"cannot write {err.filename or 'the run directory'}: "
+                          f"{err.strerror or err}",
+                          hint="choose another --out or free some space; files already "
+                               "written are intact") from None
     except TrainingInterrupted as stop:
         progress.close()
         # No CONFIG: the run's stored config keeps this run's --lr/--batch-size overrides;
