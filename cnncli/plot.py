@@ -268,9 +268,9 @@ def summary_lines(runs: list[Run]) -> list[str]:
         _, val_acc = run.series("val_accuracy")
         _, train_acc = run.series("train_accuracy")
         acc, which = (val_acc, "val") if len(val_acc) else (train_acc, "train")
-        text = f"{run.name}: {len(epochs)} epochs"
-        if len(acc):
-            text += (f", last {which}_accuracy {acc[-1]:.4g}, best {np.max(acc):.4g}")
+        text = f"{run.name}: {len(epochs)} epoch{'s' if len(epochs) != 1 else ''}"
+        if len(acc):  # fixed decimals, so the last and best line up ("0.9310", not "0.931")
+            text += (f", last {which}_accuracy {acc[-1]:.4f}, best {np.max(acc):.4f}")
         _, val_loss = run.series("val_loss")
         if len(val_loss) and math.isfinite(val_loss[-1]):
             text += f", last val_loss {val_loss[-1]:.4g}"

@@ -67,6 +67,15 @@ def test_non_utf8_metrics(tmp_path):
     assert "best.npz: not a text metrics.csv (give a run directory" in result.output
 
 
+def test_summary_lines_count_epochs_and_keep_four_decimals(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "metrics.csv").write_text(HEADER + "1,2.0,0.5,1.5,0.93,0.003,1.0\n")
+    runs = plot.read_runs([tmp_path / "one", write_run(tmp_path / "six")])
+    lines = plot.summary_lines(runs)
+    assert lines[0] == "one: 1 epoch, last val_accuracy 0.9300, best 0.9300, last val_loss 1.5"
+    assert lines[1].startswith("six: 6 epochs, last val_accuracy 0.9400, best 0.9400")
+
+
 def test_same_directory_names_get_their_paths(tmp_path):
     runs = plot.read_runs([write_run(tmp_path / "x" / "run"), write_run(tmp_path / "y" / "run")])
     assert runs[0].name != runs[1].name
