@@ -204,3 +204,23 @@ def test_eval_other_data_uses_the_checkpoints_statistics(tmp_path):
     assert a["loss"] == b["loss"] and a["confusion_matrix"] == b["confusion_matrix"]
     missing = _invoke("eval", tmp_path / "run" / "last.npz", "--data", tmp_path / "nope.npz")
     assert missing.exit_code == 2 and "neither a dataset name" in missing.stderr
+
+
+def test_eval_elsewhere_of_a_run_with_a_relative_data_path_says_what_to_do(tmp_path,
+                                                                           monkeypatch):
+    from test_train import _blobs, _config
+
+    from cnncli.train import train
+
+    (tmp_path / "project").mkdir()
+    _blobs(tmp_path / "project" / "blobs.npz")
+    monkeypatch.chdir(tmp_path / "project")
+    train(_config("blobs.npz"), out_dir="run", epochs=1)
+    assert _invoke("eval", "run/best.npz").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("eval", "project/run/best.npz")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "the run's data.path 'blobs.npz' does not exist" in result.stderr
+    assert "--data PATH" in result.stderr
+    fixed = _invoke("eval", "project/run/best.npz", "--data", "project/blobs.npz")
+    assert fixed.exit_code == 0, fixed.output

@@ -303,7 +303,14 @@ def _eval_arrays(ckpt, model, data: str | None, split: str):
     seed = int(ckpt.config.get("seed") or 0)
     shape, num_classes = tuple(model.input_shape), model.output_shape[0]
     if data is None:
-        ds = load_dataset(cfg, shape, num_classes, seed)
+        try:
+            ds = load_dataset(cfg, shape, num_classes, seed)
+        except DataError as err:
+            if err.key == "path" and not Path(str(cfg.get("path"))).is_absolute():
+                err.message = f"the run's {err.message}"
+                err.hint = ("relative paths are read from the current directory: run eval "
+                            "where you trained, or pass --data PATH")
+            raise
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
         if len(y) == 0:
             raise _empty_split(split, {s: len(getattr(ds, f"y_{s}"))
