@@ -52,7 +52,7 @@ def summary_totals(summary: Summary) -> list[str]:
     mem = summary.memory
     lines = [
         f"total params: {format_count(summary.total_params)} "
-        f"({summary.params_mb:.3f} MB as {summary.dtype})",
+        f"({summary.params_mb:.3f} MiB as {summary.dtype})",
         f"trainable params: {format_count(summary.trainable_params)}   "
         f"non-trainable params: {format_count(summary.non_trainable_params)}   "
         f"buffers (running stats): {format_count(summary.buffers)}",

@@ -102,7 +102,8 @@ def receptive_fields(layers, shapes) -> list[tuple[tuple[int, int], tuple[int, i
     r_out = r_in + (k_eff - 1) * j_in and j_out = j_in * s with k_eff = d(k-1)+1. Layers
     without geometry keep r and j unless they shrink the map (a global pool): then they act
     like one window over the whole map. Flat outputs (flatten, dense) see the whole input:
-    they report the input's [H, W] for both.
+    they report the input's [H, W] for both, or the receptive field and jump before them
+    where those are larger.
     """
     input_shape = shapes[0]
     full = (tuple(input_shape[1:3]) if len(input_shape) == 3 else (1, int(input_shape[0])))
@@ -110,7 +111,10 @@ def receptive_fields(layers, shapes) -> list[tuple[tuple[int, int], tuple[int, i
     out = []
     for layer, in_shape, out_shape in zip(layers, shapes, shapes[1:], strict=False):
         if len(out_shape) != 3 or len(in_shape) != 3:
-            r, j = full, full
+            # A flat unit sees the whole input, and never less than the windows before it
+            # (padding can make those reach past the border).
+            r = (max(r[0], full[0]), max(r[1], full[1]))
+            j = (max(j[0], full[0]), max(j[1], full[1]))
         else:
             geom = layer.geometry(in_shape)
             if geom is not None:

@@ -197,6 +197,17 @@ def test_global_pool_without_geometry_covers_the_whole_map():
     assert got == [((3, 3), (3, 3)), ((9, 9), (9, 9))]
 
 
+def test_flat_layers_never_see_less_than_the_windows_before_them():
+    # 4x4 input, 3x3 pad-1 conv, then a global pool: the pool's window reaches past the
+    # border (r = 3 + 3 = 6 > 4). flatten and dense must not report a smaller field.
+    entries = [{"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+               {"type": "global_avg_pool2d"}, {"type": "flatten"}, {"type": "dense", "units": 3}]
+    model = model_from_entries((1, 4, 4), entries, dtype=np.float64)
+    got = receptive_fields(model.layers, model.shapes)
+    assert got[1][0] == (6, 6)
+    assert got[2][0] == got[3][0] == (6, 6)
+
+
 # ---------------------------------------------------------------- totals and memory
 
 def test_batchnorm_running_stats_are_buffers_not_params():
