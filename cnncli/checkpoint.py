@@ -70,13 +70,16 @@ class Checkpoint:
         """Build the model from the stored config and load the stored weights into it."""
         from .model import model_from_entries
 
-        section = self.config["model"]
-        model = model_from_entries(section["input_shape"], section["layers"], dtype=dtype,
-                                   seed=int(self.config.get("seed") or 0))
         try:
+            section = self.config["model"]
+            model = model_from_entries(section["input_shape"], section["layers"], dtype=dtype,
+                                       seed=int(self.config.get("seed") or 0))
             model.load_state_dict(self.state)
         except CnncliError as err:
-            raise CheckpointError(f"{self.path}: {err.message}") from None
+            raise CheckpointError(f"{self.path}: {err}") from None
+        except (KeyError, TypeError, ValueError) as err:  # a foreign or hand-edited config
+            raise CheckpointError(f"{self.path} has an unusable model config "
+                                  f"({type(err).__name__}: {err})") from None
         return model
 
 
@@ -175,6 +178,17 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
                               hint="use another checkpoint, e.g. best.npz or last.npz") from None
 
 
+def _int(arrays, key, path) -> int:
+    """A stored 0-d integer (0 if absent); anything else is a one-line CheckpointError."""
+    value = arrays.get(key)
+    if value is None:
+        return 0
+    if value.shape != () or value.dtype.kind not in "iu":
+        raise CheckpointError(f"{path} is not a readable cnncli checkpoint ({key} is "
+                              f"{value.dtype} {value.shape}, expected one integer)")
+    return int(value)
+
+
 def _text(arrays, key, path) -> str:
     return str(arrays[key]) if key in arrays else ""
 
@@ -187,7 +201,7 @@ def load_checkpoint(path) -> Checkpoint:
     arrays = _read_all(path)
     if "format_version" not in arrays or "config" not in arrays:
         raise CheckpointError(f"{path} is not a cnncli checkpoint (no format_version/config)")
-    version = int(arrays["format_version"])
+    version = _int(arrays, "format_version", path)
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {version}, newer than this cnncli "
                               f"reads ({FORMAT_VERSION})", hint="upgrade cnncli")
@@ -206,15 +220,19 @@ def load_checkpoint(path) -> Checkpoint:
     for key, value in arrays.items():
         if key.startswith("normalization/"):
             normalization[key.split("/", 1)[1]] = str(value) if value.dtype.kind == "U" else value
-    best = float(arrays["best_metric"]) if "best_metric" in arrays else float("nan")
+    best = arrays.get("best_metric", np.array(np.nan))
+    if best.shape != () or best.dtype.kind != "f":
+        raise CheckpointError(f"{path} is not a readable cnncli checkpoint (best_metric is "
+                              f"{best.dtype} {best.shape}, expected one number)")
+    best = float(best)
     return Checkpoint(
         path=path,
         config_text=config_text,
         state={k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")},
         optimizer_state={k[len("optim/"):]: v for k, v in arrays.items()
                          if k.startswith("optim/")},
-        epoch=int(arrays.get("epoch", 0)),
-        step=int(arrays.get("step", 0)),
+        epoch=_int(arrays, "epoch", path),
+        step=_int(arrays, "step", path),
         rng_state=rng_state,
         normalization=normalization,
         class_names=[str(c) for c in arrays.get("class_names", np.array([], dtype=str))],

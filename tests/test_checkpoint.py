@@ -187,3 +187,32 @@ def test_written_files_get_the_usual_umask_mode_not_mkstemps_0600(tmp_path, umas
         os.umask(old)
     for name in ("c.npz", "metrics.csv"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+MODEL_YAML = "model: {input_shape: [1, 4, 4], layers: [{type: flatten}, {type: dense, units: 3}]}"
+
+
+@pytest.mark.parametrize("arrays, says", [
+    ({"format_version": np.array("x"), "config": np.array(MODEL_YAML)}, "format_version is"),
+    ({"format_version": np.array([1, 2]), "config": np.array(MODEL_YAML)}, "format_version is"),
+    ({"format_version": np.array(1), "config": np.array(MODEL_YAML), "epoch": np.array("two")},
+     "epoch is"),
+    ({"format_version": np.array(1), "config": np.array(MODEL_YAML),
+      "best_metric": np.array("high")}, "best_metric is"),
+])
+def test_malformed_fields_of_a_foreign_npz_are_one_line(tmp_path, arrays, says):
+    np.savez(tmp_path / "odd.npz", **arrays)
+    with pytest.raises(CheckpointError, match=f"odd.npz is not a readable cnncli checkpoint "
+                                              f"\\({says}"):
+        load_checkpoint(tmp_path / "odd.npz")
+
+
+@pytest.mark.parametrize("config, says", [
+    ("model: {input_shape: [1, 4, 4], layers: [{type: bogus}]}", "unknown layer type 'bogus'"),
+    ("model: {layers: []}", "unusable model config (KeyError"),
+])
+def test_a_stored_config_that_builds_no_model_is_one_line(tmp_path, config, says):
+    np.savez(tmp_path / "odd.npz", format_version=np.array(1), config=np.array(config))
+    with pytest.raises(CheckpointError, match="odd.npz") as err:
+        load_checkpoint(tmp_path / "odd.npz").model()
+    assert says in str(err.value)
