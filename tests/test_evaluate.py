@@ -224,3 +224,23 @@ def test_eval_elsewhere_of_a_run_with_a_relative_data_path_says_what_to_do(tmp_p
     assert "--data PATH" in result.stderr
     fixed = _invoke("eval", "project/run/best.npz", "--data", "project/blobs.npz")
     assert fixed.exit_code == 0, fixed.output
+
+
+def test_eval_of_the_runs_own_data_uses_the_stored_statistics(tmp_path):
+    """Training images changed after training: the test split is still normalised as trained."""
+    from test_train import _blobs, _config
+
+    from cnncli.train import train
+
+    data = _blobs(tmp_path / "blobs.npz")
+    cfg = _config(data)
+    cfg["data"]["normalize"] = "standardize"
+    train(cfg, out_dir=tmp_path / "run", epochs=2)
+    before = json.loads(_invoke("eval", tmp_path / "run" / "best.npz", "--json").stdout)
+    with np.load(data) as d:
+        arrays = dict(d)
+    arrays["x_train"] = arrays["x_train"] // 2          # other training statistics
+    np.savez(data, **arrays)
+    after = _invoke("eval", tmp_path / "run" / "best.npz", "--json")
+    assert after.exit_code == 0, after.output
+    assert json.loads(after.stdout)["loss"] == before["loss"]

@@ -304,7 +304,8 @@ def _eval_arrays(ckpt, model, data: str | None, split: str):
     shape, num_classes = tuple(model.input_shape), model.output_shape[0]
     if data is None:
         try:
-            ds = load_dataset(cfg, shape, num_classes, seed)
+            ds = load_dataset(cfg, shape, num_classes, seed,
+                              normalization=ckpt.normalization or None)  # the stored stats
         except DataError as err:
             if err.key == "path" and not Path(str(cfg.get("path"))).is_absolute():
                 err.message = f"the run's {err.message}"
