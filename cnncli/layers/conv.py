@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from .. import kernels, threads
 from ..errors import ConfigError, ShapeError
 from ..registry import register
 from .base import Layer, boolean, conv_output_size, int_pair, positive_int
@@ -16,6 +16,8 @@ from .init import check_scheme, init_bias, init_weight
 SPLIT_K_BYTES = 256 * 2**10
 #: Pieces shorter than this are not worth it: with many taps BLAS blocks the product better.
 SPLIT_K_MIN = 1024
+#: Input gradients of layers whose im2col matrix is at most this big skip the row chunks.
+WHOLE_DCOLS_BYTES = 8 * 2**20
 
 
 def _by_group(a: np.ndarray, groups: int) -> np.ndarray:
@@ -35,6 +37,8 @@ class Conv2d(Layer):
 
     accepts_activation = True
     aliases = {"filters": "out_channels"}
+    fresh_output = True       # y and dx are new arrays, never kept (see Layer)
+    fresh_input_grad = True
 
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, in_channels=None, init="default", name: str | None = None):
@@ -134,14 +138,17 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         return kernels.row_chunks(out_h, c * kh * kw * out_w * n * self.dtype.itemsize)
 
-    def _fill_cols(self, full_rows, row0, rows, out_w):
-        """im2col for output rows [row0, row0 + rows) into a reused buffer (one per size)."""
+    def _fill_cols(self, row0, rows, out_w, role):
+        """im2col for output rows [row0, row0 + rows) into the reused buffer ``role``."""
         c, n = self._x.shape[0], self._x.shape[3]
         kh, kw = self.kernel_size
-        role = "cols" if rows == full_rows else "cols_tail"
         cols = self._buffers.get(role, (c * kh * kw, rows * out_w * n), self.dtype)
         return kernels.im2col(self._x, cols, self.kernel_size, self.stride, self.dilation,
                               out_w, row0, rows)
+
+    def _cols_elements(self, out_h, out_w, n) -> int:
+        kh, kw = self.kernel_size
+        return self._x.shape[0] * kh * kw * out_h * out_w * n
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         c, h, w, n = x.shape
@@ -158,54 +165,123 @@ class Conv2d(Layer):
         weight = _by_group(np.ascontiguousarray(self.params["weight"]), g)
         y = np.empty((o, out_h, out_w, n), self.dtype)
         chunks = self._chunks(c, out_h, out_w, n)
-        for row0, rows in chunks:
-            cols = self._fill_cols(chunks[0][1], row0, rows, out_w)
-            np.matmul(weight, _by_group(cols, g), out=_by_group(y[:, row0:row0 + rows], g))
-        self._cols_kept = len(chunks) == 1
+
+        def part(lo, hi):
+            # Each thread fills its own im2col buffers; output rows do not overlap.
+            for row0, rows in chunks[lo:hi]:
+                role = f"cols{lo}" if rows == chunks[0][1] else "cols_tail"
+                cols = self._fill_cols(row0, rows, out_w, role)
+                np.matmul(weight, _by_group(cols, g), out=_by_group(y[:, row0:row0 + rows], g))
+
+        threads.split(part, len(chunks), self._cols_elements(out_h, out_w, n))
+        self._cols_kept = len(chunks) == 1  # then "cols0" still holds it for backward
         if self.bias:
-            y += self.params["bias"][:, None, None, None]
+            bias = self.params["bias"]
+
+            def add_bias(lo, hi):
+                y[lo:hi] += bias[lo:hi, None, None, None]
+
+            threads.split(add_bias, o, y.size)
         return y
 
     def backward(self, dy: np.ndarray, need_dx: bool = True):
         dy = np.ascontiguousarray(dy)
-        o, out_h, out_w, n = dy.shape
-        g, (kh, kw) = self.groups, self.kernel_size
-        c = self._x.shape[0]
+        _, out_h, out_w, n = dy.shape
         if self.bias:
-            self.grads["bias"] += dy.sum(axis=(1, 2, 3))
-        weight = _by_group(np.ascontiguousarray(self.params["weight"]), g)
+            dbias = self.grads["bias"]
+
+            def add_bias_grad(lo, hi):
+                dbias[lo:hi] += dy[lo:hi].sum(axis=(1, 2, 3))
+
+            threads.split(add_bias_grad, dy.shape[0], dy.size)
+        chunks = self._chunks(self._x.shape[0], out_h, out_w, n)
+        if not need_dx:
+            self._add_weight_grad(dy, chunks)
+            return None
+        # The weight and input gradients are independent: on two threads when big enough.
+        _, dx = threads.pair(lambda: self._add_weight_grad(dy, chunks),
+                             lambda: self._input_grad(dy, chunks),
+                             self._cols_elements(out_h, out_w, n))
+        return dx
+
+    def _add_weight_grad(self, dy: np.ndarray, chunks) -> None:
+        """dW += dy @ cols.T, chunk by chunk (rebuilding cols unless forward kept them), each
+        product split along its long axis so that the pieces stay in cache (split-K)."""
+        g, (kh, kw), out_w, n = self.groups, self.kernel_size, dy.shape[2], dy.shape[3]
         dweight = _by_group(self.grads["weight"], g)
-        dxp = None
-        if need_dx and self._pads == ((0, 0), (0, 0)):
-            dxp = np.zeros(self._x.shape, self.dtype)  # returned as dx, so not reused
-        elif need_dx:
-            dxp = self._buffers.get("dxpad", self._x.shape, self.dtype, zero=True)
-        chunks = self._chunks(c, out_h, out_w, n)
         for row0, rows in chunks:
             if self._cols_kept:
-                cols = self._buffers.get("cols", (c * kh * kw, out_h * out_w * n), self.dtype)
+                cols = self._buffers.get("cols0", (self._x.shape[0] * kh * kw, rows * out_w * n),
+                                         self.dtype)
             else:
-                cols = self._fill_cols(chunks[0][1], row0, rows, out_w)
+                cols = self._fill_cols(row0, rows, out_w, "wcols")
             cols_g = _by_group(cols, g)
             dy_g = _by_group(dy[:, row0:row0 + rows], g)
             length = dy_g.shape[-1]
-            step = SPLIT_K_BYTES // (cols_g.shape[-2] * self.dtype.itemsize)
+            step = SPLIT_K_BYTES // ((cols_g.shape[-2] + dy_g.shape[-2]) * self.dtype.itemsize)
             step = length if step < SPLIT_K_MIN else step
             for start in range(0, length, step):
                 piece = slice(start, start + step)
                 dweight += np.matmul(dy_g[..., piece], cols_g[..., piece].swapaxes(-1, -2))
-            if need_dx:
-                dcols = self._buffers.get("dcols", cols.shape, self.dtype)
-                np.matmul(weight.swapaxes(-1, -2), dy_g, out=_by_group(dcols, g))
-                kernels.col2im_add(dxp, dcols, self.kernel_size, self.stride, self.dilation,
-                                   out_w, row0, rows)
-        if not need_dx:
-            return None
+
+    def _input_grad(self, dy: np.ndarray, chunks) -> np.ndarray:
+        """dx: a correlation with the flipped kernel where that pays, else col2im of
+        W.T @ dy (for small layers over all rows at once: fewer, bigger adds)."""
+        if self._dx_by_correlation():
+            return self._dx_correlation(dy)
+        g, (kh, kw) = self.groups, self.kernel_size
+        _, out_h, out_w, n = dy.shape
+        weight_t = _by_group(np.ascontiguousarray(self.params["weight"]), g).swapaxes(-1, -2)
+        if self._pads == ((0, 0), (0, 0)):
+            dxp = np.zeros(self._x.shape, self.dtype)  # returned as dx, so not reused
+        else:
+            dxp = self._buffers.get("dxpad", self._x.shape, self.dtype, zero=True)
+        if self._cols_elements(out_h, out_w, n) * self.dtype.itemsize <= WHOLE_DCOLS_BYTES:
+            chunks = [(0, out_h)]
+        for row0, rows in chunks:
+            role = "dcols" if rows == chunks[0][1] else "dcols_tail"
+            dcols = self._buffers.get(role, (self._x.shape[0] * kh * kw, rows * out_w * n),
+                                      self.dtype)
+            np.matmul(weight_t, _by_group(dy[:, row0:row0 + rows], g), out=_by_group(dcols, g))
+            kernels.col2im_add(dxp, dcols, self.kernel_size, self.stride, self.dilation,
+                               out_w, row0, rows)
         if self._pads == ((0, 0), (0, 0)):
             return dxp
         (t, _), (lft, _) = self._pads
         h, w = self._in_hw
         return dxp[:, t:t + h, lft:lft + w, :].copy()
+
+    def _dx_by_correlation(self) -> bool:
+        """Whether dx is better computed as a correlation of padded dy with the flipped
+        kernel (one forward-shaped matmul, no col2im): stride 1, no dilation or groups,
+        padding below the kernel size, and no more output than input channels (the matmul's
+        inner size O*kh*kw is then no larger than the forward's)."""
+        (kh, kw), ((t, b), (lft, r)) = self.kernel_size, self._pads
+        return (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+                and max(t, b) < kh and max(lft, r) < kw
+                and self.out_channels <= self._x.shape[0])
+
+    def _dx_correlation(self, dy: np.ndarray) -> np.ndarray:
+        """dx[c, i, j] = sum over o, a, b of W[o, c, kh-1-a, kw-1-b] * dyp[o, i+a, j+b], where
+        dyp is dy padded by kernel - 1 - padding on each side."""
+        o, out_h, out_w, n = dy.shape
+        (kh, kw), ((t, b), (lft, r)) = self.kernel_size, self._pads
+        c = self._x.shape[0]
+        h, w = self._in_hw
+        dyp = self._buffers.get("dypad", (o, out_h + 2 * kh - 2 - t - b,
+                                          out_w + 2 * kw - 2 - lft - r, n), self.dtype,
+                                zero=True)
+        kernels.pad_into(dyp, dy, kh - 1 - t, kw - 1 - lft)
+        flipped = self.params["weight"][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        flipped = np.ascontiguousarray(flipped).reshape(c, o * kh * kw)
+        dx = np.empty((c, h, w, n), self.dtype)
+        chunks = kernels.row_chunks(h, o * kh * kw * w * n * self.dtype.itemsize)
+        for row0, rows in chunks:
+            role = "dycols" if rows == chunks[0][1] else "dycols_tail"
+            cols = self._buffers.get(role, (o * kh * kw, rows * w * n), self.dtype)
+            kernels.im2col(dyp, cols, self.kernel_size, (1, 1), (1, 1), w, row0, rows)
+            np.matmul(flipped, cols, out=dx[:, row0:row0 + rows].reshape(c, rows * w * n))
+        return dx
 
     # -- description
     def num_params(self, input_shape=None) -> int:

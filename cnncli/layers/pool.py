@@ -12,6 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
+from .. import threads
 from ..errors import ConfigError, ShapeError
 from ..registry import register
 from .base import Layer, boolean, conv_output_size, int_pair, real_number
@@ -221,23 +222,30 @@ class MaxPool2d(WindowPool):
         if len(views) == 1:
             self._argmax = np.zeros(views[0].shape, np.uint8) if train else None
             return views[0].copy()
-        out = np.maximum(views[0], views[1])
-        if not train:
-            for view in views[2:]:
-                np.maximum(out, view, out=out)
-            self._argmax = None
-            return out
+        out = np.empty(views[0].shape, x.dtype)
         # Which offset holds the window's maximum: strict ">" in row-major scan keeps the first
         # of equal maxima, as PyTorch's CPU kernel does. Offsets come in increasing order, so
         # the winner is the largest t whose view beat the running maximum: a branch-free
         # max(argmax, t * beat) (masked writes with random masks are ~10x slower).
         kind = np.uint8 if len(views) < 256 else np.int32
-        argmax = np.greater(views[1], views[0]).astype(kind)
-        step = np.empty_like(argmax)
-        for t, view in enumerate(views[2:], start=2):
-            np.multiply(np.greater(view, out), kind(t), out=step)
-            np.maximum(argmax, step, out=argmax)
-            np.maximum(out, view, out=out)
+        argmax = np.empty(out.shape, kind) if train else None
+
+        def part(lo, hi):  # channels [lo, hi): big inputs are split over the cores
+            v, o = [view[lo:hi] for view in views], out[lo:hi]
+            np.maximum(v[0], v[1], out=o)
+            if argmax is None:
+                for view in v[2:]:
+                    np.maximum(o, view, out=o)
+                return
+            a = argmax[lo:hi]
+            np.greater(v[1], v[0], out=a)
+            step = np.empty_like(a)
+            for t, view in enumerate(v[2:], start=2):
+                np.multiply(np.greater(view, o), kind(t), out=step)
+                np.maximum(a, step, out=a)
+                np.maximum(o, view, out=o)
+
+        threads.split(part, out.shape[0], xp.size)
         self._argmax = argmax
         return out
 
@@ -247,6 +255,15 @@ class MaxPool2d(WindowPool):
         if self._argmax is None:
             raise RuntimeError("maxpool2d.backward needs a forward pass with train=True first")
         argmax = self._argmax
+        if self._plan.tiled:  # every input in exactly one window: one write per input
+            dx = np.empty(self._x_shape, dy.dtype)
+
+            def channels(lo, hi):
+                for t, (rows, cols) in enumerate(self._plan.offsets):
+                    np.multiply(dy[lo:hi], argmax[lo:hi] == t, out=dx[lo:hi, rows, cols])
+
+            threads.split(channels, dx.shape[0], dx.size)
+            return dx
 
         def part(t, out=None):
             return np.multiply(dy, argmax == t, out=out)

@@ -1,0 +1,54 @@
+"""Speed-only code paths give the same numbers as the general ones they replace."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cnncli import kernels
+from cnncli.layers.base import to_internal
+from cnncli.layers.conv import Conv2d
+
+
+def _grads(layer, x, dy):
+    layer.zero_grad()
+    layer.forward(x.copy(), train=True)
+    dx = layer.backward(dy.copy())
+    return dx, {k: v.copy() for k, v in layer.grads.items()}
+
+
+@given(c=st.integers(1, 5), o=st.integers(1, 5), k=st.integers(1, 4), pad=st.integers(0, 3),
+       size=st.integers(4, 9), n=st.integers(1, 3), same=st.booleans())
+def test_conv_dx_by_correlation_matches_col2im(c, o, k, pad, size, n, same):
+    layer = Conv2d(o, k, padding="same" if same else pad)
+    layer.build((c, size, size), np.random.default_rng(0), np.float64)
+    rng = np.random.default_rng(1)
+    x = to_internal(rng.standard_normal((n, c, size, size)))
+    out = layer.output_shape((c, size, size))
+    dy = to_internal(rng.standard_normal((n,) + out))
+    layer.forward(x, train=True)
+    usable = layer._dx_by_correlation()
+    fast_dx, fast_grads = _grads(layer, x, dy)
+    layer._dx_by_correlation = lambda: False
+    slow_dx, slow_grads = _grads(layer, x, dy)
+    np.testing.assert_allclose(fast_dx, slow_dx, rtol=1e-12, atol=1e-12)
+    for key in slow_grads:
+        np.testing.assert_allclose(fast_grads[key], slow_grads[key], rtol=1e-12, atol=1e-12)
+    # The fast path is taken where its conditions hold (and only there).
+    expected = o <= c and max(layer._pads[0]) < k and max(layer._pads[1]) < k
+    assert usable == expected
+
+
+@pytest.mark.parametrize("limit", [1, 10_000, 1 << 30])
+def test_conv_dx_by_correlation_in_row_chunks(monkeypatch, limit):
+    # Tiny chunk limits force one output row per im2col piece, including a shorter tail.
+    monkeypatch.setattr(kernels, "IM2COL_MAX_BYTES", limit)
+    layer = Conv2d(3, 3, padding=1)
+    layer.build((4, 7, 7), np.random.default_rng(0), np.float64)
+    rng = np.random.default_rng(2)
+    x = to_internal(rng.standard_normal((2, 4, 7, 7)))
+    dy = to_internal(rng.standard_normal((2, 3, 7, 7)))
+    fast_dx, _ = _grads(layer, x, dy)
+    layer._dx_by_correlation = lambda: False
+    slow_dx, _ = _grads(layer, x, dy)
+    np.testing.assert_allclose(fast_dx, slow_dx, rtol=1e-12, atol=1e-12)
