@@ -5,7 +5,9 @@ quotes that version) in the interpreter given by ``--torch-python``. Without tor
 script prints a message and exits 0. cnncli runs under ``--cnncli-python``. Each measurement
 is a fresh process (bench_worker.py); rounds alternate which framework goes first, so a busy
 neighbour on a shared machine slows both alike. Both get the same thread count (``--threads``,
-default 2: OPENBLAS/OMP_NUM_THREADS for NumPy, torch.set_num_threads for torch).
+default 2): torch.set_num_threads (and OMP/MKL_NUM_THREADS) for torch; CNNCLI_THREADS for cnncli,
+which keeps BLAS on one thread inside its own threads as it does by default (``--cnncli-blas``
+gives the threads to OpenBLAS instead).
 
     python benchmarks/compare_torch.py [--rounds 5] [--batch-sizes 32,64,128] [--markdown]
 """
@@ -38,10 +40,20 @@ def torch_version(python: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def run_worker(python: str, framework: str, config: str, batch: int, args) -> dict:
-    env = dict(os.environ)
+def worker_env(framework: str, args) -> dict:
+    """Both get ``args.threads`` threads. cnncli as it runs by default: its own threads with
+    BLAS on one thread inside them (or, with --cnncli-blas, BLAS threads and no own threads)."""
+    env = {k: v for k, v in os.environ.items() if k != "CNNCLI_THREADS"}
+    blas = args.threads
+    if framework == "cnncli" and not args.cnncli_blas:
+        env["CNNCLI_THREADS"], blas = str(args.threads), 1
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
+        env[var] = str(blas)
+    return env
+
+
+def run_worker(python: str, framework: str, config: str, batch: int, args) -> dict:
+    env = worker_env(framework, args)
     cmd = [python, str(WORKER), "--framework", framework, "--config", config,
            "--batch-size", str(batch), "--steps", str(args.steps), "--warmup",
            str(args.warmup), "--threads", str(args.threads)]
@@ -123,6 +135,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="timed steps per process")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cnncli-blas", action="store_true",
+                    help="give cnncli's threads to BLAS instead of to cnncli's own splitting")
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
     ap.add_argument("--save", metavar="JSON", help="also write every raw worker result here")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per run on stderr")
@@ -147,8 +161,9 @@ def main() -> None:
         Path(args.save).write_text(json.dumps(
             [{"network": k[0], "batch": k[1], "framework": k[2], "runs": v}
              for k, v in results.items()], indent=1))
+    how = "BLAS threads" if args.cnncli_blas else "its own threads, BLAS on one thread inside"
     print(f"images/s, median of {args.rounds} interleaved rounds (min-max), {args.steps} "
-          f"steps each, {args.threads} threads each; torch {version}\n")
+          f"steps each, {args.threads} threads each (cnncli: {how}); torch {version}\n")
     print(render(["network", "mode", "batch", "cnncli", "range", "torch", "range",
                   "cnncli/torch"], rows(results, args), args.markdown))
     print("\nmemory of a training step, MB: rise of the resident set over the steps "

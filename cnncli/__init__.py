@@ -2,6 +2,9 @@
 
 import os
 
+from . import threads  # noqa: F401  (before NumPy loads: may set BLAS threads, see threads.py)
+
+# isort: split
 import numpy as np
 
 from . import layers  # noqa: F401  (fills the registry)

@@ -51,7 +51,7 @@ class BenchResult:
     steps: int
     warmup: int
     threads: int | None
-    elementwise_threads: int
+    cnncli_threads: int
     train_step_ms: float
     train_step_ms_min: float
     train_step_ms_max: float
@@ -219,7 +219,7 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
     rss = peak_rss_mb()  # before the matmul probe, whose 48 MB operands are not the model's
     return BenchResult(
         batch_size=batch_size, steps=steps, warmup=warmup, threads=blas_threads(),
-        elementwise_threads=threads.get_threads(),
+        cnncli_threads=threads.get_threads(),
         train_step_ms=train_ms, train_step_ms_min=1e3 * min(train_times),
         train_step_ms_max=1e3 * max(train_times), train_images_per_s=batch_size / (train_ms * 1e-3),
         infer_batch_ms=infer_ms, infer_images_per_s=batch_size / (infer_ms * 1e-3),

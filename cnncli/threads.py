@@ -1,32 +1,46 @@
-"""Big element-wise NumPy work split over the cores (NumPy releases the GIL in ufunc loops).
+"""cnncli's own threads: big NumPy work split over the cores, BLAS single-threaded inside.
 
-BLAS already runs the matmuls on every core; the element-wise work around them (ReLU, pooling,
-im2col copies, col2im adds, bias) is single-threaded in NumPy. ``split`` runs ``fn(lo, hi)`` on
-disjoint ranges of a leading axis at once when the work is big enough to repay the hand-off
-(tens of microseconds). Each element is computed by one thread with the same operations, so
-results are bitwise identical for any thread count.
+NumPy's element-wise work (ReLU, pooling, im2col copies, col2im adds, bias) runs on one core,
+and OpenBLAS's threading of the conv matmuls pays poorly for their skinny shapes and falls
+apart when another process holds a core. So cnncli runs BLAS on one thread and splits the
+work itself: ``split`` runs ``fn(lo, hi)`` on disjoint ranges of a leading axis at once (NumPy
+releases the GIL inside its loops), ``pair`` runs two independent tasks at once (a conv's
+weight and input gradients). Each element is computed by one thread with the same operations,
+so results are bitwise identical for any thread count.
+
+Importing cnncli before NumPy, with no BLAS thread variable set, sets OPENBLAS_NUM_THREADS
+(and MKL_NUM_THREADS) to 1 and cnncli's thread count to the number of cores. Otherwise cnncli
+uses CNNCLI_THREADS threads (default 1, so as not to oversubscribe a multi-threaded BLAS).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 #: Below this many elements the hand-off to another thread costs more than it saves.
 MIN_ELEMENTS = 1 << 19
-ENV_VARS = ("CNNCLI_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS")
+
+
+def _claim_blas() -> None:
+    """Before NumPy loads, and if nobody chose BLAS threads: BLAS on one thread, cnncli's own
+    threads on every core (measured faster on 2 cores than BLAS threading; benchmarks/)."""
+    if "numpy" in sys.modules or any(var in os.environ for var in BLAS_VARS):
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    os.environ.setdefault("CNNCLI_THREADS", str(os.cpu_count() or 1))
 
 
 def default_threads() -> int:
-    """The first thread count set in CNNCLI_THREADS, OMP_NUM_THREADS or OPENBLAS_NUM_THREADS,
-    else the number of cores."""
-    for var in ENV_VARS:
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return os.cpu_count() or 1
+    """CNNCLI_THREADS if set to a positive int, else 1."""
+    value = os.environ.get("CNNCLI_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
+_claim_blas()
 _threads = default_threads()
 _pool: ThreadPoolExecutor | None = None
 

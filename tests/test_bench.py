@@ -68,11 +68,20 @@ def test_threads_option(tiny):
     from threadpoolctl import threadpool_info
 
     before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-    result = run(tiny, "--steps", 2, "--warmup", 0, "--threads", 1, "--json")
+    from cnncli import threads
+
+    cnncli_before = threads.get_threads()
+    result = run(tiny, "--steps", 2, "--warmup", 0, "--threads", 3, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["threads"] == 1
+    data = json.loads(result.output)
+    assert (data["threads"], data["cnncli_threads"]) == (1, 3)  # BLAS on one thread inside
+    result = run(tiny, "--steps", 2, "--warmup", 0, "--threads", 1, "--blas-threads", 2,
+                 "--json")
+    data = json.loads(result.output)
+    assert (data["threads"], data["cnncli_threads"]) == (2, 1)
     after = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-    assert after == before  # the limit is lifted when the command ends
+    assert after == before  # the limits are lifted when the command ends
+    assert threads.get_threads() == cnncli_before
 
 
 def test_checkpoint_config_is_accepted(tiny, tmp_path):

@@ -88,3 +88,32 @@ def test_pair_surfaces_errors_of_either_task(thread_count):
         threads.pair(fail, lambda: 1, threads.MIN_ELEMENTS)
     with pytest.raises(KeyError, match="worker"):
         threads.pair(lambda: 1, fail, threads.MIN_ELEMENTS)
+
+
+def _fresh_process(code: str, **env_overrides) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in threads.BLAS_VARS and k != "CNNCLI_THREADS"}
+    env.update(env_overrides)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, check=True)
+    return proc.stdout.split()
+
+
+PROBE = ("import os, cnncli; print(os.environ.get('OPENBLAS_NUM_THREADS'), "
+         "cnncli.threads.get_threads())")
+
+
+def test_import_before_numpy_puts_blas_on_one_thread_and_cnncli_on_every_core():
+    import os
+
+    assert _fresh_process(PROBE) == ["1", str(os.cpu_count() or 1)]
+    assert _fresh_process(PROBE, CNNCLI_THREADS="3") == ["1", "3"]
+
+
+def test_a_blas_setting_of_the_user_is_kept_and_cnncli_stays_on_one_thread():
+    assert _fresh_process(PROBE, OPENBLAS_NUM_THREADS="2") == ["2", "1"]
+    assert _fresh_process("import numpy; " + PROBE) == ["None", "1"]

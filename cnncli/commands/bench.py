@@ -17,30 +17,32 @@ THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 REEXEC_GUARD = "CNNCLI_BENCH_REEXEC"
 
 
-def _thread_limit(threads: int | None):
-    """A context that runs BLAS on ``threads`` threads (cnncli's own splitting is set apart).
+def _blas_limit(blas: int | None, threads: int | None):
+    """A context that runs BLAS on ``blas`` threads (None: leave it as it is).
 
     OpenBLAS reads its thread count once, when NumPy loads it, and NumPy is loaded before any
     command runs. So: threadpoolctl changes it at run time if installed; otherwise the process
     re-executes itself with OPENBLAS_NUM_THREADS/OMP_NUM_THREADS set.
     """
-    if threads is None:
+    if blas is None:
         return contextlib.nullcontext()
-    for var in THREAD_VARS:
-        os.environ[var] = str(threads)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         pass
     else:
-        return threadpool_limits(limits=threads, user_api="blas")
-    if os.environ.get(REEXEC_GUARD) == str(threads):
+        return threadpool_limits(limits=blas, user_api="blas")
+    if os.environ.get(REEXEC_GUARD) == str(blas):
         return contextlib.nullcontext()  # this process was started with the variables set
     if "bench" not in sys.argv[1:]:
-        raise CnncliError("--threads needs threadpoolctl when cnncli runs inside another "
-                          "program", hint="pip install threadpoolctl, or set "
+        raise CnncliError("--threads/--blas-threads need threadpoolctl when cnncli runs inside "
+                          "another program", hint="pip install threadpoolctl, or set "
                           "OPENBLAS_NUM_THREADS before starting Python")
-    os.environ[REEXEC_GUARD] = str(threads)
+    for var in THREAD_VARS:
+        os.environ[var] = str(blas)
+    if threads is not None:
+        os.environ["CNNCLI_THREADS"] = str(threads)
+    os.environ[REEXEC_GUARD] = str(blas)
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", "cnncli", *sys.argv[1:]])
     raise AssertionError("unreachable")  # pragma: no cover
@@ -66,9 +68,12 @@ def _load_config(path: str) -> dict:
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
               help="Untimed repetitions before each phase.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="BLAS threads (default: the library's own choice, usually all cores).")
+              help="Threads to compute on: cnncli splits the work over them and keeps BLAS "
+                   "on one thread inside them (default: cnncli's setting, all cores).")
+@click.option("--blas-threads", type=click.IntRange(min=1), default=None,
+              help="Give BLAS this many threads instead (default 1 with --threads).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(config, batch_size, steps, warmup, threads, as_json):
+def bench(config, batch_size, steps, warmup, threads, blas_threads, as_json):
     """Time each layer's forward/backward, training steps and inference on synthetic data."""
     from .. import build_model
     from .. import threads as cnncli_threads
@@ -76,9 +81,11 @@ def bench(config, batch_size, steps, warmup, threads, as_json):
 
     cfg = _load_config(config)
     before = cnncli_threads.get_threads()
-    with _thread_limit(threads):
+    if threads is not None and blas_threads is None:
+        blas_threads = 1
+    with _blas_limit(blas_threads, threads):
         if threads is not None:
-            cnncli_threads.set_threads(threads)  # cnncli's own element-wise splitting
+            cnncli_threads.set_threads(threads)
         try:
             model = build_model(cfg)
             result = bench_model(model, batch_size=batch_size, steps=steps, warmup=warmup)
@@ -125,6 +132,6 @@ def _print_result(result, title: str) -> None:
     if result.matmul_peak_gflops:
         lines.append(f"matmul peak     {result.matmul_peak_gflops:8.1f} GFLOP/s  (float32 "
                      "2048x2048, the ceiling for the GFLOP/s columns)")
-    lines.append(f"threads         {threads} BLAS, {result.elementwise_threads} element-wise")
+    lines.append(f"threads         {result.cnncli_threads} cnncli, {threads} BLAS")
     for line in lines:
         console.print(line)
