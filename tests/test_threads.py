@@ -63,12 +63,18 @@ def test_model_step_is_bitwise_identical_for_one_and_two_threads(thread_count):
         model = model_from_entries((3, 16, 16), entries, seed=0)
         logits = model.forward(x, train=True)
         dx = model.backward(dlogits)
-        results.append((logits, dx, model.grads()))
-    (l1, d1, g1), (l2, d2, g2) = results
+        grads = model.grads()
+        model.zero_grad()
+        model.forward(x, train=True)
+        model.backward(dlogits, need_input_grad=False)  # the first conv skips dx
+        results.append((logits, dx, grads, model.grads()))
+    (l1, d1, g1, h1), (l2, d2, g2, h2) = results
     np.testing.assert_array_equal(l1, l2)
     np.testing.assert_array_equal(d1, d2)
     for key in g1:
         np.testing.assert_array_equal(g1[key], g2[key], err_msg=key)
+        np.testing.assert_array_equal(h1[key], h2[key], err_msg=key)
+        np.testing.assert_array_equal(h1[key], g1[key], err_msg=key)
 
 
 @pytest.mark.parametrize("count", [1, 2])

@@ -16,6 +16,10 @@ from .init import check_scheme, init_bias, init_weight
 SPLIT_K_BYTES = 256 * 2**10
 #: Pieces shorter than this are not worth it: with many taps BLAS blocks the product better.
 SPLIT_K_MIN = 1024
+#: Running im2col chunks on several threads pays from about this many multiply-adds per batch;
+#: computing weight and input gradients at once from a smaller size (measured on 2 cores).
+SPLIT_MIN_MACS = 30_000_000
+PAIR_MIN_MACS = 8_000_000
 #: Input gradients of layers whose im2col matrix is at most this big skip the row chunks.
 WHOLE_DCOLS_BYTES = 8 * 2**20
 
@@ -150,6 +154,10 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         return self._x.shape[0] * kh * kw * out_h * out_w * n
 
+    def _macs(self, out_h, out_w, n) -> int:
+        """Multiply-adds of one forward matmul over the batch."""
+        return self._cols_elements(out_h, out_w, n) * self.out_channels // self.groups
+
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         c, h, w, n = x.shape
         self._in_hw = (h, w)
@@ -173,7 +181,9 @@ class Conv2d(Layer):
                 cols = self._fill_cols(row0, rows, out_w, role)
                 np.matmul(weight, _by_group(cols, g), out=_by_group(y[:, row0:row0 + rows], g))
 
-        threads.split(part, len(chunks), self._cols_elements(out_h, out_w, n))
+        # Only heavy matmuls repay running chunks at once (LeNet's small convs lose by it).
+        heavy = self._macs(out_h, out_w, n) >= SPLIT_MIN_MACS
+        threads.split(part, len(chunks), threads.MIN_ELEMENTS if heavy else 0)
         self._cols_kept = len(chunks) == 1  # then "cols0" still holds it for backward
         if self.bias:
             bias = self.params["bias"]
@@ -195,13 +205,14 @@ class Conv2d(Layer):
 
             threads.split(add_bias_grad, dy.shape[0], dy.size)
         chunks = self._chunks(self._x.shape[0], out_h, out_w, n)
+        heavy = self._macs(out_h, out_w, n) >= PAIR_MIN_MACS
         if not need_dx:
             self._add_weight_grad(dy, chunks)
             return None
         # The weight and input gradients are independent: on two threads when big enough.
         _, dx = threads.pair(lambda: self._add_weight_grad(dy, chunks),
                              lambda: self._input_grad(dy, chunks),
-                             self._cols_elements(out_h, out_w, n))
+                             threads.MIN_ELEMENTS if heavy else 0)
         return dx
 
     def _add_weight_grad(self, dy: np.ndarray, chunks) -> None:
