@@ -30,23 +30,30 @@ class ReLU(Activation):
     def forward(self, x, train=False):
         # In place when the previous layer hands its output over (conv, dense, pool in a
         # Model): no new array, half the memory traffic. Big arrays use every core.
+        # Training keeps only where x > 0, a bool mask a quarter the size of y, so y is freed
+        # once the next layer has used it (the mask also makes backward one pass).
         y = x if self.may_overwrite_input else np.empty_like(x)
+        mask = np.empty(x.shape, bool) if train else None
 
         def part(lo, hi):
+            if mask is not None:
+                np.greater(x[lo:hi], 0, out=mask[lo:hi])
             np.maximum(x[lo:hi], 0, out=y[lo:hi])
 
         threads.split(part, x.shape[0], x.size)
-        self._cache = y
+        self._cache = y if mask is None else mask
         return y
 
     def backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         dx = dy if self.may_overwrite_grad else np.empty_like(dy)
-        y = self._cache
+        cache = self._cache
+        positive = cache.dtype == bool
 
         def part(lo, hi):
-            np.multiply(dy[lo:hi], y[lo:hi] > 0, out=dx[lo:hi])
+            np.multiply(dy[lo:hi], cache[lo:hi] if positive else cache[lo:hi] > 0,
+                        out=dx[lo:hi])
 
         threads.split(part, dy.shape[0], dy.size)
         return dx
