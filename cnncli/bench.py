@@ -61,6 +61,7 @@ class BenchResult:
     peak_rss_mb: float
     step_numpy_peak_mb: float
     matmul_peak_gflops: float | None
+    matmul_peak_all_cores_gflops: float | None
     layers: list[LayerTiming] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -102,6 +103,20 @@ def matmul_peak_gflops(size: int = MATMUL_SIZE, repeats: int = 3) -> float:
         np.matmul(a, b, out=out)
         best = min(best, time.perf_counter() - start)
     return 2.0 * size**3 / best / 1e9
+
+
+def all_cores_matmul_peak() -> float | None:
+    """The same probe with BLAS on every core (needs threadpoolctl); None if BLAS already
+    uses them all or its threads cannot be changed here."""
+    cores = os.cpu_count() or 1
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    if (blas_threads() or cores) >= cores:
+        return None
+    with threadpool_limits(limits=cores, user_api="blas"):
+        return matmul_peak_gflops()
 
 
 # ---------------------------------------------------------------- timing
@@ -225,4 +240,5 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
         infer_batch_ms=infer_ms, infer_images_per_s=batch_size / (infer_ms * 1e-3),
         peak_rss_mb=rss, step_numpy_peak_mb=numpy_peak,
         matmul_peak_gflops=matmul_peak_gflops() if measure_peak else None,
+        matmul_peak_all_cores_gflops=all_cores_matmul_peak() if measure_peak else None,
         layers=layers)

@@ -41,6 +41,8 @@ def test_json_schema_and_positive_numbers(tiny):
     for key in ("train_images_per_s", "infer_images_per_s", "peak_rss_mb",
                 "matmul_peak_gflops"):
         assert data[key] > 0, key
+    every = data["matmul_peak_all_cores_gflops"]  # None where BLAS already uses every core
+    assert every is None or every > 0
     names = [layer["name"] for layer in data["layers"]]
     types = [layer["type"] for layer in data["layers"]]
     # activation: relu becomes its own layer; every layer of the model is listed in order.

@@ -130,8 +130,10 @@ def _print_result(result, title: str) -> None:
         f"step NumPy peak {result.step_numpy_peak_mb:8.1f} MB   (tracemalloc, one training step)",
     ]
     if result.matmul_peak_gflops:
+        every = result.matmul_peak_all_cores_gflops
         lines.append(f"matmul peak     {result.matmul_peak_gflops:8.1f} GFLOP/s  (float32 "
-                     "2048x2048, the ceiling for the GFLOP/s columns)")
+                     f"2048x2048, {threads} BLAS thread(s)"
+                     + (f"; {every:.1f} on every core)" if every else ")"))
     lines.append(f"threads         {result.cnncli_threads} cnncli, {threads} BLAS")
     for line in lines:
         console.print(line)
