@@ -184,7 +184,7 @@ def test_init_statistics(scheme):
     layer = build_layer(Conv2d(out_channels=o, kernel_size=k, init=scheme, groups=2),
                         (c, 8, 8), seed=7)
     w = layer.params["weight"]
-    fan_in, fan_out = c // 2 * k * k, o // 2 * k * k
+    fan_in, fan_out = c // 2 * k * k, o * k * k  # groups divide fan_in only, as in PyTorch
     if scheme == "default":
         bound = 1 / math.sqrt(fan_in)
         assert np.abs(w).max() <= bound and np.abs(layer.params["bias"]).max() <= bound
@@ -195,6 +195,21 @@ def test_init_statistics(scheme):
                     "glorot_uniform": math.sqrt(2 / (fan_in + fan_out)),
                     "glorot_normal": math.sqrt(2 / (fan_in + fan_out))}[scheme]
     assert abs(w.std() / expected - 1) < 0.05  # 4608 draws: std error about 1-2%
+
+
+def test_glorot_uniform_grouped_fan_out_is_not_divided_by_groups():
+    # torch.nn.init._calculate_fan_in_and_fan_out and Keras: fan_out = out_channels * kh * kw.
+    c, o, k, groups = 32, 128, 5, 2
+    layer = build_layer(Conv2d(out_channels=o, kernel_size=k, init="glorot_uniform",
+                               groups=groups), (c, 8, 8), seed=11)
+    w = layer.params["weight"]
+    fan_in, fan_out = c // groups * k * k, o * k * k  # 400 and 3200
+    bound = math.sqrt(6 / (fan_in + fan_out))
+    assert w.shape == (o, c // groups, k, k)
+    assert np.abs(w).max() <= bound
+    assert np.abs(w).max() > 0.99 * bound  # 51,200 draws reach the edge of the range
+    # Relative std error of the sample std is about 0.2% here; fan_out / groups would be +34%.
+    assert abs(w.std() / (bound / math.sqrt(3)) - 1) < 0.02
 
 
 @pytest.mark.parametrize("kwargs, key", [

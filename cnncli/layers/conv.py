@@ -123,8 +123,10 @@ class Conv2d(Layer):
         super().build(input_shape, rng, dtype)
         c = self._channels(input_shape)
         kh, kw = self.kernel_size
+        # As torch.nn.init and Keras: the weight's dims 1 and 0 times the receptive field, so
+        # groups divide fan_in (through the weight's shape) but not fan_out.
         fan_in = c // self.groups * kh * kw
-        fan_out = self.out_channels // self.groups * kh * kw
+        fan_out = self.out_channels * kh * kw
         shape = (self.out_channels, c // self.groups, kh, kw)
         self.params = {"weight": init_weight(rng, shape, fan_in, fan_out, self.init, self.dtype)}
         if self.bias:
