@@ -9,7 +9,7 @@ from gradcheck import build_layer, check_layer_gradients
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cnncli.errors import ConfigError, ShapeError
+from cnncli.errors import ConfigError, DataError, ShapeError
 from cnncli.layers.base import from_internal, to_internal
 from cnncli.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, LPPool2d, MaxPool2d
 from cnncli.model import make_layers, model_from_entries
@@ -411,6 +411,30 @@ def test_flat_input_is_a_shape_error(cls):
     layer = cls(2) if cls in (MaxPool2d, AvgPool2d) else cls()
     with pytest.raises(ShapeError, match="needs a"):
         layer.output_shape((12,))
+
+
+@pytest.mark.parametrize("make", [lambda: MaxPool2d(2), lambda: MaxPool2d(3, 2, 1),
+                                  lambda: MaxPool2d(1), GlobalMaxPool2d])
+def test_backward_without_a_training_forward_is_a_data_error(make):
+    """Max pools keep their argmax only when training; without it backward says so."""
+    layer = build_layer(make(), (2, 6, 6))
+    x = to_internal(np.random.default_rng(0).standard_normal((3, 2, 6, 6)))
+    dy = np.ones(layer.forward(x, train=True).shape)
+    fresh = build_layer(make(), (2, 6, 6))
+    layer.forward(x, train=False)
+    for unready in (fresh, layer):  # no forward at all, then a forward with train=False
+        with pytest.raises(DataError, match=r"backward needs a forward pass with train=True"):
+            unready.backward(dy)
+    layer.forward(x, train=True)
+    assert layer.backward(dy).shape == x.shape
+
+
+def test_model_backward_after_an_eval_forward_is_a_data_error():
+    model = model_from_entries((1, 4, 4), [{"type": "maxpool2d", "kernel_size": 2},
+                                           {"type": "flatten"}, {"type": "dense", "units": 2}])
+    logits = model.forward(np.zeros((2, 1, 4, 4)), train=False)
+    with pytest.raises(DataError, match="maxpool2d backward needs a forward pass with train=True"):
+        model.backward(np.ones_like(logits))
 
 
 def test_model_errors_name_the_layer():

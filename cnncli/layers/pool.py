@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from .. import threads
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, DataError, ShapeError
 from ..registry import register
 from .base import Layer, boolean, conv_output_size, int_pair, real_number
 
@@ -253,7 +253,8 @@ class MaxPool2d(WindowPool):
         if not need_dx:
             return None
         if self._argmax is None:
-            raise RuntimeError("maxpool2d.backward needs a forward pass with train=True first")
+            raise DataError(f"{self.type_name} backward needs a forward pass with train=True "
+                            f"first (an eval forward keeps no argmax)")
         argmax = self._argmax
         if self._plan.tiled:  # every input in exactly one window: one write per input
             dx = np.empty(self._x_shape, dy.dtype)
@@ -409,6 +410,8 @@ class GlobalAvgPool2d(GlobalPool):
 class GlobalMaxPool2d(GlobalPool):
     """Max over each channel's whole map (``nn.AdaptiveMaxPool2d(1)``); first maximum wins."""
 
+    _argmax: np.ndarray | None = None  # set by a forward pass with train=True
+
     def forward(self, x, train=False):
         c, h, w, n = self._x_shape = x.shape
         flat = x.reshape(c, h * w, n)
@@ -422,7 +425,8 @@ class GlobalMaxPool2d(GlobalPool):
         if not need_dx:
             return None
         if self._argmax is None:
-            raise RuntimeError("global_max_pool2d.backward needs a forward pass with train=True")
+            raise DataError(f"{self.type_name} backward needs a forward pass with train=True "
+                            f"first (an eval forward keeps no argmax)")
         c, h, w, n = self._x_shape
         dx = np.zeros((c, h * w, n), dy.dtype)
         np.put_along_axis(dx, self._argmax, dy.reshape(c, 1, n), axis=1)
