@@ -63,6 +63,8 @@ class BenchResult:
     matmul_peak_gflops: float | None
     matmul_peak_all_cores_gflops: float | None
     layers: list[LayerTiming] = field(default_factory=list)
+    #: How the run differs from the config's reading, e.g. a ReLU that runs after its pool.
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -168,16 +170,17 @@ def _time_layers(model, optimizer, x, y, steps: int, warmup: int):
         keep = i >= warmup
         model.zero_grad()
         h = to_internal(x.astype(model.dtype, copy=False))
-        for k, layer in enumerate(model.layers):
+        for k in model.run_order:  # the order Model.forward runs them in
             start = time.perf_counter()
-            h = layer.forward(h, train=True)
+            h = model.layers[k].forward(h, train=True)
             if keep:
                 fwd[k].append(time.perf_counter() - start)
         _, dlogits = softmax_cross_entropy(from_internal(h), y)
         g = to_internal(dlogits)
-        for k in range(n_layers - 1, -1, -1):
+        for pos in range(n_layers - 1, -1, -1):
+            k = model.run_order[pos]
             start = time.perf_counter()
-            g = model.layers[k].backward(g, need_dx=k > 0)
+            g = model.layers[k].backward(g, need_dx=pos > 0)
             if keep:
                 bwd[k].append(time.perf_counter() - start)
         optimizer.step(model.parameters())
@@ -230,6 +233,9 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
             output_shape=list(model.shapes[k + 1]),
             forward_gflops=_rate(2 * macs, f_ms), backward_gflops=_rate(bwd_flops, b_ms)))
 
+    notes = [f"{model.layers[k].name} runs after {model.layers[model.run_order[pos - 1]].name}"
+             f" (max pooling commutes with ReLU: the same numbers, fewer values to touch)"
+             for pos, k in enumerate(model.run_order) if pos > 0 and k < model.run_order[pos - 1]]
     train_ms, infer_ms = _median_ms(train_times), _median_ms(infer_times)
     rss = peak_rss_mb()  # before the matmul probe, whose 48 MB operands are not the model's
     return BenchResult(
@@ -241,4 +247,5 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
         peak_rss_mb=rss, step_numpy_peak_mb=numpy_peak,
         matmul_peak_gflops=matmul_peak_gflops() if measure_peak else None,
         matmul_peak_all_cores_gflops=all_cores_matmul_peak() if measure_peak else None,
+        notes=notes,
         layers=layers)

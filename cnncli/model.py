@@ -10,7 +10,9 @@ import numpy as np
 
 from . import registry
 from .errors import CheckpointError, ConfigError, DataError
+from .layers.activation import ReLU
 from .layers.base import Layer, from_internal, hyperparameters, to_internal
+from .layers.pool import GlobalMaxPool2d, MaxPool2d
 
 _EMPTY = inspect.Parameter.empty
 
@@ -77,6 +79,24 @@ def _supports_activation(cls) -> bool:
     return getattr(cls, "accepts_activation", False)
 
 
+def execution_order(layers: list[Layer]) -> list[int]:
+    """The order in which forward runs the layers (backward runs it in reverse): the config's,
+    except that a ReLU directly before a max pool runs after it. Max pooling commutes with the
+    non-decreasing ReLU, so outputs are the same numbers, and so are gradients: where the
+    window's maximum is positive both orders route it to its first position, elsewhere both
+    give zero. The ReLU then touches a quarter of the data (2x2 pooling)."""
+    order = list(range(len(layers)))
+    k = 0
+    while k < len(order) - 1:
+        if (type(layers[k]) is ReLU
+                and isinstance(layers[k + 1], (MaxPool2d, GlobalMaxPool2d))):
+            order[k], order[k + 1] = order[k + 1], order[k]
+            k += 2
+        else:
+            k += 1
+    return order
+
+
 class Model:
     """A sequential stack of layers built for one input shape (C, H, W)."""
 
@@ -97,8 +117,10 @@ class Model:
                 self.shapes.append(tuple(layer.output_shape(self.shapes[-1])))
             except ConfigError as err:
                 raise err.located(layer=label) from None
+        self.run_order = execution_order(self.layers)
+        run = [self.layers[i] for i in self.run_order]
         # In-place work (ReLU) is allowed only on arrays the neighbour hands over for good.
-        for prev, nxt in zip(self.layers[:-1], self.layers[1:], strict=True):
+        for prev, nxt in zip(run[:-1], run[1:], strict=True):
             nxt.may_overwrite_input = prev.fresh_output
             prev.may_overwrite_grad = nxt.fresh_input_grad
 
@@ -114,8 +136,8 @@ class Model:
             dims = ", ".join(map(str, self.input_shape))
             raise DataError(f"model expects input of shape (N, {dims}), got {tuple(x.shape)}")
         h = to_internal(x.astype(self.dtype, copy=False))
-        for layer in self.layers:
-            h = layer.forward(h, train=train)
+        for i in self.run_order:
+            h = self.layers[i].forward(h, train=train)
         out = from_internal(h)
         self._forward_shape = out.shape
         return out
@@ -130,8 +152,9 @@ class Model:
             raise DataError(f"dlogits must have the shape of the last forward output "
                             f"{tuple(expected)}, got {tuple(dlogits.shape)}")
         g = to_internal(dlogits.astype(self.dtype, copy=False))
-        for i in range(len(self.layers) - 1, -1, -1):
-            g = self.layers[i].backward(g, need_dx=need_input_grad or i > 0)
+        order = self.run_order
+        for k in range(len(order) - 1, -1, -1):
+            g = self.layers[order[k]].backward(g, need_dx=need_input_grad or k > 0)
         return from_internal(g) if need_input_grad else None
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -119,6 +119,8 @@ def _print_result(result, title: str) -> None:
                       f"{t.forward_ms:.3f}", f"{t.backward_ms:.3f}", f"{100 * share:.1f}%",
                       _gflops(t.forward_gflops), _gflops(t.backward_gflops))
     console.print(table)
+    for note in result.notes:
+        console.print(note)
     threads = "default" if result.threads is None else str(result.threads)
     lines = [
         f"training step   {result.train_step_ms:8.2f} ms   {result.train_images_per_s:9.0f} "
