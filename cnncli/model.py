@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from collections.abc import Iterable
 
 import numpy as np
 
-from . import registry
+from . import registry, threads
 from .errors import CheckpointError, ConfigError, DataError
 from .layers.activation import ReLU
 from .layers.base import Layer, from_internal, hyperparameters, to_internal
+from .layers.conv import Conv2d
 from .layers.pool import GlobalMaxPool2d, MaxPool2d
 
 _EMPTY = inspect.Parameter.empty
+#: Inference of a network of small convs (each below CHUNK_MAX_MACS multiply-adds over the
+#: batch) runs the batch as one chunk per thread, each on its own copy of the layers, when
+#: every chunk has at least CHUNK_MIN_IMAGES images: LeNet-5 on 2 cores, 1.3x the images/s of
+#: the whole batch at batch 64, 1.5x at 128. Bigger convs split their own work better
+#: (CIFAR-small, batch 64: 0.85x as chunks).
+CHUNK_MIN_IMAGES = 32
+CHUNK_MAX_MACS = 64_000_000
 
 
 def layer_label(index: int, name, type_name) -> str:
@@ -106,6 +115,7 @@ class Model:
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = np.dtype(dtype)
         self._forward_shape: tuple[int, ...] | None = None  # checked by backward
+        self._replicas: list[list[Layer]] = []  # layer copies for chunked inference
         self.labels = labels or [layer_label(i + 1, l.name, l.type_name)
                                  for i, l in enumerate(self.layers)]
         _assign_names(self.layers)
@@ -135,19 +145,55 @@ class Model:
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             dims = ", ".join(map(str, self.input_shape))
             raise DataError(f"model expects input of shape (N, {dims}), got {tuple(x.shape)}")
-        h = to_internal(x.astype(self.dtype, copy=False))
-        for i in self.run_order:
-            h = self.layers[i].forward(h, train=train)
-        out = from_internal(h)
-        self._forward_shape = out.shape
+        x = x.astype(self.dtype, copy=False)
+        chunks = 1 if train else self._inference_chunks(len(x))
+        self._forward_shape = None  # backward needs a training forward
+        if chunks > 1:
+            return self._forward_chunks(x, chunks)
+        out = self._run(self.layers, x, train)
+        if train:
+            self._forward_shape = out.shape
         return out
+
+    def _run(self, layers: list[Layer], x: np.ndarray, train: bool) -> np.ndarray:
+        h = to_internal(x)
+        for i in self.run_order:
+            h = layers[i].forward(h, train=train)
+        return from_internal(h)
+
+    def _inference_chunks(self, batch: int) -> int:
+        """How many chunks an inference batch runs as: one per thread when every chunk gets
+        CHUNK_MIN_IMAGES and every conv is small, else 1 (the whole batch)."""
+        chunks = min(threads.get_threads(), batch // CHUNK_MIN_IMAGES)
+        if chunks < 2:
+            return 1
+        for layer, shape in zip(self.layers, self.shapes, strict=False):
+            if isinstance(layer, Conv2d) and layer.macs(shape) * batch >= CHUNK_MAX_MACS:
+                return 1
+        return chunks
+
+    def _forward_chunks(self, x: np.ndarray, chunks: int) -> np.ndarray:
+        """Evaluation forward of x split along the batch, chunk k on layer copy k (their own
+        buffers and caches, the same parameter arrays), the chunks on cnncli's threads."""
+        while len(self._replicas) < chunks - 1:
+            self._replicas.append(_replica(self.layers))
+        copies = [self.layers, *self._replicas]
+        bounds = [len(x) * k // chunks for k in range(chunks + 1)]
+        outs: list = [None] * chunks
+
+        def part(lo, hi):
+            for k in range(lo, hi):
+                outs[k] = self._run(copies[k], x[bounds[k]:bounds[k + 1]], False)
+
+        threads.split(part, chunks, threads.MIN_ELEMENTS)
+        return np.concatenate(outs)
 
     def backward(self, dlogits: np.ndarray, need_input_grad: bool = True):
         """Backpropagate dL/dlogits (N, classes); accumulate parameter grads; return dL/dx."""
         dlogits = np.asarray(dlogits)
         expected = self._forward_shape
         if expected is None:
-            raise DataError("backward needs a forward pass first")
+            raise DataError("backward needs a forward pass with train=True first")
         if dlogits.shape != expected:
             raise DataError(f"dlogits must have the shape of the last forward output "
                             f"{tuple(expected)}, got {tuple(dlogits.shape)}")
@@ -206,6 +252,16 @@ class Model:
     def __repr__(self) -> str:
         body = "\n".join(f"  ({l.name}): {l!r}" for l in self.layers)
         return f"Model(input_shape={list(self.input_shape)},\n{body}\n)"
+
+
+def _replica(layers: list[Layer]) -> list[Layer]:
+    """Copies of the layers that share their parameter arrays (and running statistics) with
+    the originals but own every cache and buffer, so that both can run at once."""
+    copies = []
+    for layer in layers:
+        shared = {id(store): store for store in (layer.params, layer.grads, layer.buffers)}
+        copies.append(copy.deepcopy(layer, memo=shared))
+    return copies
 
 
 def _assign_names(layers: list[Layer]) -> None:

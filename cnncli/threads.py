@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 #: Below this many elements the hand-off to another thread costs more than it saves.
@@ -43,6 +44,23 @@ def default_threads() -> int:
 _claim_blas()
 _threads = default_threads()
 _pool: ThreadPoolExecutor | None = None
+#: Set on a thread while it runs a part: work it starts runs on it alone (a part waiting for
+#: a pool thread that is busy with another part would wait forever).
+_inside = threading.local()
+
+
+def _serial() -> bool:
+    return _threads < 2 or getattr(_inside, "busy", False)
+
+
+def _as_part(fn):
+    def run(*args):
+        _inside.busy = True
+        try:
+            return fn(*args)
+        finally:
+            _inside.busy = False
+    return run
 
 
 def get_threads() -> int:
@@ -64,15 +82,16 @@ def split(fn, length: int, elements: int) -> None:
     ``elements`` (the work's size) is at least MIN_ELEMENTS; else once, on this thread."""
     global _pool
     parts = min(_threads, length)
-    if parts < 2 or elements < MIN_ELEMENTS:
+    if parts < 2 or elements < MIN_ELEMENTS or _serial():
         fn(0, length)
         return
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="cnncli")
     bounds = [length * i // parts for i in range(parts + 1)]
-    futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    part = _as_part(fn)
+    futures = [_pool.submit(part, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     try:
-        fn(bounds[0], bounds[1])
+        part(bounds[0], bounds[1])
     finally:
         for future in futures:
             future.result()
@@ -82,13 +101,13 @@ def pair(first, second, elements: int):
     """``(first(), second())``, the two run at once if there are threads to spare and
     ``elements`` (the work's size) is at least MIN_ELEMENTS."""
     global _pool
-    if _threads < 2 or elements < MIN_ELEMENTS:
+    if elements < MIN_ELEMENTS or _serial():
         return first(), second()
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="cnncli")
-    future = _pool.submit(first)
+    future = _pool.submit(_as_part(first))
     try:
-        result = second()
+        result = _as_part(second)()
     finally:
         out = future.result()
     return out, result

@@ -433,7 +433,7 @@ def test_model_backward_after_an_eval_forward_is_a_data_error():
     model = model_from_entries((1, 4, 4), [{"type": "maxpool2d", "kernel_size": 2},
                                            {"type": "flatten"}, {"type": "dense", "units": 2}])
     logits = model.forward(np.zeros((2, 1, 4, 4)), train=False)
-    with pytest.raises(DataError, match="maxpool2d backward needs a forward pass with train=True"):
+    with pytest.raises(DataError, match="backward needs a forward pass with train=True"):
         model.backward(np.ones_like(logits))
 
 
