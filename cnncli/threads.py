@@ -6,7 +6,8 @@ apart when another process holds a core. So cnncli runs BLAS on one thread and s
 work itself: ``split`` runs ``fn(lo, hi)`` on disjoint ranges of a leading axis at once (NumPy
 releases the GIL inside its loops), ``pair`` runs two independent tasks at once (a conv's
 weight and input gradients). Each element is computed by one thread with the same operations,
-so results are bitwise identical for any thread count.
+so training is bitwise identical for any thread count. (Inference of small networks splits the
+batch instead, see ``Model._forward_chunks``: the same logits, to BLAS's rounding per chunk.)
 
 Importing cnncli before NumPy, with no BLAS thread variable set, sets OPENBLAS_NUM_THREADS
 (and MKL_NUM_THREADS) to 1 and cnncli's thread count to the number of cores. Otherwise cnncli
