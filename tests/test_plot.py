@@ -161,6 +161,7 @@ def test_cli_plot_without_matplotlib_hints_and_draws_in_the_terminal(tmp_path, m
     result = CliRunner().invoke(main, ["plot", str(run), "--out", str(tmp_path / "c.png")])
     assert result.exit_code == 0, result.output
     assert "pip install 'cnncli[plot]'" in result.output
+    assert "c.png was not written" in result.output
     assert "run train loss" in result.output and "run val accuracy" in result.output
     assert not (tmp_path / "c.png").exists()
 

@@ -30,7 +30,8 @@ def plot_command(run_dirs, out, terminal):
     """
     runs = plot.read_runs(run_dirs)
     if not terminal and not plot.have_matplotlib():
-        click.echo(f"cnncli: matplotlib is not installed ({plot.PLOT_HINT}); "
+        unwritten = f", so {out} was not written" if out is not None else ""
+        click.echo(f"cnncli: matplotlib is not installed ({plot.PLOT_HINT}){unwritten}; "
                    "drawing in the terminal", err=True)
         terminal = True
     if terminal:
