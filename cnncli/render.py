@@ -24,6 +24,16 @@ def _shape(shape) -> str:
     return "x".join(str(s) for s in shape)
 
 
+def _entry_numbers(summary: Summary) -> list[str]:
+    """The # column: the config entry's number, as errors give it (``layer 3 'pool'``); blank
+    on a row that an ``activation:`` shorthand added to the entry above it."""
+    numbers, previous = [], None
+    for row in summary.layers:
+        numbers.append("" if row.entry == previous else str(row.entry))
+        previous = row.entry
+    return numbers
+
+
 def summary_table(summary: Summary, title: str | None = None) -> Table:
     """The layer table with a totals caption."""
     table = Table(title=title, title_justify="left", header_style="bold")
@@ -38,8 +48,8 @@ def summary_table(summary: Summary, title: str | None = None) -> Table:
     table.add_column("jump", justify="right")
     table.add_column("act/sample", justify="right")
     table.add_row("", "input", "", "", _shape(summary.input_shape), "", "", "1x1", "1x1", "")
-    for i, row in enumerate(summary.layers, start=1):
-        table.add_row(str(i), escape(row.name), row.type, escape(row.description),
+    for number, row in zip(_entry_numbers(summary), summary.layers, strict=True):
+        table.add_row(number, escape(row.name), row.type, escape(row.description),
                       _shape(row.output_shape),
                       format_count(row.params), format_count(row.macs),
                       _shape(row.receptive_field), _shape(row.jump),
@@ -99,8 +109,8 @@ def summary_markdown(summary: Summary) -> str:
              "|" + "|".join("---:" if h in ("#", "params", "MACs", "act/sample") else "---"
                             for h in head) + "|",
              f"|  | input |  |  | {_shape(summary.input_shape)} |  |  | 1x1 | 1x1 |  |"]
-    for i, row in enumerate(summary.layers, start=1):
-        cells = [str(i), row.name, row.type, row.description, _shape(row.output_shape),
+    for number, row in zip(_entry_numbers(summary), summary.layers, strict=True):
+        cells = [number, row.name, row.type, row.description, _shape(row.output_shape),
                  format_count(row.params), format_count(row.macs),
                  _shape(row.receptive_field), _shape(row.jump),
                  format_bytes(row.activation_bytes)]

@@ -25,6 +25,7 @@ class LayerRow:
     jump: list
     activation_bytes: int       # bytes of this layer's output, per sample
     buffers: int = 0            # running statistics (not parameters)
+    entry: int = 0              # the config's model.layers entry (1-based) it comes from
 
 
 @dataclass
@@ -74,14 +75,15 @@ def summarize(checked: CheckedConfig, *, batch_size: int = 1, dtype="float32") -
     input_shape = shapes[0]
     fields = receptive_fields(checked.layers, shapes)
     rows = []
-    for layer, in_shape, out_shape, (rf, jump) in zip(checked.layers, shapes, shapes[1:],
-                                                     fields, strict=False):
+    entries = checked.entry_index or range(len(checked.layers))
+    for layer, in_shape, out_shape, (rf, jump), entry in zip(
+            checked.layers, shapes, shapes[1:], fields, entries, strict=False):
         rows.append(LayerRow(
             name=layer.name, type=layer.type_name, description=layer.describe() or "",
             output_shape=[int(s) for s in out_shape], params=int(layer.num_params(in_shape)),
             macs=int(layer.macs(in_shape)), receptive_field=list(rf), jump=list(jump),
             activation_bytes=math.prod(out_shape) * itemsize,
-            buffers=_buffer_count(layer, in_shape)))
+            buffers=_buffer_count(layer, in_shape), entry=int(entry) + 1))
     trainable = sum(r.params for r in rows)
     train = checked.config.get("train", {})
     optimizer = train.get("optimizer", "sgd")

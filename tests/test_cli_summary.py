@@ -194,3 +194,24 @@ def test_out_of_memory_is_one_line_not_a_traceback(monkeypatch):
     assert result.stderr.splitlines() == [
         "cnncli: error: out of memory: Unable to allocate 954. GiB for an array (see the "
         "estimate of 'cnncli summary CONFIG --batch-size N'; use a smaller model or batch)"]
+
+
+def test_summary_numbers_rows_as_errors_number_config_entries(tmp_path):
+    """`#` is the config entry (what an error's `layer 3` means); activation rows are blank."""
+    text = yaml.safe_load(Path(DIGITS).read_text())
+    entries = text["model"]["layers"]
+    bad = [dict(e) for e in entries]
+    bad[2]["kernel_size"] = 0  # entry 3: the pool
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**text, "model": {**text["model"], "layers": bad}}))
+    error = run("summary", str(path))
+    assert error.exit_code == 2 and f"layer 3 '{entries[2]['name']}'" in error.stderr
+    rows = {}
+    for line in run("summary", DIGITS).stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) > 2 and cells[1] not in ("", "input", "layer"):
+            rows[cells[1]] = cells[0]
+    assert rows[entries[2]["name"]] == "3"
+    assert rows["relu_1"] == "" and rows[entries[0]["name"]] == "1"
+    data = json.loads(run("summary", DIGITS, "--json").stdout)
+    assert [row["entry"] for row in data["layers"]][:3] == [1, 1, 2]
