@@ -138,6 +138,24 @@ def apply_overrides(config: dict, *, epochs=None, batch_size=None, lr=None, seed
     return cfg
 
 
+def _check_overrides(cfg: dict, **overrides) -> None:
+    """Overrides obey the config's own rules (ranges, warmup < epochs): the run's config.yaml
+    must stay a valid config."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return
+    from .config import check_data
+
+    try:
+        check_data(cfg)
+    except ConfigError as err:
+        culprit = {err.key: given[err.key]} if err.key in given else given
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in culprit.items())
+        # No key: the value came from the command line, not from a line of the config file.
+        raise ConfigError(f"with {flags}: {err.message}", layer=err.layer,
+                          hint=err.hint) from None
+
+
 def _train_settings(cfg: dict) -> dict:
     train = cfg.get("train") or {}
     epochs = train.get("epochs", 10)
@@ -206,7 +224,12 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
         raise ConfigError(f"--seed {seed} differs from the resumed run's seed "
                           f"{ckpt.config.get('seed')!r}; it would change the data split",
                           key="seed", hint="drop --seed when resuming")
+    if ckpt is not None and epochs is not None and epochs < ckpt.epoch:
+        raise ConfigError(f"--epochs {epochs} is fewer than the {ckpt.epoch} epochs "
+                          f"{ckpt.path} has already trained",
+                          hint=f"pass --epochs N with N > {ckpt.epoch} to continue")
     cfg = apply_overrides(config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    _check_overrides(cfg, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     settings = _train_settings(cfg)
     run_seed = int(cfg.get("seed") or 0)
     section = cfg["model"]

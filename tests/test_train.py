@@ -443,3 +443,43 @@ def test_cli_errors_are_one_line(tmp_path, blobs):
     assert result.stderr.count("\n") == 1 and "not an .npz file" in result.stderr
     result = CliRunner().invoke(main, ["train"])
     assert result.exit_code == 2 and "CONFIG" in result.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"seed": -1}, r"^with --seed -1: seed must be an int in \[0, 4294967295\]"),
+    ({"seed": 2**32}, r"^with --seed 4294967296: seed must be an int"),
+    ({"lr": float("nan")}, r"^with --lr nan: train\.lr must be a finite number"),
+    ({"lr": float("inf")}, r"^with --lr inf: train\.lr must be a finite number"),
+    ({"epochs": 1_000_001}, r"^with --epochs 1000001: train\.epochs must be an int"),
+    ({"epochs": 2}, r"^with --epochs 2: warmup_epochs \(3\) must be less than train\.epochs"),
+])
+def test_overrides_obey_the_config_rules(tmp_path, blobs, overrides, message):
+    """An override is checked like the config value it replaces: no NumPy traceback for a
+    negative seed, no NaN learning rate, no config.yaml that later fails to load."""
+    cfg = _config(blobs, epochs=5, lr_schedule={"type": "cosine", "warmup_epochs": 3})
+    with pytest.raises(ConfigError, match=message) as info:
+        train(cfg, out_dir=tmp_path / "r", **overrides)
+    assert info.value.key is None  # the CLI must not point at a line of the config file
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(tmp_path, blobs):
+    train(_config(blobs), out_dir=tmp_path / "r", epochs=2)
+    before = (tmp_path / "r" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"--epochs 1 is fewer than the 2 epochs .*last\.npz "
+                                          r"has already trained \(pass --epochs N with N > 2"):
+        train(None, resume=tmp_path / "r", epochs=1)
+    assert (tmp_path / "r" / "config.yaml").read_text() == before  # still says 2 epochs
+
+
+def test_cli_bad_seed_is_one_line_without_a_config_location(tmp_path, blobs):
+    from click.testing import CliRunner
+
+    from cnncli.cli import main
+
+    config = _write_config(tmp_path, blobs)
+    result = CliRunner().invoke(main, ["train", str(config), "--seed", "-1",
+                                       "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == ("cnncli: error: with --seed -1: seed must be an int in "
+                             "[0, 4294967295], got -1\n")
