@@ -277,6 +277,8 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
         bad_epochs = ckpt.run_state.get("bad_epochs", 0)
         early_best = ckpt.run_state.get("early_best")
 
+    if ckpt is not None:
+        _refuse_rollback(run.last_path, ckpt)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run.run_dir / "config.yaml", lambda f: f.write(config_to_text(cfg).encode()))
     callbacks.on_start(run)
@@ -295,6 +297,11 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
     consistent = snapshot(run.start_epoch)
     disk_epoch = ckpt.epoch if ckpt is not None else None
     best_disk_epoch = run.best_epoch  # the epoch best.npz holds
+    if ckpt is not None and not _same_file(run.last_path, ckpt.path):
+        # A new run directory (--out, or resuming from best.npz): it starts with the resumed
+        # state, so a Ctrl-C, a later --resume and the final report find the files they name.
+        save_checkpoint(run.last_path, **consistent)
+        best_disk_epoch = _carry_best(ckpt, run, consistent)
     x_tr, y_tr = dataset.x_train, dataset.y_train
     num_batches = len(batch_starts(len(y_tr), settings["batch_size"], MIN_LAST_BATCH))
     epoch = run.start_epoch
@@ -370,6 +377,52 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
         run.test = evaluate(best_model, dataset.x_test, dataset.y_test, dataset.class_names)
         run.test["checkpoint"] = str(run.best_path)
     return run
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def _stored_epoch(path: Path) -> int | None:
+    """The ``epoch`` of a checkpoint, without loading its arrays (None if unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return int(data["epoch"])
+    except Exception:  # a corrupt file holds nothing worth keeping
+        return None
+
+
+def _refuse_rollback(last_path: Path, ckpt) -> None:
+    """Resuming from an older checkpoint (best.npz) into its own run directory would overwrite
+    the later epochs of last.npz and metrics.csv."""
+    if not last_path.exists() or _same_file(last_path, ckpt.path):
+        return
+    later = _stored_epoch(last_path)
+    if later is not None and later > ckpt.epoch:
+        raise CheckpointError(
+            f"{last_path} holds epoch {later}, later than {ckpt.path} (epoch {ckpt.epoch}); "
+            f"resuming into {last_path.parent} would overwrite it",
+            hint=f"continue the run with --resume {last_path.parent}, or branch off from "
+                 f"epoch {ckpt.epoch} with --out NEW_DIR")
+
+
+def _carry_best(ckpt, run: Run, state: dict) -> int | None:
+    """Give a new run directory the best.npz of the run it continues; returns its epoch."""
+    if run.best_epoch is None:
+        return None
+    source = ckpt.path.parent / "best.npz"
+    if _same_file(source, run.best_path):
+        return _stored_epoch(source)
+    if source.exists() and _stored_epoch(source) == run.best_epoch:
+        atomic_write(run.best_path, lambda f: f.write(source.read_bytes()))
+        return run.best_epoch
+    if ckpt.epoch == run.best_epoch:  # the resumed checkpoint is itself the best one
+        save_checkpoint(run.best_path, **state)
+        return run.best_epoch
+    return None
 
 
 def _diverged(loss, epoch, batch, num_batches, run, lr, disk_epoch) -> TrainingDiverged:

@@ -483,3 +483,49 @@ def test_cli_bad_seed_is_one_line_without_a_config_location(tmp_path, blobs):
     assert result.exit_code == 2, result.output
     assert result.stderr == ("cnncli: error: with --seed -1: seed must be an int in "
                              "[0, 4294967295], got -1\n")
+
+
+def test_resuming_from_an_older_checkpoint_never_overwrites_later_epochs(tmp_path, blobs):
+    """E.g. --resume runs/x/best.npz when last.npz is further on: refused, nothing changes."""
+    train(_config(blobs), out_dir=tmp_path / "r", epochs=2)
+    old = tmp_path / "r" / "epoch2.npz"
+    old.write_bytes((tmp_path / "r" / "last.npz").read_bytes())
+    train(None, resume=tmp_path / "r", epochs=4)
+    before = {name: (tmp_path / "r" / name).read_bytes()
+              for name in ("last.npz", "best.npz", "metrics.csv", "config.yaml")}
+    with pytest.raises(CheckpointError, match=r"last\.npz holds epoch 4, later than .*epoch2\.npz "
+                                              r"\(epoch 2\); resuming into .* would overwrite it "
+                                              r"\(continue the run with --resume "):
+        train(None, resume=old, epochs=6)
+    assert before == {name: (tmp_path / "r" / name).read_bytes() for name in before}
+    # branching off into another directory keeps the original and starts at epoch 2
+    fork = train(None, resume=old, epochs=3, out_dir=tmp_path / "f")
+    assert [r["epoch"] for r in fork.metrics] == [1, 2, 3]
+    assert before == {name: (tmp_path / "r" / name).read_bytes() for name in before}
+
+
+def test_resuming_into_a_new_directory_gives_it_last_and_best(tmp_path, blobs):
+    """--out NEW_DIR on resume: the new directory holds a whole run even if no epoch runs or
+    none improves, so the reported best.npz exists and the test split is evaluated."""
+    train(_config(blobs), out_dir=tmp_path / "r", epochs=3)
+    source_best = load_checkpoint(tmp_path / "r" / "best.npz")
+    fork = train(None, resume=tmp_path / "r", epochs=3, out_dir=tmp_path / "f")
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == \
+        ["best.npz", "config.yaml", "last.npz", "metrics.csv"]
+    assert load_checkpoint(tmp_path / "f" / "last.npz").epoch == 3
+    copied = load_checkpoint(tmp_path / "f" / "best.npz")
+    assert copied.epoch == fork.best_epoch == source_best.epoch
+    _assert_same_state(copied.state, source_best.state)
+    assert fork.test is not None and fork.test["checkpoint"] == str(tmp_path / "f" / "best.npz")
+
+
+def test_ctrl_c_in_the_first_epoch_of_a_new_directory_leaves_its_last_npz(tmp_path, blobs):
+    train(_config(blobs), out_dir=tmp_path / "r", epochs=2)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(None, resume=tmp_path / "r", epochs=4, out_dir=tmp_path / "f",
+              callbacks=_InterruptAt(3, 2))
+    assert info.value.run_dir == tmp_path / "f" and info.value.epoch == 2
+    assert load_checkpoint(tmp_path / "f" / "last.npz").epoch == 2  # the printed resume works
+    train(None, resume=tmp_path / "f", epochs=4)
+    train(None, resume=tmp_path / "r", epochs=4)
+    _assert_same_state(_params(tmp_path / "f" / "last.npz"), _params(tmp_path / "r" / "last.npz"))
