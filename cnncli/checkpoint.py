@@ -70,6 +70,7 @@ class Checkpoint:
         """Build the model from the stored config and load the stored weights into it."""
         from .model import model_from_entries
 
+        self.check_finite()
         try:
             section = self.config["model"]
             model = model_from_entries(section["input_shape"], section["layers"], dtype=dtype,
@@ -81,6 +82,16 @@ class Checkpoint:
             raise CheckpointError(f"{self.path} has an unusable model config "
                                   f"({type(err).__name__}: {err})") from None
         return model
+
+
+    def check_finite(self) -> None:
+        """Weights with NaN or inf (a diverged or damaged file) would give NaN answers."""
+        for key, value in self.state.items():
+            if value.dtype.kind in "fc" and not np.isfinite(value).all():
+                raise CheckpointError(f"{self.path}: {key} holds NaN or infinite values (a "
+                                      "diverged or damaged checkpoint)",
+                                      hint="use an earlier checkpoint, or retrain with a lower "
+                                           "train.lr or with train.grad_clip_norm")
 
 
 def save_checkpoint(path, *, config: dict, model_state: dict, optimizer_state: dict | None = None,

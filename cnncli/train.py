@@ -258,6 +258,7 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
               best_by="val_accuracy" if has_val else "train_accuracy")
     step, bad_epochs, early_best = 0, 0, None
     if ckpt is not None:
+        ckpt.check_finite()
         try:
             model.load_state_dict(ckpt.state)
             optimizer.load_state_dict(ckpt.optimizer_state)
@@ -320,14 +321,22 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
                                                label_smoothing=settings["label_smoothing"],
                                                clip_norm=settings["clip"])
                 if not math.isfinite(loss):
-                    raise _diverged(loss, epoch + 1, index, num_batches, run, optimizer.lr,
-                                    disk_epoch)
+                    raise _diverged(f"loss became {loss}", f"epoch {epoch + 1}, batch "
+                                    f"{index}/{num_batches}", run, optimizer.lr, disk_epoch)
                 step += 1
                 loss_sum += loss * len(yb)
                 correct_sum += correct
                 seen += len(yb)
                 callbacks.on_batch(index, len(yb), loss, correct)
-            val_loss, val_acc = loss_and_accuracy(model, dataset.x_val, dataset.y_val)
+            # The epoch's last update is not followed by a loss check: check what it left.
+            if not all(np.isfinite(v).all() for _, v, _ in model.parameters()):
+                raise _diverged("the weights became NaN or infinite",
+                                f"the end of epoch {epoch + 1}", run, optimizer.lr, disk_epoch)
+            with np.errstate(over="ignore", invalid="ignore"):
+                val_loss, val_acc = loss_and_accuracy(model, dataset.x_val, dataset.y_val)
+            if has_val and not math.isfinite(val_loss):
+                raise _diverged(f"validation loss became {val_loss}",
+                                f"the end of epoch {epoch + 1}", run, optimizer.lr, disk_epoch)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / seen,
                    "train_accuracy": correct_sum / seen,
                    "val_loss": val_loss if has_val else None,
@@ -425,10 +434,10 @@ def _carry_best(ckpt, run: Run, state: dict) -> int | None:
     return None
 
 
-def _diverged(loss, epoch, batch, num_batches, run, lr, disk_epoch) -> TrainingDiverged:
+def _diverged(what, where, run, lr, disk_epoch) -> TrainingDiverged:
     kept = (f"; last good checkpoint: {run.last_path} (epoch {disk_epoch})"
             if disk_epoch is not None else "; no checkpoint was written")
     return TrainingDiverged(
-        f"loss became {loss} at epoch {epoch}, batch {batch}/{num_batches}{kept}",
+        f"{what} at {where}{kept}",
         hint=f"lower train.lr (now {lr:g}) or set train.grad_clip_norm, e.g. 1.0")
 

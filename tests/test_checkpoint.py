@@ -176,6 +176,19 @@ def test_weights_not_matching_the_model(tmp_path):
         load_checkpoint(tmp_path / "c.npz").model()
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_weights_with_nan_or_inf_are_refused_not_evaluated(tmp_path, bad):
+    """A diverged or damaged checkpoint would make eval report 'loss nan' as a result."""
+    weight = np.zeros((3, 16), np.float32)
+    weight[1, 2] = bad
+    save_checkpoint(tmp_path / "c.npz", config=CONFIG,
+                    model_state={"fc.weight": weight, "fc.bias": np.zeros(3, np.float32)})
+    ck = load_checkpoint(tmp_path / "c.npz")  # its config and metrics stay readable
+    with pytest.raises(CheckpointError, match=r"c\.npz: fc\.weight holds NaN or infinite "
+                                              r"values .*use an earlier checkpoint"):
+        ck.model()
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_written_files_get_the_usual_umask_mode_not_mkstemps_0600(tmp_path, umask):

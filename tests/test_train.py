@@ -215,6 +215,19 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, blobs):
     _assert_same_state(before, after.state)
 
 
+def test_divergence_in_the_last_update_of_an_epoch_writes_no_checkpoint(tmp_path, blobs):
+    """One batch per epoch: no later loss sees the bad update, the epoch-end check must."""
+    train(_config(blobs), out_dir=tmp_path / "r", epochs=1)
+    before = (tmp_path / "r" / "last.npz").read_bytes()
+    with pytest.raises(TrainingDiverged, match=r"(the weights became NaN or infinite|"
+                                               r"validation loss became \S+) at the end of "
+                                               r"epoch 2; last good checkpoint: .*last\.npz "
+                                               r"\(epoch 1\)"):
+        train(None, resume=tmp_path / "r", epochs=3, lr=1e38, batch_size=1000)
+    assert (tmp_path / "r" / "last.npz").read_bytes() == before
+    assert load_checkpoint(tmp_path / "r" / "best.npz").epoch == 1
+
+
 def test_early_stopping_on_val_loss(tmp_path, blobs):
     cfg = _config(blobs, epochs=20, lr=1e-9, momentum=0.0,
                   early_stopping={"patience": 2, "metric": "val_loss", "min_delta": 1.0})
