@@ -244,3 +244,36 @@ def test_eval_of_the_runs_own_data_uses_the_stored_statistics(tmp_path):
     after = _invoke("eval", tmp_path / "run" / "best.npz", "--json")
     assert after.exit_code == 0, after.output
     assert json.loads(after.stdout)["loss"] == before["loss"]
+
+
+def test_eval_other_data_maps_its_classes_onto_the_checkpoints_by_name(tmp_path):
+    """An image folder (or .npz) numbers its own classes: with one class missing or other
+    classes, index 0 is not the checkpoint's class 0. Map by name; refuse unknown names."""
+    from test_train import _blobs, _config
+
+    from cnncli.train import train
+
+    data = _blobs(tmp_path / "blobs.npz")
+    with np.load(data) as d:
+        arrays = dict(d)
+    np.savez(data, **arrays, class_names=np.array(["x", "y", "z"]))
+    train(_config(data), out_dir=tmp_path / "run", epochs=3)
+    ckpt = tmp_path / "run" / "best.npz"
+    own = json.loads(_invoke("eval", ckpt, "--json").stdout)
+    # the same test images without class "x": the others renumbered 0, 1 as "y", "z"
+    keep = arrays["y_test"] != 0
+    np.savez(tmp_path / "yz.npz", x_train=arrays["x_train"], y_train=arrays["y_train"] % 2,
+             x_test=arrays["x_test"][keep], y_test=arrays["y_test"][keep] - 1,
+             class_names=np.array(["y", "z"]))
+    result = _invoke("eval", ckpt, "--json", "--data", tmp_path / "yz.npz")
+    assert result.exit_code == 0, result.output
+    sub = json.loads(result.stdout)
+    assert [row["class"] for row in sub["per_class"]] == ["x", "y", "z"]
+    assert sub["confusion_matrix"][1:] == own["confusion_matrix"][1:]
+    assert sub["confusion_matrix"][0] == [0, 0, 0]
+    np.savez(tmp_path / "other.npz", x_train=arrays["x_train"], y_train=arrays["y_train"],
+             class_names=np.array(["x", "w", "z"]))
+    wrong = _invoke("eval", ckpt, "--data", tmp_path / "other.npz", "--split", "train")
+    assert wrong.exit_code == 2 and wrong.stderr.count("\n") == 1, wrong.output
+    assert "other.npz has classes the checkpoint was not trained on: w (its classes are " \
+           "x, y, z)" in wrong.stderr

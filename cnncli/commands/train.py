@@ -313,6 +313,7 @@ def _eval_arrays(ckpt, model, data: str | None, split: str):
                             "where you trained, or pass --data PATH")
             raise
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        y = _checkpoint_classes(y, ds.class_names, ckpt, "the run's data")
         if len(y) == 0:
             raise _empty_split(split, {s: len(getattr(ds, f"y_{s}"))
                                        for s in ("test", "val", "train")})
@@ -327,7 +328,9 @@ def _eval_arrays(ckpt, model, data: str | None, split: str):
         x_raw, y_raw = raw.x_train, raw.y_train
     x = to_nchw(x_raw, shape, layout, f"{data} {split}")
     check_images(x, shape, f"{data} {split}")
-    y = as_labels(y_raw, len(x), num_classes, f"{data} {split}")
+    names = raw.class_names
+    y = as_labels(y_raw, len(x), len(names) if names else num_classes, f"{data} {split}")
+    y = _checkpoint_classes(y, names, ckpt, f"--data {data}")
     if split != "test":
         fraction = float(cfg.get("val_split") or 0.0)
         train_idx, val_idx = stratified_split(y, fraction, np.random.default_rng([seed, 2]))
@@ -336,6 +339,21 @@ def _eval_arrays(ckpt, model, data: str | None, split: str):
             raise _empty_split(split, {"test": 0 if raw.x_test is None else len(raw.x_test)})
         x, y = x[pick], y[pick]
     return normalize(x, ckpt.normalization), y
+
+
+def _checkpoint_classes(y, names, ckpt, what: str):
+    """Labels index the data's own class list: map them onto the checkpoint's by name, so an
+    image folder without one class (or with other classes) is not scored against wrong ones."""
+    trained = list(ckpt.class_names)
+    if not names or not trained or list(names) == trained:
+        return y
+    unknown = [n for n in names if n not in trained]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise DataError(f"{what} has classes the checkpoint was not trained on: {shown}",
+                        hint=f"its classes are {', '.join(trained[:10])}"
+                             + (", ..." if len(trained) > 10 else ""))
+    return np.array([trained.index(n) for n in names], dtype=np.int64)[y]
 
 
 def _report_tables(report: dict, class_names: list[str]):
