@@ -239,8 +239,12 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
                           f"{list(model.output_shape)} per sample", hint="end with flatten + dense",
                           key="layers")
     num_classes = model.output_shape[0]
+    if num_classes < 2:  # softmax over one score: loss 0 and "100%" whatever the weights
+        raise ConfigError(f"the model outputs {num_classes} class score per sample; a "
+                          "classifier needs at least 2", key="layers",
+                          hint="make the last layer output one unit per class")
     dataset = load_dataset(cfg.get("data") or {}, tuple(model.input_shape), num_classes,
-                           run_seed, root=root)
+                           run_seed, root=root, training=True)
     has_val = len(dataset.y_val) > 0
     if settings["early"] and not has_val:
         raise ConfigError(f"early_stopping on {settings['early']['metric']} needs a validation "

@@ -400,3 +400,29 @@ def test_package_copy_of_digits_matches_the_repository_file():
         pytest.skip("no repository data/ directory (installed package)")
     assert package.read_bytes() == repo.read_bytes(), \
         "copy data/digits.npz to cnncli/datasets/digits.npz after regenerating it"
+
+
+def test_training_needs_two_classes_each_with_an_image(tmp_path):
+    """One class (a folder with one subfolder, labels all 0) trains nothing: loss 0, "100%";
+    an empty class folder is a class the model can never learn. Eval data may lack classes."""
+    pytest.importorskip("PIL")
+    img = np.zeros((4, 4), np.uint8)
+    _write_pngs(tmp_path / "one", {"cat": [img, img]})
+    with pytest.raises(DataError, match=r"one: every training image is of class 'cat'; a "
+                                        r"classifier needs at least two classes") as info:
+        load_dataset(_cfg(tmp_path / "one"), (1, 4, 4), 2, seed=0, training=True)
+    assert info.value.key == "path"  # the CLI points at data.path in the config
+    _write_pngs(tmp_path / "empty", {"cat": [img], "dog": [img]})
+    (tmp_path / "empty" / "eel").mkdir()
+    (tmp_path / "empty" / "eel" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"empty: class 'eel' has no training images, so the "
+                                        r"model could never learn it"):
+        load_dataset(_cfg(tmp_path / "empty"), (1, 4, 4), 3, seed=0, training=True)
+    np.savez(tmp_path / "zeros.npz", x_train=np.zeros((6, 2, 2), np.uint8),
+             y_train=np.zeros(6, np.int64))
+    with pytest.raises(DataError, match=r"zeros\.npz: every training image is of class 0;"):
+        load_dataset(_cfg(tmp_path / "zeros.npz"), (1, 2, 2), 3, seed=0, training=True)
+    # evaluation data may hold any subset of the classes
+    assert load_dataset(_cfg(tmp_path / "empty"), (1, 4, 4), 3, seed=0).class_names == \
+        ["cat", "dog", "eel"]
+    assert len(load_dataset(_cfg(tmp_path / "one"), (1, 4, 4), 1, seed=0).y_train) == 2

@@ -542,3 +542,11 @@ def test_ctrl_c_in_the_first_epoch_of_a_new_directory_leaves_its_last_npz(tmp_pa
     train(None, resume=tmp_path / "f", epochs=4)
     train(None, resume=tmp_path / "r", epochs=4)
     _assert_same_state(_params(tmp_path / "f" / "last.npz"), _params(tmp_path / "r" / "last.npz"))
+
+
+def test_a_model_with_one_output_is_refused(tmp_path, blobs):
+    cfg = _config(blobs)
+    cfg["model"]["layers"][-1]["units"] = 1
+    with pytest.raises(ConfigError, match=r"the model outputs 1 class score per sample; a "
+                                          r"classifier needs at least 2"):
+        train(cfg, out_dir=tmp_path / "r")

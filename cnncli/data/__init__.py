@@ -40,10 +40,12 @@ class Dataset:
 
 
 def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int,
-                 root: Path | None = None, normalization: dict | None = None) -> Dataset:
+                 root: Path | None = None, normalization: dict | None = None, *,
+                 training: bool = False) -> Dataset:
     """Read the source ``data_cfg`` names, check it fits the model, split and normalise it.
 
     ``normalization`` (e.g. a checkpoint's) is reused instead of fitting the training split.
+    ``training``: data that names its classes must have two or more, each with an image.
     """
     input_shape = _image_shape(input_shape)
     raw = read_source(data_cfg, input_shape[0], root)
@@ -59,6 +61,8 @@ def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int
         y_test = as_labels(raw.y_test, len(x_test), num_classes, "test")
     else:
         x_test, y_test = np.zeros((0,) + input_shape, x_train.dtype), np.zeros(0, np.int64)
+    if training:
+        _check_classes(raw.class_names, y_train, data_cfg)
     class_names = _class_names(raw.class_names, num_classes)
 
     fraction = float(data_cfg.get("val_split") or 0.0)
@@ -83,6 +87,24 @@ def _image_shape(input_shape) -> tuple:
         raise DataError(f"image data needs a model input_shape [C, H, W], got {list(shape)}",
                         key="input_shape")
     return shape
+
+
+def _check_classes(names: list[str] | None, y_train: np.ndarray, data_cfg: dict) -> None:
+    """One class alone trains nothing (loss 0, "100%"), and a named class without training
+    images (an empty class folder) can never be learnt."""
+    source = data_cfg.get("path") or data_cfg.get("dataset")
+    present = np.unique(y_train)
+    if len(present) < 2:
+        only = names[present[0]] if names else int(present[0])
+        raise DataError(f"{source}: every training image is of class {only!r}; a classifier "
+                        f"needs at least two classes", key="path",
+                        hint="for an image folder, put each class's images in its own "
+                             "subfolder")
+    empty = [name for i, name in enumerate(names or []) if i not in present]
+    if empty:
+        raise DataError(f"{source}: class {empty[0]!r} has no training images, so the model "
+                        f"could never learn it", key="path",
+                        hint="add images to its subfolder, or remove the class")
 
 
 def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
