@@ -5,16 +5,41 @@ from __future__ import annotations
 import sys
 
 import click
+from click.exceptions import NoArgsIsHelpError
 
 from .errors import CnncliError
+
+
+class _OneLineUsageError(click.UsageError):
+    """A Click usage error (bad option value, missing argument, no such file) shown as the
+    project's one stderr line, not Click's four-line usage block; exit code 2 as before."""
+
+    def show(self, file=None) -> None:
+        where = self.ctx.command_path if self.ctx is not None else "cnncli"
+        click.echo(f"cnncli: error: {' '.join(self.format_message().split())} "
+                   f"(see '{where} --help')", err=True)
+
+
+def _one_line(err: click.UsageError) -> click.UsageError:
+    if isinstance(err, (_OneLineUsageError, NoArgsIsHelpError)):  # bare `cnncli`: the help
+        return err
+    return _OneLineUsageError(err.format_message(), err.ctx)
 
 
 class _Group(click.Group):
     """Turns a project error into one line on stderr and its exit code; never a traceback."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:  # the group's own options: `cnncli --bogus`
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as err:
+            raise _one_line(err) from None
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as err:  # a command's arguments and options
+            raise _one_line(err) from None
         except CnncliError as err:
             click.echo(f"cnncli: error: {err}", err=True)
             sys.exit(err.exit_code)
@@ -24,6 +49,9 @@ class _Group(click.Group):
                        "'cnncli summary CONFIG --batch-size N'; use a smaller model or batch)",
                        err=True)
             sys.exit(1)
+        except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and says so)
+            click.echo("\ncnncli: interrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

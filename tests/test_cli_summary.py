@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -194,6 +195,42 @@ def test_out_of_memory_is_one_line_not_a_traceback(monkeypatch):
     assert result.stderr.splitlines() == [
         "cnncli: error: out of memory: Unable to allocate 954. GiB for an array (see the "
         "estimate of 'cnncli summary CONFIG --batch-size N'; use a smaller model or batch)"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["train", DIGITS, "--batch-size", "0"],
+     "Invalid value for '--batch-size': 0 is not in the range x>=1. (see 'cnncli train --help')"),
+    (["train", DIGITS, "--epoch", "3"], "No such option '--epoch'. Did you mean '--epochs'?"),
+    (["train", str(CONFIGS)], f"File '{CONFIGS}' is a directory."),
+    (["train", "--resume", "nowhere"], "Path 'nowhere' does not exist."),
+    (["bench", DIGITS, "--steps", "0"], "'--steps': 0 is not in the range x>=1."),
+    (["predict", DIGITS], "Missing argument 'INPUTS...'. (see 'cnncli predict --help')"),
+    (["show", "nowhere.yaml", "--filters"], "Path 'nowhere.yaml' does not exist."),
+    (["eval", "x.npz", "--split", "bogus"], "'bogus' is not one of 'test', 'val', 'train'."),
+    (["train"], "give a CONFIG file (or --resume RUN_DIR to continue a run)"),
+    (["nosuch"], "No such command 'nosuch'. (see 'cnncli --help')"),
+    (["--bogus"], "No such option '--bogus'. (see 'cnncli --help')"),
+])
+def test_usage_errors_are_one_line_with_exit_2(args, says):
+    """Not Click's four-line usage block: the project's one line, naming the --help to read."""
+    result = CliRunner().invoke(main, args, prog_name="cnncli")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("cnncli: error: "), \
+        result.stderr
+    assert says in result.stderr
+    assert run().exit_code == 2 and "Commands:" in run().output  # bare `cnncli`: the help
+
+
+def test_ctrl_c_outside_training_exits_130_in_one_line(monkeypatch):
+    import cnncli.summary
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cnncli.summary, "summarize", interrupted)
+    result = run("summary", DIGITS)
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "cnncli: interrupted"
 
 
 def test_summary_numbers_rows_as_errors_number_config_entries(tmp_path):
