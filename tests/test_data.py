@@ -320,6 +320,33 @@ def test_data_errors_name_both_numbers(tmp_path, arrays, shape, classes, message
         load_dataset(_npz(tmp_path, **arrays), shape, classes, seed=0)
 
 
+@pytest.mark.parametrize("y_bad, label, hint", [
+    (np.array([0, 2**63, 1], np.uint64), "9223372036854775808", "labels must be class indices"),
+    (np.array([0, 1e20, 1]), "100000000000000000000", "labels must be class indices"),
+    (np.array([0, 7, 1], np.uint8), "7", "make the last layer output 8 units"),
+])
+def test_out_of_range_labels_are_shown_as_stored_not_wrapped_by_int64(tmp_path, y_bad, label,
+                                                                    hint):
+    with pytest.raises(DataError) as err:
+        load_dataset(_npz(tmp_path, x_train=np.zeros((3, 2, 2)), y_train=y_bad), (1, 2, 2), 2,
+                     seed=0)
+    assert f"train label {label} (at index 1) is outside 0..1" in str(err.value)
+    assert hint in str(err.value)
+
+
+def test_unlocated_data_errors_name_the_data_file(tmp_path):
+    """NaN pixels, count mismatches, bad labels: the message says which file, since the CLI
+    cannot point at a config line for them."""
+    cfg = _npz(tmp_path, x_train=np.zeros((4, 5, 5)), y_train=np.zeros(3, int))
+    with pytest.raises(DataError) as err:
+        load_dataset(cfg, (1, 5, 5), 2, seed=0)
+    assert str(err.value) == f"{tmp_path / 'd.npz'}: train has 4 images but 3 labels"
+    cfg = _npz(tmp_path, x_train=np.zeros((4, 6, 5)), y_train=np.zeros(4, int))
+    with pytest.raises(DataError) as err:  # located at model.input_shape by the CLI instead
+        load_dataset(cfg, (1, 5, 5), 2, seed=0)
+    assert err.value.key == "input_shape" and str(err.value).startswith("x_train images")
+
+
 def test_file_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist") as err:
         load_dataset(_cfg(tmp_path / "nope.npz"), (1, 2, 2), 2, seed=0)

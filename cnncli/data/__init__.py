@@ -49,18 +49,15 @@ def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int
     """
     input_shape = _image_shape(input_shape)
     raw = read_source(data_cfg, input_shape[0], root)
-    layout = raw.layout or data_cfg.get("layout")
-    x_train = to_nchw(raw.x_train, input_shape, layout, "x_train")
-    if len(x_train) == 0:
-        raise DataError("the training split is empty (x_train has 0 images)")
-    check_images(x_train, input_shape, "x_train")
-    y_train = as_labels(raw.y_train, len(x_train), num_classes, "train")
-    if raw.x_test is not None:
-        x_test = to_nchw(raw.x_test, input_shape, layout, "x_test")
-        check_images(x_test, input_shape, "x_test")
-        y_test = as_labels(raw.y_test, len(x_test), num_classes, "test")
-    else:
-        x_test, y_test = np.zeros((0,) + input_shape, x_train.dtype), np.zeros(0, np.int64)
+    try:
+        x_train, y_train, x_test, y_test = _checked_arrays(raw, data_cfg, input_shape,
+                                                           num_classes)
+    except DataError as err:
+        path = data_cfg.get("path")
+        if err.key is None and path is not None:  # unlocated: name the file it is about
+            path = path[0] if isinstance(path, (list, tuple)) else path
+            err.message = f"{path}: {err.message}"
+        raise
     if training:
         _check_classes(raw.class_names, y_train, data_cfg)
     class_names = _class_names(raw.class_names, num_classes)
@@ -79,6 +76,23 @@ def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int
     return Dataset(normalize(x_train[train_idx], stats), y_train[train_idx],
                    normalize(x_train[val_idx], stats), y_train[val_idx],
                    normalize(x_test, stats), y_test, class_names, stats)
+
+
+def _checked_arrays(raw, data_cfg: dict, input_shape: tuple, num_classes: int):
+    """NCHW images and int64 labels of the train and test splits, checked against the model."""
+    layout = raw.layout or data_cfg.get("layout")
+    x_train = to_nchw(raw.x_train, input_shape, layout, "x_train")
+    if len(x_train) == 0:
+        raise DataError("the training split is empty (x_train has 0 images)")
+    check_images(x_train, input_shape, "x_train")
+    y_train = as_labels(raw.y_train, len(x_train), num_classes, "train")
+    if raw.x_test is not None:
+        x_test = to_nchw(raw.x_test, input_shape, layout, "x_test")
+        check_images(x_test, input_shape, "x_test")
+        y_test = as_labels(raw.y_test, len(x_test), num_classes, "test")
+    else:
+        x_test, y_test = np.zeros((0,) + input_shape, x_train.dtype), np.zeros(0, np.int64)
+    return x_train, y_train, x_test, y_test
 
 
 def _image_shape(input_shape) -> tuple:

@@ -7,6 +7,7 @@ import numpy as np
 from ..errors import DataError
 
 CHANNEL_COUNTS = (1, 2, 3, 4)
+MAX_CLASSES = 1_000_000  # a larger label is garbage, not a hint to grow the output layer
 
 
 def to_nchw(x: np.ndarray, input_shape: tuple, layout: str | None, what: str) -> np.ndarray:
@@ -53,15 +54,16 @@ def as_labels(y: np.ndarray, n: int, num_classes: int, what: str) -> np.ndarray:
                             f"class index")
     elif y.dtype.kind not in "iub":
         raise DataError(f"{what} labels have dtype {y.dtype}; expected integer class indices")
-    labels = y.astype(np.int64)
-    out = (labels < 0) | (labels >= num_classes)
+    out = (y < 0) | (y >= num_classes)  # before the int64 cast, which wraps huge values
     if np.any(out):
         first = int(np.flatnonzero(out)[0])
-        raise DataError(f"{what} label {labels[first]} (at index {first}) is outside 0.."
-                        f"{num_classes - 1}: the model has {num_classes} classes",
-                        hint=f"make the last layer output {int(labels.max()) + 1} units"
-                        if labels[first] >= num_classes else "labels must be >= 0")
-    return labels
+        value, top = int(y[first].item()), int(y.max().item())
+        hint = ("labels must be >= 0" if value < 0 else
+                f"make the last layer output {top + 1} units" if top < MAX_CLASSES else
+                "labels must be class indices 0..K-1")
+        raise DataError(f"{what} label {value} (at index {first}) is outside 0.."
+                        f"{num_classes - 1}: the model has {num_classes} classes", hint=hint)
+    return y.astype(np.int64)
 
 
 def check_images(x: np.ndarray, input_shape: tuple, what: str) -> None:
