@@ -204,6 +204,37 @@ def _text(arrays, key, path) -> str:
     return str(arrays[key]) if key in arrays else ""
 
 
+NORMALIZATION_MODES = ("none", "scale", "standardize")
+
+
+def _check_normalization(norm: dict, path) -> None:
+    """Stored statistics that are missing or malformed would silently rescale every input."""
+    if not norm:
+        return  # none stored: predict refuses, eval of the run's data fits them again
+    mode = norm.get("mode")
+    if mode not in NORMALIZATION_MODES:
+        problem = (f"normalization/mode is {mode!r}, expected one of "
+                   f"{', '.join(NORMALIZATION_MODES)}")
+    else:
+        needs = {"none": (), "scale": ("scale",), "standardize": ("scale", "mean", "std")}[mode]
+        problem = next((f"normalization/{k} is missing for mode {mode}" for k in needs
+                        if k not in norm), None)
+    if problem is None and "scale" in norm:
+        scale = norm["scale"]
+        if scale.shape != () or scale.dtype.kind not in "iuf" or not np.isfinite(scale) or \
+                scale <= 0:
+            problem = f"normalization/scale is {scale.tolist()!r}, expected one positive number"
+    if problem is None and mode == "standardize":
+        mean, std = norm["mean"], norm["std"]
+        if mean.ndim != 1 or mean.shape != std.shape or mean.dtype.kind != "f" or \
+                std.dtype.kind != "f" or not (np.isfinite(mean).all() and np.isfinite(std).all()
+                                              and (std > 0).all()):
+            problem = ("normalization/mean and std must be finite per-channel vectors of one "
+                       "length, std > 0")
+    if problem is not None:
+        raise CheckpointError(f"{path} is not a readable cnncli checkpoint ({problem})")
+
+
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint; any problem becomes a one-line CheckpointError."""
     path = Path(path)
@@ -231,6 +262,7 @@ def load_checkpoint(path) -> Checkpoint:
     for key, value in arrays.items():
         if key.startswith("normalization/"):
             normalization[key.split("/", 1)[1]] = str(value) if value.dtype.kind == "U" else value
+    _check_normalization(normalization, path)
     best = arrays.get("best_metric", np.array(np.nan))
     if best.shape != () or best.dtype.kind != "f":
         raise CheckpointError(f"{path} is not a readable cnncli checkpoint (best_metric is "

@@ -212,6 +212,21 @@ MODEL_YAML = "model: {input_shape: [1, 4, 4], layers: [{type: flatten}, {type: d
      "epoch is"),
     ({"format_version": np.array(1), "config": np.array(MODEL_YAML),
       "best_metric": np.array("high")}, "best_metric is"),
+    # normalisation statistics that would silently rescale every input
+    ({"format_version": np.array(1), "config": np.array(MODEL_YAML),
+      "normalization/mode": np.array("scale")}, "normalization/scale is missing for mode scale"),
+    ({"format_version": np.array(1), "config": np.array(MODEL_YAML),
+      "normalization/mode": np.array("bogus")}, "normalization/mode is 'bogus', expected one of"),
+    ({"format_version": np.array(1), "config": np.array(MODEL_YAML),
+      "normalization/mode": np.array("scale"), "normalization/scale": np.float32(0)},
+     "normalization/scale is 0.0, expected one positive number"),
+    ({"format_version": np.array(1), "config": np.array(MODEL_YAML),
+      "normalization/mode": np.array("standardize"), "normalization/scale": np.float32(1),
+      "normalization/mean": np.zeros(1, np.float32), "normalization/std": np.zeros(1, np.float32)},
+     "normalization/mean and std must be finite"),
+    ({"format_version": np.array(1), "config": np.array(MODEL_YAML),
+      "normalization/mode": np.array("standardize"), "normalization/scale": np.float32(1)},
+     "normalization/mean is missing"),
 ])
 def test_malformed_fields_of_a_foreign_npz_are_one_line(tmp_path, arrays, says):
     np.savez(tmp_path / "odd.npz", **arrays)
