@@ -9,6 +9,7 @@ Writes are atomic: temp file in the same directory, fsync, ``os.replace``, fsync
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -132,9 +133,19 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def make_folder(folder: Path) -> None:
+    """``mkdir -p``; a file in the way is named (mkdir alone says 'File exists')."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), folder)
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder",
+                                 str(folder)) from None
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temp file beside ``path``, then swap it in durably."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, new_file_mode())

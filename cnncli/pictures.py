@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import make_folder
 from .errors import CnncliError
 
 WHITE = (255, 255, 255)
@@ -295,8 +296,7 @@ def write_png(path, image: np.ndarray) -> Path:
     path = Path(path)
     data = encode_png(image)
     try:
-        if path.parent and not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         path.write_bytes(data)
     except OSError as err:
         raise CnncliError(f"cannot write {path}: {err.strerror}",

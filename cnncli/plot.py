@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import make_folder
 from .errors import CnncliError, DataError
 
 METRICS_FILE = "metrics.csv"
@@ -135,7 +136,7 @@ def plot_png(runs: list[Run], out) -> Path:
             ax.xaxis.get_major_locator().set_params(integer=True)
         fig.tight_layout()
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(out.parent)
             fig.savefig(out)
         except OSError as err:
             raise CnncliError(f"cannot write {out}: {err.strerror}") from None

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write, config_to_text, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    atomic_write,
+    config_to_text,
+    load_checkpoint,
+    make_folder,
+    save_checkpoint,
+)
 from .errors import CheckpointError, CnncliError, ConfigError
 from .evaluate import evaluate, loss_and_accuracy
 from .model import model_from_entries
@@ -284,7 +290,7 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
 
     if ckpt is not None:
         _refuse_rollback(run.last_path, ckpt)
-    run.run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run.run_dir)
     atomic_write(run.run_dir / "config.yaml", lambda f: f.write(config_to_text(cfg).encode()))
     callbacks.on_start(run)
 

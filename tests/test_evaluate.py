@@ -181,6 +181,10 @@ def test_predict_out_creates_folders_and_an_unwritable_path_is_one_line(trained,
                       tmp_path / "two.npy" / "preds.csv")  # a file where a folder should be
     assert blocked.exit_code == 1 and blocked.stderr.count("\n") == 1, blocked.output
     assert blocked.stderr.startswith("cnncli: error: cannot write --out ")
+    assert blocked.stderr.endswith(f"{tmp_path / 'two.npy'} is a file, not a folder\n")
+    deeper = _invoke("predict", ckpt, tmp_path / "two.npy", "--out",
+                     tmp_path / "two.npy" / "sub" / "preds.csv")
+    assert deeper.stderr.endswith(f"{tmp_path / 'two.npy'} is a file, not a folder\n")
 
 def test_eval_other_data_uses_the_checkpoints_statistics(tmp_path):
     """--data FILE is normalised with the stored training statistics, not its own."""

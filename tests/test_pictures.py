@@ -58,8 +58,11 @@ def test_png_rejects_wrong_arrays():
 def test_write_png_to_an_unwritable_place_is_a_cnncli_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(pictures.CnncliError, match="cannot write"):
+    with pytest.raises(pictures.CnncliError, match="cannot write") as err:
         pictures.write_png(blocker / "sub" / "a.png", np.zeros((2, 2, 3), np.uint8))
+    assert f"{blocker} is a file, not a folder" in str(err.value)  # not "File exists"
+    with pytest.raises(pictures.CnncliError, match=f"{blocker} is a file, not a folder"):
+        pictures.write_png(blocker / "a.png", np.zeros((2, 2, 3), np.uint8))
 
 
 # ---------------------------------------------------------------- colour scales
