@@ -84,7 +84,6 @@ class Checkpoint:
                                   f"({type(err).__name__}: {err})") from None
         return model
 
-
     def check_finite(self) -> None:
         """Weights with NaN or inf (a diverged or damaged file) would give NaN answers."""
         for key, value in self.state.items():
