@@ -208,11 +208,14 @@ def _improved(value, best, *, higher_is_better: bool, min_delta: float = 0.0) ->
 # ------------------------------------------------------------------ the loop
 
 def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=None, lr=None,
-          seed=None, callbacks: Callbacks | None = None, root=None) -> Run:
+          seed=None, callbacks: Callbacks | None = None, root=None,
+          overwrite: bool = False) -> Run:
     """Train the model a resolved config describes; returns the finished Run.
 
     ``resume`` is a run directory or checkpoint; training continues from its last epoch
-    (up to ``epochs``, which may exceed the original count). Raises TrainingInterrupted on
+    (up to ``epochs``, which may exceed the original count). A run directory that already
+    holds another run is refused unless ``overwrite``, which deletes that run's checkpoints
+    and metrics first. Raises TrainingInterrupted on
     Ctrl-C after saving ``last.npz``, and TrainingDiverged on a non-finite loss.
     """
     from .data import iterate_batches, load_dataset
@@ -288,8 +291,10 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
         bad_epochs = ckpt.run_state.get("bad_epochs", 0)
         early_best = ckpt.run_state.get("early_best")
 
-    if ckpt is not None:
-        _refuse_rollback(run.last_path, ckpt)
+    if ckpt is not None and _same_file(run.run_dir, ckpt.path.parent):
+        _refuse_rollback(run.last_path, ckpt)  # continuing the run in its own directory
+    else:
+        _refuse_overwrite(run.run_dir, overwrite)
     make_folder(run.run_dir)
     atomic_write(run.run_dir / "config.yaml", lambda f: f.write(config_to_text(cfg).encode()))
     callbacks.on_start(run)
@@ -426,6 +431,29 @@ def _refuse_rollback(last_path: Path, ckpt) -> None:
             f"resuming into {last_path.parent} would overwrite it",
             hint=f"continue the run with --resume {last_path.parent}, or branch off from "
                  f"epoch {ckpt.epoch} with --out NEW_DIR")
+
+
+#: What makes a directory hold a run that a new one would overwrite.
+RUN_FILES = ("last.npz", "best.npz", "metrics.csv")
+
+
+def _refuse_overwrite(run_dir: Path, overwrite: bool) -> None:
+    """A new run (or a branch resumed into another directory) must not silently replace the
+    checkpoints of a run already in ``run_dir``; with ``overwrite`` they are deleted first, so
+    no file of the old run is mistaken for the new one's."""
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not found:
+        return
+    if overwrite:
+        for name in found:
+            (run_dir / name).unlink()
+        return
+    epoch = _stored_epoch(run_dir / "last.npz")
+    held = f"{', '.join(found)}" + (f"; last.npz at epoch {epoch}" if epoch is not None else "")
+    raise ConfigError(f"{run_dir} already holds a run ({held}); training there would "
+                      "overwrite it",
+                      hint=f"continue it with --resume {run_dir}, train into another --out "
+                           f"DIR, or pass --overwrite to replace it")
 
 
 def _carry_best(ckpt, run: Run, state: dict) -> int | None:

@@ -550,3 +550,35 @@ def test_a_model_with_one_output_is_refused(tmp_path, blobs):
     with pytest.raises(ConfigError, match=r"the model outputs 1 class score per sample; a "
                                           r"classifier needs at least 2"):
         train(cfg, out_dir=tmp_path / "r")
+
+
+def test_a_new_run_never_silently_replaces_an_existing_one(tmp_path, blobs):
+    """Training again into a directory that holds a run is refused with the way out named;
+    --overwrite replaces it, deleting the old checkpoints first so none is mistaken for new."""
+    from click.testing import CliRunner
+
+    from cnncli.cli import main
+
+    config, out = _write_config(tmp_path, blobs), tmp_path / "run"
+    assert CliRunner().invoke(main, ["train", str(config), "--epochs", "3", "--out", str(out),
+                                     "-q"]).exit_code == 0
+    before = {name: (out / name).read_bytes() for name in ("last.npz", "best.npz",
+                                                           "metrics.csv", "config.yaml")}
+    again = CliRunner().invoke(main, ["train", str(config), "--epochs", "1", "--out", str(out)])
+    assert again.exit_code == 2
+    assert again.stderr.count("\n") == 1
+    assert f"{out} already holds a run (last.npz, best.npz, metrics.csv; last.npz at epoch 3)" \
+        in again.stderr and "--overwrite" in again.stderr and f"--resume {out}" in again.stderr
+    assert before == {name: (out / name).read_bytes() for name in before}
+    # a run resumed into that directory from elsewhere is refused the same way
+    train(_config(blobs), out_dir=tmp_path / "other", epochs=1)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(None, resume=tmp_path / "other", epochs=2, out_dir=out)
+    assert before == {name: (out / name).read_bytes() for name in before}
+
+    replaced = CliRunner().invoke(main, ["train", str(config), "--epochs", "1", "--out",
+                                         str(out), "--overwrite", "-q"])
+    assert replaced.exit_code == 0, replaced.output
+    assert load_checkpoint(out / "last.npz").epoch == 1
+    assert load_checkpoint(out / "best.npz").epoch == 1
+    assert [row["epoch"] for row in csv.DictReader((out / "metrics.csv").open())] == ["1"]

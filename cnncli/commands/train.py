@@ -211,9 +211,13 @@ def _metrics_table(rows: list[dict], best_epoch: int | None = None):
               help="Run directory (default: runs/<name>/).")
 @click.option("--resume", "resume", type=click.Path(exists=True, path_type=Path),
               metavar="RUN_DIR_OR_CKPT", help="Continue a run from its last.npz.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a run already in the run directory (its checkpoints and metrics "
+                   "are deleted first); without it such a directory is refused.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print the training settings.")
-def train_command(config, epochs, batch_size, lr, seed, out, resume, quiet, verbose):
+def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, quiet,
+                  verbose):
     """Train the model CONFIG describes; write config.yaml, metrics.csv, last.npz, best.npz.
 
     With --resume, CONFIG may be omitted: the run's stored config is used.
@@ -234,7 +238,7 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, quiet, verb
     try:
         with _download_progress(quiet):
             run = train(cfg, out_dir=out, resume=resume, epochs=epochs, batch_size=batch_size,
-                        lr=lr, seed=seed, callbacks=progress)
+                        lr=lr, seed=seed, callbacks=progress, overwrite=overwrite)
     except CnncliError as err:        # data.path missing, wrong input_shape: point at the key
         if config is None:
             raise
