@@ -97,6 +97,14 @@ def test_checkpoint_config_is_accepted(tiny, tmp_path):
     result = run(path, "--steps", 1, "--warmup", 0, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["batch_size"] == 64
+    # a run directory stands for its last.npz, as in summary and show
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    path.rename(run_dir / "last.npz")
+    result = run(run_dir, "--steps", 1, "--warmup", 0, "--json")
+    assert result.exit_code == 0, result.output
+    assert [layer["name"] for layer in json.loads(result.output)["layers"]] == \
+        [layer.name for layer in build_model(cfg).layers]
 
 
 @pytest.mark.parametrize("args, fragment", [

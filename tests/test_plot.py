@@ -193,9 +193,10 @@ def test_long_runs_still_carry_markers_for_every_series():
     assert text.count("*") >= 5 and text.count("o") >= 5
 
 
-def test_cli_plot_unknown_extension_is_one_line(tmp_path):
-    pytest.importorskip("matplotlib")
-    result = CliRunner().invoke(main, ["plot", str(write_run(tmp_path / "r")),
-                                       "--out", str(tmp_path / "c.txt")])
-    assert result.exit_code == 1 and result.output.count("\n") == 1
-    assert "cannot write" in result.output and isinstance(result.exception, SystemExit)
+def test_cli_plot_out_with_an_unwritable_suffix_is_a_usage_error(tmp_path):
+    """Refused before any work (with or without matplotlib), exit 2 like other usage errors."""
+    run = write_run(tmp_path / "run")
+    result = CliRunner().invoke(main, ["plot", str(run), "--out", str(tmp_path / "c.txt")])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "is not a .png, .svg, .pdf file" in result.stderr
+    assert not (tmp_path / "c.txt").exists()

@@ -49,18 +49,21 @@ def _blas_limit(blas: int | None, threads: int | None):
 
 
 def _load_config(path: str) -> dict:
-    """A YAML config, or the config stored inside a checkpoint (.npz)."""
-    if Path(path).suffix.lower() == ".npz":
+    """A YAML config, or the config stored in a checkpoint (.npz) or a run directory."""
+    source = Path(path)
+    if source.is_dir() and (source / "last.npz").exists():
+        source = source / "last.npz"
+    if source.suffix.lower() == ".npz":
         from ..checkpoint import load_checkpoint
 
-        return load_checkpoint(path).config
+        return load_checkpoint(source).config
     from ..config import load_config
 
     return load_config(path)
 
 
 @main.command()
-@click.argument("config", metavar="CONFIG")
+@click.argument("config", metavar="CONFIG_OR_CHECKPOINT")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per synthetic batch.")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,

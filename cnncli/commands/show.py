@@ -13,6 +13,10 @@ from ..errors import ConfigError, ShapeError
 
 # ---------------------------------------------------------------- plot
 
+#: What ``plot --out`` writes (through matplotlib).
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
 @main.command("plot")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -28,6 +32,9 @@ def plot_command(run_dirs, out, terminal):
       cnncli plot runs/a runs/b --out compare.png
       cnncli plot runs/digits --terminal
     """
+    if out is not None and out.suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(f"--out {str(out)!r} is not a {', '.join(PLOT_SUFFIXES)} file",
+                          key="out", hint="give a name ending in .png")
     runs = plot.read_runs(run_dirs)
     if not terminal and not plot.have_matplotlib():
         unwritten = f", so {out} was not written" if out is not None else ""
