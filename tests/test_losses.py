@@ -36,7 +36,9 @@ def test_gradient_matches_finite_differences(n, k, smoothing, seed):
         down[idx] -= eps
         numeric[idx] = (softmax_cross_entropy(up, labels, smoothing)[0]
                         - softmax_cross_entropy(down, labels, smoothing)[0]) / (2 * eps)
-    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+    # Central differences carry a rounding error of about 1e-16 * |loss| / eps, over 1e-9 for
+    # losses above ~5 (seed 492 found one): atol 1e-8 covers it, rtol 1e-6 does the checking.
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
 
 
 def test_label_smoothing_matches_the_target_formula():
