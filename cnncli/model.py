@@ -115,6 +115,7 @@ class Model:
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = np.dtype(dtype)
         self._forward_shape: tuple[int, ...] | None = None  # checked by backward
+        self._chunk_bounds: list[int] = [0]  # how the last forward split its batch
         self._replicas: list[list[Layer]] = []  # layer copies for chunked inference
         self.labels = labels or [layer_label(i + 1, l.name, l.type_name)
                                  for i, l in enumerate(self.layers)]
@@ -147,12 +148,10 @@ class Model:
             raise DataError(f"model expects input of shape (N, {dims}), got {tuple(x.shape)}")
         x = x.astype(self.dtype, copy=False)
         chunks = 1 if train else self._inference_chunks(len(x))
-        self._forward_shape = None  # backward needs a training forward
-        if chunks > 1:
-            return self._forward_chunks(x, chunks)
-        out = self._run(self.layers, x, train)
-        if train:
-            self._forward_shape = out.shape
+        out = (self._forward_chunks(x, chunks) if chunks > 1
+               else self._run(self.layers, x, train))
+        self._chunk_bounds = [len(x) * k // chunks for k in range(chunks + 1)]
+        self._forward_shape = out.shape
         return out
 
     def _run(self, layers: list[Layer], x: np.ndarray, train: bool) -> np.ndarray:
@@ -177,7 +176,7 @@ class Model:
         buffers and caches, the same parameter arrays), the chunks on cnncli's threads."""
         while len(self._replicas) < chunks - 1:
             self._replicas.append(_replica(self.layers))
-        copies = [self.layers, *self._replicas]
+        copies = self._copies(chunks)
         bounds = [len(x) * k // chunks for k in range(chunks + 1)]
         outs: list = [None] * chunks
 
@@ -188,19 +187,37 @@ class Model:
         threads.split(part, chunks, threads.MIN_ELEMENTS)
         return np.concatenate(outs)
 
+    def _copies(self, chunks: int) -> list[list[Layer]]:
+        return [self.layers, *self._replicas][:chunks]
+
     def backward(self, dlogits: np.ndarray, need_input_grad: bool = True):
-        """Backpropagate dL/dlogits (N, classes); accumulate parameter grads; return dL/dx."""
+        """Backpropagate dL/dlogits (N, classes); accumulate parameter grads; return dL/dx.
+
+        After ``forward(x, train=False)`` this is the gradient of the evaluation (running
+        statistics, no dropout), as in PyTorch's eval mode."""
         dlogits = np.asarray(dlogits)
         expected = self._forward_shape
         if expected is None:
-            raise DataError("backward needs a forward pass with train=True first")
+            raise DataError("backward needs a forward pass first")
         if dlogits.shape != expected:
             raise DataError(f"dlogits must have the shape of the last forward output "
                             f"{tuple(expected)}, got {tuple(dlogits.shape)}")
-        g = to_internal(dlogits.astype(self.dtype, copy=False))
+        dlogits = dlogits.astype(self.dtype, copy=False)
+        bounds = self._chunk_bounds
+        # Chunks of an inference batch went through their own layer copies, which share the
+        # parameter and gradient arrays: their backwards run one after the other.
+        dxs = [self._backward_run(layers, dlogits[lo:hi], need_input_grad)
+               for layers, lo, hi in zip(self._copies(len(bounds) - 1), bounds[:-1], bounds[1:],
+                                         strict=True)]
+        if not need_input_grad:
+            return None
+        return dxs[0] if len(dxs) == 1 else np.concatenate(dxs)
+
+    def _backward_run(self, layers: list[Layer], dlogits: np.ndarray, need_input_grad: bool):
+        g = to_internal(dlogits)
         order = self.run_order
         for k in range(len(order) - 1, -1, -1):
-            g = self.layers[order[k]].backward(g, need_dx=need_input_grad or k > 0)
+            g = layers[order[k]].backward(g, need_dx=need_input_grad or k > 0)
         return from_internal(g) if need_input_grad else None
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

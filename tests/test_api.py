@@ -111,7 +111,7 @@ def test_generated_names_are_unique_and_stable():
     (lambda: build_model(SECTION).forward(np.zeros((2, 4, 7, 9))), DataError,
      "expects input of shape (N, 4, 9, 7), got (2, 4, 7, 9)"),
     (lambda: build_model(SECTION).backward(np.zeros((2, 5))), DataError,
-     "needs a forward pass with train=True first"),
+     "backward needs a forward pass first"),
 ])
 def test_bad_input_is_a_one_line_project_error(call, error, words):
     with pytest.raises(error) as err:

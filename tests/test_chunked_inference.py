@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from cnncli import threads
-from cnncli.errors import DataError
 from cnncli.model import CHUNK_MIN_IMAGES, model_from_entries
 
 SMALL = [
@@ -106,8 +105,6 @@ def test_training_after_chunked_inference_is_unchanged(two_threads):
     dlogits = np.random.default_rng(6).standard_normal((64, 5))
     chunked, plain = _trained_model(np.float64), _trained_model(np.float64)
     chunked.forward(x, train=False)
-    with pytest.raises(DataError, match="backward needs a forward pass with train=True"):
-        chunked.backward(dlogits)
     results = []
     for model in (chunked, plain):
         model.zero_grad()
@@ -117,3 +114,42 @@ def test_training_after_chunked_inference_is_unchanged(two_threads):
     np.testing.assert_array_equal(results[0][1], results[1][1])
     for key, grad in results[1][2].items():
         np.testing.assert_array_equal(results[0][2][key], grad, err_msg=key)
+
+
+def test_backward_after_a_chunked_eval_forward_is_the_whole_batch_one(two_threads):
+    """Gradients of an evaluation (saliency maps, say) work through the chunks: each chunk's
+    backward runs on its own layer copy, accumulating into the shared gradient arrays."""
+    x = np.random.default_rng(7).standard_normal((2 * CHUNK_MIN_IMAGES + 3,) + SHAPE)
+    dlogits = np.random.default_rng(8).standard_normal((len(x), 5))
+    results = []
+    for chunked in (True, False):
+        model = _trained_model(np.float64)
+        threads.set_threads(2 if chunked else 1)
+        model.zero_grad()
+        model.forward(x, train=False)
+        assert (len(model._chunk_bounds) == 3) == chunked
+        results.append((model.backward(dlogits), model.grads()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-12, atol=1e-14)
+    for key, grad in results[1][1].items():
+        np.testing.assert_allclose(results[0][1][key], grad, rtol=1e-12, atol=1e-12,
+                                   err_msg=key)
+
+
+def test_eval_gradient_matches_finite_differences():
+    """The eval-mode gradient is that of the eval function: batch norm with its running
+    statistics, dropout off, max pools routed to the maxima."""
+    model = _trained_model(np.float64)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3,) + SHAPE)
+    w = rng.standard_normal((3, 5))
+    model.forward(x, train=False)
+    dx = model.backward(w)
+    eps = 1e-6
+    numeric = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        numeric[idx] = (np.sum(w * model.forward(up, train=False))
+                        - np.sum(w * model.forward(down, train=False))) / (2 * eps)
+    np.testing.assert_allclose(dx, numeric, rtol=1e-5, atol=1e-7)

@@ -415,26 +415,30 @@ def test_flat_input_is_a_shape_error(cls):
 
 @pytest.mark.parametrize("make", [lambda: MaxPool2d(2), lambda: MaxPool2d(3, 2, 1),
                                   lambda: MaxPool2d(1), GlobalMaxPool2d])
-def test_backward_without_a_training_forward_is_a_data_error(make):
-    """Max pools keep their argmax only when training; without it backward says so."""
+def test_backward_after_an_eval_forward_equals_the_training_one(make):
+    """An eval forward skips the argmax but keeps its input: backward then (gradients of an
+    evaluation, as PyTorch allows) finds the maxima and gives the training backward's dx,
+    ties included; with no forward at all it is a DataError."""
     layer = build_layer(make(), (2, 6, 6))
-    x = to_internal(np.random.default_rng(0).standard_normal((3, 2, 6, 6)))
-    dy = np.ones(layer.forward(x, train=True).shape)
-    fresh = build_layer(make(), (2, 6, 6))
+    rng = np.random.default_rng(0)
+    x = to_internal(rng.integers(-2, 3, (3, 2, 6, 6)).astype(float))  # many ties
+    dy = rng.standard_normal(layer.forward(x, train=True).shape)
+    want = layer.backward(dy)
     layer.forward(x, train=False)
-    for unready in (fresh, layer):  # no forward at all, then a forward with train=False
-        with pytest.raises(DataError, match=r"backward needs a forward pass with train=True"):
-            unready.backward(dy)
-    layer.forward(x, train=True)
-    assert layer.backward(dy).shape == x.shape
+    np.testing.assert_array_equal(layer.backward(dy), want)
+    with pytest.raises(DataError, match=r"backward needs a forward pass first"):
+        build_layer(make(), (2, 6, 6)).backward(dy)
 
 
-def test_model_backward_after_an_eval_forward_is_a_data_error():
+def test_model_backward_after_an_eval_forward_is_the_eval_gradient():
     model = model_from_entries((1, 4, 4), [{"type": "maxpool2d", "kernel_size": 2},
-                                           {"type": "flatten"}, {"type": "dense", "units": 2}])
-    logits = model.forward(np.zeros((2, 1, 4, 4)), train=False)
-    with pytest.raises(DataError, match="backward needs a forward pass with train=True"):
-        model.backward(np.ones_like(logits))
+                                           {"type": "flatten"}, {"type": "dense", "units": 2}],
+                               dtype=np.float64)
+    x = np.random.default_rng(1).standard_normal((2, 1, 4, 4))
+    model.forward(x, train=True)
+    want = model.backward(np.ones((2, 2)))
+    model.forward(x, train=False)
+    np.testing.assert_array_equal(model.backward(np.ones((2, 2))), want)
 
 
 def test_model_errors_name_the_layer():

@@ -213,22 +213,30 @@ class MaxPool2d(WindowPool):
         super().__init__(name)
         self._set_window(kernel_size, stride, padding, dilation, ceil_mode)
         self._argmax: np.ndarray | None = None
+        self._eval_input: np.ndarray | None = None
 
     def forward(self, x, train=False):
         plan = self.plan(x.shape[1], x.shape[2])
         xp = self.padded(x, plan)
-        views = [xp[:, rows, cols] for rows, cols in plan.offsets]
         self._plan, self._x_shape = plan, x.shape
+        out, self._argmax = self._pool(xp, plan, with_argmax=train)
+        # An eval forward skips the argmax bookkeeping but keeps its input, so that a backward
+        # after it (gradients of an evaluation, as PyTorch allows) can find the maxima then.
+        self._eval_input = None if train else xp
+        return out
+
+    def _pool(self, xp, plan, with_argmax: bool):
+        """(maxima, which window offset holds each maximum or None) of the padded input."""
+        views = [xp[:, rows, cols] for rows, cols in plan.offsets]
         if len(views) == 1:
-            self._argmax = np.zeros(views[0].shape, np.uint8) if train else None
-            return views[0].copy()
-        out = np.empty(views[0].shape, x.dtype)
+            return views[0].copy(), np.zeros(views[0].shape, np.uint8) if with_argmax else None
+        out = np.empty(views[0].shape, xp.dtype)
         # Which offset holds the window's maximum: strict ">" in row-major scan keeps the first
         # of equal maxima, as PyTorch's CPU kernel does. Offsets come in increasing order, so
         # the winner is the largest t whose view beat the running maximum: a branch-free
         # max(argmax, t * beat) (masked writes with random masks are ~10x slower).
         kind = np.uint8 if len(views) < 256 else np.int32
-        argmax = np.empty(out.shape, kind) if train else None
+        argmax = np.empty(out.shape, kind) if with_argmax else None
 
         def part(lo, hi):  # channels [lo, hi): big inputs are split over the cores
             v, o = [view[lo:hi] for view in views], out[lo:hi]
@@ -246,16 +254,16 @@ class MaxPool2d(WindowPool):
                 np.maximum(o, view, out=o)
 
         threads.split(part, out.shape[0], xp.size)
-        self._argmax = argmax
-        return out
+        return out, argmax
 
     def backward(self, dy, need_dx=True):
         if not need_dx:
             return None
-        if self._argmax is None:
-            raise DataError(f"{self.type_name} backward needs a forward pass with train=True "
-                            f"first (an eval forward keeps no argmax)")
         argmax = self._argmax
+        if argmax is None:
+            if self._eval_input is None:
+                raise DataError(f"{self.type_name} backward needs a forward pass first")
+            _, argmax = self._pool(self._eval_input, self._plan, with_argmax=True)
         if self._plan.tiled:  # every input in exactly one window: one write per input
             dx = np.empty(self._x_shape, dy.dtype)
 
@@ -410,24 +418,27 @@ class GlobalAvgPool2d(GlobalPool):
 class GlobalMaxPool2d(GlobalPool):
     """Max over each channel's whole map (``nn.AdaptiveMaxPool2d(1)``); first maximum wins."""
 
-    _argmax: np.ndarray | None = None  # set by a forward pass with train=True
+    _argmax: np.ndarray | None = None      # set by a forward pass with train=True
+    _eval_input: np.ndarray | None = None  # kept by an eval forward instead (see MaxPool2d)
 
     def forward(self, x, train=False):
         c, h, w, n = self._x_shape = x.shape
         flat = x.reshape(c, h * w, n)
         if not train:
-            self._argmax = None
+            self._argmax, self._eval_input = None, flat
             return flat.max(axis=1).reshape(c, 1, 1, n)
-        self._argmax = flat.argmax(axis=1)[:, None, :]  # np.argmax returns the first maximum
+        self._argmax, self._eval_input = flat.argmax(axis=1)[:, None, :], None
         return np.take_along_axis(flat, self._argmax, axis=1).reshape(c, 1, 1, n)
 
     def backward(self, dy, need_dx=True):
         if not need_dx:
             return None
-        if self._argmax is None:
-            raise DataError(f"{self.type_name} backward needs a forward pass with train=True "
-                            f"first (an eval forward keeps no argmax)")
+        argmax = self._argmax
+        if argmax is None:
+            if self._eval_input is None:
+                raise DataError(f"{self.type_name} backward needs a forward pass first")
+            argmax = self._eval_input.argmax(axis=1)[:, None, :]  # the first maximum
         c, h, w, n = self._x_shape
         dx = np.zeros((c, h * w, n), dy.dtype)
-        np.put_along_axis(dx, self._argmax, dy.reshape(c, 1, n), axis=1)
+        np.put_along_axis(dx, argmax, dy.reshape(c, 1, n), axis=1)
         return dx.reshape(self._x_shape)
