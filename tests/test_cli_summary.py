@@ -252,3 +252,10 @@ def test_summary_numbers_rows_as_errors_number_config_entries(tmp_path):
     assert rows["relu_1"] == "" and rows[entries[0]["name"]] == "1"
     data = json.loads(run("summary", DIGITS, "--json").stdout)
     assert [row["entry"] for row in data["layers"]][:3] == [1, 1, 2]
+
+
+def test_json_with_another_format_is_a_usage_error():
+    result = run("summary", DIGITS, "--json", "--format", "csv")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "--json and --format csv ask for two formats" in result.stderr
+    assert run("summary", DIGITS, "--json", "--format", "json").exit_code == 0

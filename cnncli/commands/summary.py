@@ -87,6 +87,8 @@ def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
     from ..render import print_summary, summary_csv, summary_markdown
     from ..summary import summarize
 
+    if as_json and fmt not in ("table", "json"):
+        raise click.UsageError(f"--json and --format {fmt} ask for two formats; give one")
     checked = checked_from(config_or_checkpoint, _parse_shape(input_shape))
     _warn(checked.warnings)
     result = summarize(checked, batch_size=batch_size, dtype=dtype)
