@@ -245,8 +245,15 @@ def _check_normalization(norm: dict, path) -> None:
         raise CheckpointError(f"{path} is not a readable cnncli checkpoint ({problem})")
 
 
+def is_checkpoint(path) -> bool:
+    """A ``.npz`` checkpoint, or a run directory (which stands for its ``last.npz``)."""
+    path = Path(path)
+    return path.suffix.lower() == ".npz" or (path.is_dir() and (path / "last.npz").exists())
+
+
 def load_checkpoint(path) -> Checkpoint:
-    """Read a checkpoint; any problem becomes a one-line CheckpointError."""
+    """Read a checkpoint (or a run directory's last.npz); any problem becomes a one-line
+    CheckpointError."""
     path = Path(path)
     if path.is_dir() and (path / "last.npz").exists():
         path = path / "last.npz"

@@ -148,9 +148,9 @@ class Model:
             raise DataError(f"model expects input of shape (N, {dims}), got {tuple(x.shape)}")
         x = x.astype(self.dtype, copy=False)
         chunks = 1 if train else self._inference_chunks(len(x))
-        out = (self._forward_chunks(x, chunks) if chunks > 1
-               else self._run(self.layers, x, train))
         self._chunk_bounds = [len(x) * k // chunks for k in range(chunks + 1)]
+        out = (self._forward_chunks(x, self._chunk_bounds) if chunks > 1
+               else self._run(self.layers, x, train))
         self._forward_shape = out.shape
         return out
 
@@ -171,13 +171,13 @@ class Model:
                 return 1
         return chunks
 
-    def _forward_chunks(self, x: np.ndarray, chunks: int) -> np.ndarray:
-        """Evaluation forward of x split along the batch, chunk k on layer copy k (their own
-        buffers and caches, the same parameter arrays), the chunks on cnncli's threads."""
+    def _forward_chunks(self, x: np.ndarray, bounds: list[int]) -> np.ndarray:
+        """Evaluation forward of x split along the batch at ``bounds``, chunk k on layer copy
+        k (their own buffers and caches, the same parameter arrays), on cnncli's threads."""
+        chunks = len(bounds) - 1
         while len(self._replicas) < chunks - 1:
             self._replicas.append(_replica(self.layers))
         copies = self._copies(chunks)
-        bounds = [len(x) * k // chunks for k in range(chunks + 1)]
         outs: list = [None] * chunks
 
         def part(lo, hi):

@@ -78,19 +78,25 @@ def set_threads(count: int) -> None:
     _threads = count
 
 
+def _worker_pool() -> ThreadPoolExecutor:
+    """The other threads (the caller is one), started on first use."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="cnncli")
+    return _pool
+
+
 def split(fn, length: int, elements: int) -> None:
     """Call ``fn(lo, hi)`` over [0, length) in contiguous parts, one per thread, if
     ``elements`` (the work's size) is at least MIN_ELEMENTS; else once, on this thread."""
-    global _pool
     parts = min(_threads, length)
     if parts < 2 or elements < MIN_ELEMENTS or _serial():
         fn(0, length)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="cnncli")
+    pool = _worker_pool()
     bounds = [length * i // parts for i in range(parts + 1)]
     part = _as_part(fn)
-    futures = [_pool.submit(part, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    futures = [pool.submit(part, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     try:
         part(bounds[0], bounds[1])
     finally:
@@ -101,12 +107,9 @@ def split(fn, length: int, elements: int) -> None:
 def pair(first, second, elements: int):
     """``(first(), second())``, the two run at once if there are threads to spare and
     ``elements`` (the work's size) is at least MIN_ELEMENTS."""
-    global _pool
     if elements < MIN_ELEMENTS or _serial():
         return first(), second()
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="cnncli")
-    future = _pool.submit(_as_part(first))
+    future = _worker_pool().submit(_as_part(first))
     try:
         result = _as_part(second)()
     finally:

@@ -50,13 +50,10 @@ def _blas_limit(blas: int | None, threads: int | None):
 
 def _load_config(path: str) -> dict:
     """A YAML config, or the config stored in a checkpoint (.npz) or a run directory."""
-    source = Path(path)
-    if source.is_dir() and (source / "last.npz").exists():
-        source = source / "last.npz"
-    if source.suffix.lower() == ".npz":
-        from ..checkpoint import load_checkpoint
+    from ..checkpoint import is_checkpoint, load_checkpoint
 
-        return load_checkpoint(source).config
+    if is_checkpoint(path):
+        return load_checkpoint(path).config
     from ..config import load_config
 
     return load_config(path)

@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from .. import pictures, plot, receptive
+from ..checkpoint import is_checkpoint
 from ..cli import main
 from ..errors import ConfigError, ShapeError
 
@@ -55,11 +56,6 @@ def plot_command(run_dirs, out, terminal):
 
 # ---------------------------------------------------------------- show
 
-def _is_checkpoint(path: Path) -> bool:
-    """A ``.npz`` checkpoint, or a run directory (its ``last.npz``)."""
-    return path.suffix.lower() == ".npz" or (path.is_dir() and (path / "last.npz").exists())
-
-
 def _load_checkpoint(path: Path):
     from ..checkpoint import load_checkpoint
 
@@ -68,7 +64,7 @@ def _load_checkpoint(path: Path):
 
 def _model_and_meta(path: Path):
     """(built model, normalization, class names, untrained?) from a checkpoint or a config."""
-    if _is_checkpoint(path):
+    if is_checkpoint(path):
         ckpt = _load_checkpoint(path)
         return ckpt.model(), ckpt.normalization, getattr(ckpt, "class_names", None), False
     from .. import build_model
@@ -80,7 +76,7 @@ def _layer_stack(path: Path):
     """(named unbuilt layers, input shape) of a config or checkpoint: no weights allocated."""
     from ..config import check_config, check_data
 
-    if _is_checkpoint(path):
+    if is_checkpoint(path):
         checked = check_data(_load_checkpoint(path).config, file=str(path))
     else:
         checked = check_config(path)
@@ -99,7 +95,7 @@ def _default_out(source: Path, stem: str) -> Path:
     """Beside a checkpoint (its run directory); in the current directory for a config."""
     if source.is_dir():
         return source / f"{stem}.png"
-    return source.parent / f"{stem}.png" if _is_checkpoint(source) else Path(f"{stem}.png")
+    return source.parent / f"{stem}.png" if is_checkpoint(source) else Path(f"{stem}.png")
 
 
 def _parse_at(text: str | None):
@@ -150,7 +146,7 @@ def show_command(source, mode, features_input, receptive_flag, layer_name, index
         raise ConfigError(f"choose exactly one of --filters, --features INPUT, "
                           f"--receptive-field (got {got})")
     _reject_unused_options(chosen[0], at, background)
-    if source.is_dir() and not _is_checkpoint(source):
+    if source.is_dir() and not is_checkpoint(source):
         raise ConfigError(f"{source}: no last.npz in this directory",
                           hint="give a checkpoint .npz, a run directory written by 'cnncli "
                                "train', or a config")
@@ -325,7 +321,7 @@ def _show_receptive(source: Path, layer_name, at, background, row: int, out):
     if background is not None:
         from ..data import load_inputs
 
-        normalization = (_load_checkpoint(source).normalization if _is_checkpoint(source)
+        normalization = (_load_checkpoint(source).normalization if is_checkpoint(source)
                          else {})
         x, _ = load_inputs([background], input_shape, normalization)
         _check_index(row, x, background)

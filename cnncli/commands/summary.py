@@ -6,7 +6,6 @@ import inspect
 import json
 import math
 import sys
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -41,10 +40,9 @@ def _warn(warnings) -> None:
 
 def checked_from(path: str, input_shape=None):
     """Check a config file, or the config stored in a checkpoint (.npz or a run directory)."""
-    p = Path(path)
-    if p.suffix.lower() == ".npz" or (p.is_dir() and (p / "last.npz").exists()):
-        from ..checkpoint import load_checkpoint
+    from ..checkpoint import is_checkpoint, load_checkpoint
 
+    if is_checkpoint(path):
         ckpt = load_checkpoint(path)
         checked = check_data(ckpt.config, file=path, input_shape=input_shape)
         if input_shape is not None:
