@@ -235,8 +235,9 @@ class Conv2d(Layer):
             if self._cols_kept:
                 cols = self._buffers.get("cols0", (self._x.shape[0] * kh * kw, rows * out_w * n),
                                          self.dtype)
-            else:
-                cols = self._fill_cols(row0, rows, out_w, "wcols")
+            else:  # forward's buffers, whose contents it no longer needs (less memory)
+                cols = self._fill_cols(row0, rows, out_w,
+                                       "cols0" if rows == chunks[0][1] else "cols_tail")
             cols_g = _by_group(cols, g)
             dy_g = _by_group(dy[:, row0:row0 + rows], g)
             length = dy_g.shape[-1]
