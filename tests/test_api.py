@@ -11,6 +11,7 @@ import yaml
 
 import cnncli
 from cnncli import CheckpointError, CnncliError, ConfigError, DataError, build_model
+from cnncli.registry import LAYERS, layer_class
 
 DIGITS = Path(__file__).parents[1] / "configs" / "digits.yaml"
 
@@ -129,3 +130,29 @@ def test_backward_with_the_wrong_shape_is_a_data_error():
 def test_public_names():
     assert {"build_model", "Model", "CnncliError", "__version__"} <= set(cnncli.__all__)
     assert issubclass(ConfigError, CnncliError)
+
+
+# Smallest hyperparameters for each registered layer type, for the layers-alone tests.
+LAYER_ARGS = {"conv2d": {"out_channels": 2, "kernel_size": 3}, "dense": {"units": 3},
+              "maxpool2d": {"kernel_size": 2}, "avgpool2d": {"kernel_size": 2},
+              "lppool2d": {"norm_type": 2, "kernel_size": 2}}
+FLAT_INPUT = {"dense", "batchnorm1d"}
+
+
+def _layer_alone(type_name):
+    layer = layer_class(type_name)(**LAYER_ARGS.get(type_name, {}))
+    layer.build((5,) if type_name in FLAT_INPUT else (2, 4, 4), np.random.default_rng(0))
+    return layer
+
+
+@pytest.mark.parametrize("type_name", sorted(LAYERS))
+def test_a_layer_alone_checks_backward_against_its_last_forward(type_name):
+    layer = _layer_alone(type_name)
+    x = np.random.default_rng(1).standard_normal(layer.input_shape + (3,)).astype(np.float32)
+    with pytest.raises(DataError, match=f"^{type_name} backward needs a forward pass first$"):
+        layer.backward(np.ones(layer.output_shape(layer.input_shape) + (3,), np.float32))
+    y = layer.forward(x, train=True)
+    with pytest.raises(DataError, match=r"dy must have the shape of the last forward's output"):
+        layer.backward(np.ones(y.shape[:-1] + (4,), np.float32))
+    dx = layer.backward(np.ones_like(y))
+    assert dx.shape == x.shape

@@ -344,8 +344,8 @@ def test_need_dx_false_returns_none():
     for layer in (MaxPool2d(2), AvgPool2d(2), LPPool2d(2, 2), GlobalAvgPool2d(),
                   GlobalMaxPool2d()):
         build_layer(layer, (1, 4, 4))
-        layer.forward(to_internal(np.ones((1, 1, 4, 4))), train=True)
-        assert layer.backward(np.ones((1, 2, 2, 1)), need_dx=False) is None
+        y = layer.forward(to_internal(np.ones((1, 1, 4, 4))), train=True)
+        assert layer.backward(np.ones_like(y), need_dx=False) is None
 
 
 # ---------------------------------------------------------------- errors

@@ -15,12 +15,13 @@ Array conventions (stated once, followed everywhere):
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import numbers
 
 import numpy as np
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, DataError, ShapeError
 
 
 def to_internal(x: np.ndarray) -> np.ndarray:
@@ -136,6 +137,15 @@ class Layer:
     fresh_input_grad = False
     may_overwrite_input = False
     may_overwrite_grad = False
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A layer used on its own (the Python API) must fail with a clear DataError, not an
+        # AttributeError deep in its math, when backward comes before any forward or dy does
+        # not have the shape of the last forward's output.
+        if "forward" in cls.__dict__:
+            cls.forward = _recording_output_shape(cls.__dict__["forward"])
+        if "backward" in cls.__dict__:
+            cls.backward = _checking_dy_shape(cls.__dict__["backward"])
 
     def __init__(self, name: str | None = None):
         if name is not None and (not isinstance(name, str) or not name):
@@ -146,6 +156,7 @@ class Layer:
         self.buffers: dict[str, np.ndarray] = {}
         self.input_shape: tuple[int, ...] | None = None
         self.dtype = np.dtype(np.float32)
+        self.forward_output_shape: tuple[int, ...] | None = None  # of the last forward
 
     # -- shape arithmetic (never allocates)
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -217,6 +228,28 @@ class Layer:
         cfg.pop("type")
         args = ", ".join(f"{k}={v!r}" for k, v in cfg.items())
         return f"{type(self).__name__}({args})"
+
+
+def _recording_output_shape(forward):
+    @functools.wraps(forward)
+    def recorded(self, x, train=False):
+        y = forward(self, x, train)
+        self.forward_output_shape = y.shape
+        return y
+    return recorded
+
+
+def _checking_dy_shape(backward):
+    @functools.wraps(backward)
+    def checked(self, dy, need_dx=True):
+        expected = self.forward_output_shape
+        if expected is None:
+            raise DataError(f"{self.type_name} backward needs a forward pass first")
+        if np.shape(dy) != expected:
+            raise DataError(f"{self.type_name} backward: dy must have the shape of the last "
+                            f"forward's output {list(expected)}, got {list(np.shape(dy))}")
+        return backward(self, dy, need_dx)
+    return checked
 
 
 def hyperparameters(cls) -> dict[str, object]:

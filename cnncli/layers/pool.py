@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from .. import threads
-from ..errors import ConfigError, DataError, ShapeError
+from ..errors import ConfigError, ShapeError
 from ..registry import register
 from .base import Layer, boolean, conv_output_size, int_pair, real_number
 
@@ -97,6 +97,8 @@ def make_plan(size: Pair, kernel: Pair, stride: Pair, pad: Pair, dilation: Pair,
 
 class WindowPool(Layer):
     """Shared hyperparameters, shape arithmetic and padded views of the kh*kw window pools."""
+
+    per_sample = True
 
     pad_value = 0.0
     aliases = {"pool_size": "kernel_size"}
@@ -260,9 +262,7 @@ class MaxPool2d(WindowPool):
         if not need_dx:
             return None
         argmax = self._argmax
-        if argmax is None:
-            if self._eval_input is None:
-                raise DataError(f"{self.type_name} backward needs a forward pass first")
+        if argmax is None:  # the last forward was an evaluation's
             _, argmax = self._pool(self._eval_input, self._plan, with_argmax=True)
         if self._plan.tiled:  # every input in exactly one window: one write per input
             dx = np.empty(self._x_shape, dy.dtype)
@@ -379,6 +379,8 @@ class LPPool2d(AvgPool2d):
 class GlobalPool(Layer):
     """(C, H, W) -> (C, 1, 1), kept spatial like ``nn.AdaptiveXPool2d(1)``."""
 
+    per_sample = True
+
     fresh_output = True
     fresh_input_grad = True
 
@@ -434,9 +436,7 @@ class GlobalMaxPool2d(GlobalPool):
         if not need_dx:
             return None
         argmax = self._argmax
-        if argmax is None:
-            if self._eval_input is None:
-                raise DataError(f"{self.type_name} backward needs a forward pass first")
+        if argmax is None:  # the last forward was an evaluation's
             argmax = self._eval_input.argmax(axis=1)[:, None, :]  # the first maximum
         c, h, w, n = self._x_shape
         dx = np.zeros((c, h * w, n), dy.dtype)
