@@ -14,7 +14,8 @@ imports torch. The thread variables must be set by the parent before this proces
 Memory: ``step_peak_rss_mb`` is the rise of the resident set during the training steps over
 the resident set just before them (the kernel's high-water mark is reset via
 /proc/self/clear_refs first), so library and interpreter size do not count;
-``process_peak_rss_mb`` is the whole process's peak (ru_maxrss).
+``process_peak_rss_mb`` is the whole process's peak (ru_maxrss). Where cnncli trains each
+batch's second half in a worker process, the worker's rise and peak are added to both.
 """
 
 from __future__ import annotations
@@ -65,18 +66,21 @@ def _timed(fn, steps: int, warmup: int) -> list[float]:
 def cnncli_runner(config: dict, x: np.ndarray, y: np.ndarray, threads: int):
     from cnncli import build_model
     from cnncli.optim import SGD
+    from cnncli.processes import split_model
     from cnncli.train import train_step
 
     model = build_model(config)
     optimizer = SGD(lr=0.01, momentum=0.9)
+    split = split_model(model, len(x))  # as cnncli train runs it: maybe a worker process
+    trained = split or model
 
     def train():
-        train_step(model, optimizer, x, y)
+        train_step(trained, optimizer, x, y)
 
     def infer():
         model.forward(x, train=False)
 
-    return train, infer
+    return train, infer, split
 
 
 # ---------------------------------------------------------------- torch
@@ -149,7 +153,7 @@ def torch_runner(config: dict, x: np.ndarray, y: np.ndarray, threads: int):
         with torch.inference_mode():
             net(xt)
 
-    return train, infer
+    return train, infer, None
 
 
 # ---------------------------------------------------------------- main
@@ -173,12 +177,19 @@ def main() -> None:
     y = rng.integers(0, classes, size=args.batch_size)
 
     runner = cnncli_runner if args.framework == "cnncli" else torch_runner
-    train, infer = runner(config, x, y, args.threads)
+    train, infer, split = runner(config, x, y, args.threads)
 
+    # cnncli may train each batch's second half in a worker process: its memory counts too.
+    worker_base = split.worker_memory_mb()[0] if split is not None else 0.0
+    if split is not None:
+        split.reset_worker_peak()
     base_kb = _status_kb("VmRSS")
     reset = _reset_peak_rss()
     train_times = _timed(train, args.steps, args.warmup)
     step_peak_kb = _status_kb("VmHWM") if reset else None
+    worker_peak = split.worker_memory_mb()[1] if split is not None else 0.0
+    if split is not None:
+        split.close()
     infer_times = _timed(infer, args.steps, args.warmup)
 
     train_s, infer_s = statistics.median(train_times), statistics.median(infer_times)
@@ -187,8 +198,10 @@ def main() -> None:
         "train_images_per_s": args.batch_size / train_s,
         "infer_images_per_s": args.batch_size / infer_s,
         "step_peak_rss_mb": (None if step_peak_kb is None or base_kb is None
-                             else (step_peak_kb - base_kb) / 1024),
-        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                             else (step_peak_kb - base_kb) / 1024 + worker_peak - worker_base),
+        "process_peak_rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                                + worker_peak),
+        "worker_process": split is not None,
     }))
 
 

@@ -22,6 +22,7 @@ from . import threads
 from .errors import ConfigError
 from .losses import softmax_cross_entropy
 from .optim import SGD
+from .processes import split_model
 from .train import train_step
 
 MATMUL_SIZE = 2048
@@ -62,6 +63,9 @@ class BenchResult:
     step_numpy_peak_mb: float
     matmul_peak_gflops: float | None
     matmul_peak_all_cores_gflops: float | None
+    #: Peak resident set of the worker process that trains each batch's second half
+    #: (``processes``), None when training runs in one process.
+    worker_peak_rss_mb: float | None = None
     layers: list[LayerTiming] = field(default_factory=list)
     #: How the run differs from the config's reading, e.g. a ReLU that runs after its pool.
     notes: list[str] = field(default_factory=list)
@@ -215,10 +219,16 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
     x, y = _synthetic_batch(model, batch_size, rng)
     optimizer = SGD(lr=0.01, momentum=0.9)
 
-    train_times = _time_train_steps(model, optimizer, x, y, steps, warmup)
+    split = split_model(model, batch_size)  # as cnncli train would run it
+    try:
+        train_times = _time_train_steps(split or model, optimizer, x, y, steps, warmup)
+        numpy_peak = _step_numpy_peak_mb(split or model, optimizer, x, y)
+        worker_rss = split.worker_memory_mb()[1] if split is not None else None
+    finally:
+        if split is not None:
+            split.close()
     fwd, bwd = _time_layers(model, optimizer, x, y, steps, warmup)
     infer_times = _time_inference(model, x, steps, warmup)
-    numpy_peak = _step_numpy_peak_mb(model, optimizer, x, y)
 
     layers = []
     for k, layer in enumerate(model.layers):
@@ -236,6 +246,10 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
     notes = [f"{model.layers[k].name} runs after {model.layers[model.run_order[pos - 1]].name}"
              f" (max pooling commutes with ReLU: the same numbers, fewer values to touch)"
              for pos, k in enumerate(model.run_order) if pos > 0 and k < model.run_order[pos - 1]]
+    if split is not None:
+        notes.append("training steps run the second half of each batch in a worker process "
+                     "(the layers' times are for the whole batch in one process; the step "
+                     "NumPy peak is this process's, for its half)")
     train_ms, infer_ms = _median_ms(train_times), _median_ms(infer_times)
     rss = peak_rss_mb()  # before the matmul probe, whose 48 MB operands are not the model's
     return BenchResult(
@@ -244,7 +258,7 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
         train_step_ms=train_ms, train_step_ms_min=1e3 * min(train_times),
         train_step_ms_max=1e3 * max(train_times), train_images_per_s=batch_size / (train_ms * 1e-3),
         infer_batch_ms=infer_ms, infer_images_per_s=batch_size / (infer_ms * 1e-3),
-        peak_rss_mb=rss, step_numpy_peak_mb=numpy_peak,
+        peak_rss_mb=rss, step_numpy_peak_mb=numpy_peak, worker_peak_rss_mb=worker_rss,
         matmul_peak_gflops=matmul_peak_gflops() if measure_peak else None,
         matmul_peak_all_cores_gflops=all_cores_matmul_peak() if measure_peak else None,
         notes=notes,

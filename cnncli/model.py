@@ -164,12 +164,14 @@ class Model:
         """How many chunks an inference batch runs as: one per thread when every chunk gets
         CHUNK_MIN_IMAGES and every conv is small, else 1 (the whole batch)."""
         chunks = min(threads.get_threads(), batch // CHUNK_MIN_IMAGES)
-        if chunks < 2:
-            return 1
-        for layer, shape in zip(self.layers, self.shapes, strict=False):
-            if isinstance(layer, Conv2d) and layer.macs(shape) * batch >= CHUNK_MAX_MACS:
-                return 1
-        return chunks
+        return chunks if chunks > 1 and self.small_convs(batch) else 1
+
+    def small_convs(self, batch: int) -> bool:
+        """Whether every conv does fewer than CHUNK_MAX_MACS multiply-adds on ``batch``
+        images: too little to share out over threads inside the layer."""
+        return all(layer.macs(shape) * batch < CHUNK_MAX_MACS
+                   for layer, shape in zip(self.layers, self.shapes, strict=False)
+                   if isinstance(layer, Conv2d))
 
     def _forward_chunks(self, x: np.ndarray, bounds: list[int]) -> np.ndarray:
         """Evaluation forward of x split along the batch at ``bounds``, chunk k on layer copy

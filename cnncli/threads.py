@@ -6,8 +6,9 @@ apart when another process holds a core. So cnncli runs BLAS on one thread and s
 work itself: ``split`` runs ``fn(lo, hi)`` on disjoint ranges of a leading axis at once (NumPy
 releases the GIL inside its loops), ``pair`` runs two independent tasks at once (a conv's
 weight and input gradients). Each element is computed by one thread with the same operations,
-so training is bitwise identical for any thread count. (Inference of small networks splits the
-batch instead, see ``Model._forward_chunks``: the same logits, to BLAS's rounding per chunk.)
+so threads never change training results. (Inference of small networks splits the batch
+instead, see ``Model._forward_chunks``: the same logits, to BLAS's rounding per chunk; and
+their training splits each batch over two processes, see ``processes``.)
 
 Importing cnncli before NumPy, with no BLAS thread variable set, sets OPENBLAS_NUM_THREADS
 (and MKL_NUM_THREADS) to 1 and cnncli's thread count to the number of cores. Otherwise cnncli
@@ -16,6 +17,7 @@ uses CNNCLI_THREADS threads (default 1, so as not to oversubscribe a multi-threa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -62,6 +64,18 @@ def _as_part(fn):
         finally:
             _inside.busy = False
     return run
+
+
+@contextlib.contextmanager
+def serial():
+    """Work started inside the block runs on the calling thread alone (for when another
+    process has the other cores)."""
+    before = getattr(_inside, "busy", False)
+    _inside.busy = True
+    try:
+        yield
+    finally:
+        _inside.busy = before
 
 
 def get_threads() -> int:

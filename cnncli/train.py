@@ -29,6 +29,7 @@ from .errors import CheckpointError, CnncliError, ConfigError
 from .evaluate import evaluate, loss_and_accuracy
 from .model import model_from_entries
 from .optim import clip_grad_norm, make_optimizer
+from .processes import split_model
 from .schedules import make_schedule
 
 # A lone final sample joins the batch before it: batch norm cannot train on one sample.
@@ -97,7 +98,8 @@ def train_step(model, optimizer, x, y, *, label_smoothing: float = 0.0,
                clip_norm: float | None = None) -> tuple[float, int]:
     """Forward, loss, backward, (clip), update. Returns (batch loss, correct predictions).
 
-    A non-finite loss is returned without updating anything; the caller decides.
+    ``model`` is a Model or a ``processes.SplitBatchModel`` standing in for one. A non-finite
+    loss is returned without updating anything; the caller decides.
     """
     from .losses import softmax_cross_entropy
 
@@ -321,6 +323,8 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
     x_tr, y_tr = dataset.x_train, dataset.y_train
     num_batches = len(batch_starts(len(y_tr), settings["batch_size"], MIN_LAST_BATCH))
     epoch = run.start_epoch
+    split = split_model(model, settings["batch_size"])  # half of each batch on another core
+    trained = split or model
     try:
         for epoch in range(run.start_epoch, run.epochs):
             optimizer.lr = schedule(epoch)
@@ -332,7 +336,7 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
                                       min_last_batch=MIN_LAST_BATCH)
             for index, (xb, yb) in enumerate(batches, start=1):
                 with np.errstate(over="ignore", invalid="ignore"):  # divergence checked below
-                    loss, correct = train_step(model, optimizer, xb, yb,
+                    loss, correct = train_step(trained, optimizer, xb, yb,
                                                label_smoothing=settings["label_smoothing"],
                                                clip_norm=settings["clip"])
                 if not math.isfinite(loss):
@@ -394,6 +398,9 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
         if consistent["metrics"]:
             _write_metrics_csv(run.run_dir / "metrics.csv", consistent["metrics"])
         raise TrainingInterrupted(run.run_dir, consistent["epoch"]) from None
+    finally:
+        if split is not None:
+            split.close()
     if run.metrics and not (run.run_dir / "metrics.csv").exists():
         _write_metrics_csv(run.run_dir / "metrics.csv", run.metrics)
     if len(dataset.y_test) and run.best_path.exists():

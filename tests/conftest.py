@@ -1,5 +1,6 @@
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Shared machines are noisy: no per-example deadline; keep example counts modest so the
@@ -9,3 +10,14 @@ settings.register_profile("ci", deadline=None, max_examples=25,
 settings.register_profile("thorough", deadline=None, max_examples=300,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def two_threads():
+    """cnncli on two threads for one test, whatever the machine's default."""
+    from cnncli import threads  # not at the top: importing cnncli before NumPy sets BLAS threads
+
+    before = threads.get_threads()
+    threads.set_threads(2)
+    yield
+    threads.set_threads(before)

@@ -24,14 +24,6 @@ SMALL = [
 SHAPE = (2, 12, 12)
 
 
-@pytest.fixture
-def two_threads():
-    before = threads.get_threads()
-    threads.set_threads(2)
-    yield
-    threads.set_threads(before)
-
-
 def _trained_model(dtype=np.float32):
     """A model whose batch norms hold non-trivial running statistics."""
     model = model_from_entries(SHAPE, SMALL, dtype=dtype, seed=3)

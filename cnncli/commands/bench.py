@@ -131,6 +131,9 @@ def _print_result(result, title: str) -> None:
         f"peak RSS        {result.peak_rss_mb:8.1f} MB   (getrusage ru_maxrss, whole process)",
         f"step NumPy peak {result.step_numpy_peak_mb:8.1f} MB   (tracemalloc, one training step)",
     ]
+    if result.worker_peak_rss_mb is not None:
+        lines.insert(3, f"worker peak RSS {result.worker_peak_rss_mb:8.1f} MB   (the process "
+                        f"training each batch's second half)")
     if result.matmul_peak_gflops:
         every = result.matmul_peak_all_cores_gflops
         lines.append(f"matmul peak     {result.matmul_peak_gflops:8.1f} GFLOP/s  (float32 "

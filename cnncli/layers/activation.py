@@ -14,6 +14,8 @@ from .base import Layer, choice, real_number
 class Activation(Layer):
     """Base for activations: identity shape, no parameters; ``activation:`` may name one."""
 
+    per_sample = True
+
     is_activation = True
 
     def __init__(self, name: str | None = None):

@@ -137,6 +137,11 @@ class Layer:
     fresh_input_grad = False
     may_overwrite_input = False
     may_overwrite_grad = False
+    #: In training, each sample's output and gradients depend on that sample alone (no batch
+    #: statistics, no random stream), so a batch may be trained in parts (``processes``).
+    #: False unless a layer says so.
+    per_sample = False
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         # A layer used on its own (the Python API) must fail with a clear DataError, not an

@@ -39,6 +39,8 @@ def _pair_text(pair) -> str:
 class Conv2d(Layer):
     """Weight (O, C/groups, kh, kw), bias (O,). padding: int, [h, w], "same" or "valid"."""
 
+    per_sample = True
+
     accepts_activation = True
     aliases = {"filters": "out_channels"}
     fresh_output = True       # y and dx are new arrays, never kept (see Layer)

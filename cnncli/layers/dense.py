@@ -16,6 +16,8 @@ from .init import check_scheme, init_bias, init_weight
 class Dense(Layer):
     """Weight (out, in), bias (out,). A (C, H, W) input is flattened in C, H, W order first."""
 
+    per_sample = True
+
     accepts_activation = True
     aliases = {"out_features": "units"}
     fresh_output = True       # y and dx are new arrays, never kept (see Layer)

@@ -14,6 +14,8 @@ from .base import Layer
 class Flatten(Layer):
     """Collapse all per-sample axes into one; free with the batch-last layout."""
 
+    per_sample = True
+
     def __init__(self, name: str | None = None):
         super().__init__(name)
         self._in_shape: tuple[int, ...] | None = None

@@ -1,0 +1,138 @@
+"""Training each batch's second half in a worker process (cnncli/processes.py): where it
+applies, that it gives the whole batch's gradients, that runs repeat bit for bit and resume
+exactly, that small batches stay here, and that a failed worker is a one-line error."""
+
+import os
+
+import numpy as np
+import pytest
+
+from cnncli import threads
+from cnncli.checkpoint import load_checkpoint
+from cnncli.losses import softmax_cross_entropy
+from cnncli.model import model_from_entries
+from cnncli.optim import SGD
+from cnncli.processes import SplitBatchModel, WorkerError, can_split, split_model
+from cnncli.train import train, train_step
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"),
+                                reason="the worker's shared memory needs memfd_create (Linux)")
+
+SHAPE = (2, 8, 8)
+LAYERS = [
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "activation": "relu"},
+    {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "activation": "tanh"},
+    {"type": "flatten"},
+    {"type": "dense", "units": 5},
+]
+
+
+def _model(layers=LAYERS, shape=SHAPE, dtype=np.float32):
+    return model_from_entries(shape, layers, dtype=dtype, seed=3)
+
+
+def _batch(n, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n,) + SHAPE).astype(dtype), rng.integers(0, 5, size=n)
+
+
+def test_only_small_per_sample_networks_split_and_only_on_two_threads(two_threads):
+    model = _model()
+    assert can_split(model, 64) and not can_split(model, 63)
+    assert not can_split(_model(LAYERS[:-1] + [{"type": "dropout"}, LAYERS[-1]]), 64)
+    assert not can_split(_model([{"type": "batchnorm2d"}] + LAYERS), 64)
+    big = [{"type": "conv2d", "out_channels": 64, "kernel_size": 3}, {"type": "flatten"},
+           {"type": "dense", "units": 5}]
+    assert not can_split(_model(big, (16, 32, 32)), 64)  # its conv splits its own work
+    threads.set_threads(1)
+    assert not can_split(model, 64) and split_model(model, 64) is None
+
+
+def test_a_split_batch_gives_the_whole_batch_logits_and_gradients(two_threads):
+    whole, split = _model(dtype=np.float64), _model(dtype=np.float64)
+    x, y = _batch(71, np.float64)  # halves of 35 and 36 images
+    whole.zero_grad()
+    logits = whole.forward(x, train=True)
+    whole.backward(softmax_cross_entropy(logits, y)[1], need_input_grad=False)
+    with SplitBatchModel(split, 71) as stand_in:
+        stand_in.zero_grad()
+        split_logits = stand_in.forward(x, train=True)
+        stand_in.backward(softmax_cross_entropy(split_logits, y)[1], need_input_grad=False)
+    np.testing.assert_allclose(split_logits, logits, rtol=1e-12, atol=1e-14)
+    for (name, _, grad), (_, _, split_grad) in zip(whole.parameters(), split.parameters(),
+                                                   strict=True):
+        np.testing.assert_allclose(split_grad, grad, rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+def _train(model, steps, split):
+    optimizer = SGD(lr=0.05, momentum=0.9)
+    stand_in = split_model(model, 64) if split else None
+    try:
+        for step in range(steps):
+            train_step(stand_in or model, optimizer, *_batch(64, seed=step))
+    finally:
+        if stand_in is not None:
+            stand_in.close()
+    return model.state_dict()
+
+
+def test_split_training_repeats_bit_for_bit_and_matches_one_process_to_rounding(two_threads):
+    first, again = _train(_model(), 6, split=True), _train(_model(), 6, split=True)
+    alone = _train(_model(), 6, split=False)
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key], err_msg=key)
+        np.testing.assert_allclose(first[key], alone[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_small_batches_stay_here_and_a_dead_worker_is_a_one_line_error(two_threads):
+    model = _model()
+    stand_in = SplitBatchModel(model, 64)
+    try:
+        stand_in._worker.kill()
+        stand_in._worker.wait()
+        x, y = _batch(64)
+        loss, _ = train_step(stand_in, SGD(lr=0.1), x[:40], y[:40])  # 20 + 20: not split
+        assert np.isfinite(loss)
+        with pytest.raises(WorkerError) as err:
+            train_step(stand_in, SGD(lr=0.1), x, y)
+        assert "worker process" in str(err.value) and len(str(err.value).splitlines()) == 1
+        assert "CNNCLI_THREADS=1" in str(err.value)
+    finally:
+        stand_in.close()
+
+
+def test_the_worker_reports_its_memory_and_stops_when_closed(two_threads):
+    stand_in = SplitBatchModel(_model(), 64)
+    worker = stand_in._worker
+    now, peak = stand_in.worker_memory_mb()
+    assert 0 < now <= peak
+    stand_in.close()
+    assert worker.poll() is not None
+    stand_in.close()  # twice is harmless
+
+
+def _digits_config(**train_settings):
+    return {"name": "split", "seed": 1,
+            "model": {"input_shape": [1, 8, 8], "layers": [
+                {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1,
+                 "activation": "relu"},
+                {"type": "maxpool2d", "kernel_size": 2},
+                {"type": "flatten"},
+                {"type": "dense", "units": 10}]},
+            "data": {"dataset": "digits", "val_split": 0.1, "normalize": "scale"},
+            "train": {"epochs": 4, "batch_size": 64, "optimizer": "sgd", "lr": 0.1,
+                      "momentum": 0.9, **train_settings}}
+
+
+def test_a_split_run_learns_and_resumes_bit_for_bit(two_threads, tmp_path):
+    cfg = _digits_config()
+    assert can_split(model_from_entries([1, 8, 8], cfg["model"]["layers"]), 64)
+    straight = train(cfg, out_dir=tmp_path / "straight")
+    train(cfg, out_dir=tmp_path / "cut", epochs=2)
+    train(None, resume=tmp_path / "cut", epochs=4)
+    a = load_checkpoint(tmp_path / "straight" / "last.npz").state
+    b = load_checkpoint(tmp_path / "cut" / "last.npz").state
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert straight.test["accuracy"] > 0.8
