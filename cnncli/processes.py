@@ -9,10 +9,10 @@ benchmarks/RESULTS.md). The worker's gradients are added to this process's after
 a run gives the same numbers every time; they differ from a one-process run's in the last
 bits only (a sum in a different order).
 
-It is used only where it is exact and pays: Linux (shared memory by ``memfd_create``), at
-least two cnncli threads, batches of 2 * SPLIT_MIN_IMAGES or more, every layer per-sample (no
-dropout stream, no batch statistics) and every conv small (``Model.small_convs``). Bigger
-convs split their own work over threads better.
+It is used only where it is exact and pays (``can_split``): Linux (shared memory by
+``memfd_create``), two cnncli threads, batches of 2 * SPLIT_MIN_IMAGES or more, every layer
+per-sample (no batch statistics; dropout masks are drawn here for the whole batch, so they
+are the masks a one-process run draws) and not too many weights to copy each step.
 
 The two processes share one block of memory: parameters (written here before each forward),
 the worker's gradients, its images, logits and logit gradients. They talk over the worker's
@@ -34,17 +34,26 @@ import numpy as np
 
 from . import threads
 from .errors import CnncliError
+from .layers.dropout import Dropout
 
 #: Each half of a split batch has at least this many images.
 SPLIT_MIN_IMAGES = 32
+#: Weights are copied to the worker and its gradients back every step: beyond this many
+#: parameters (16 MB in float32) that would cost more than a small network's step.
+SPLIT_MAX_PARAMETERS = 4_000_000
 
 
 def can_split(model, batch_size: int) -> bool:
-    """Whether training ``model`` at ``batch_size`` would split each batch over two processes."""
-    return (hasattr(os, "memfd_create") and threads.get_threads() >= 2
+    """Whether training ``model`` at ``batch_size`` would split each batch over two processes:
+    on Linux, with 2 cnncli threads (or more, for networks whose convs are too small to use
+    them), batches of 2 * SPLIT_MIN_IMAGES or more, per-sample layers (dropout too: its masks
+    are drawn here for the whole batch) and at most SPLIT_MAX_PARAMETERS parameters."""
+    count = threads.get_threads()
+    return (hasattr(os, "memfd_create") and count >= 2
+            and (count == 2 or model.small_convs(batch_size))
             and batch_size >= 2 * SPLIT_MIN_IMAGES
-            and all(layer.per_sample for layer in model.layers)
-            and model.small_convs(batch_size))
+            and all(layer.per_sample or isinstance(layer, Dropout) for layer in model.layers)
+            and sum(value.size for _, value, _ in model.parameters()) <= SPLIT_MAX_PARAMETERS)
 
 
 def split_model(model, batch_size: int) -> SplitBatchModel | None:
@@ -68,6 +77,11 @@ class _Layout:
         sizes["grads"] = sizes["params"]
         sizes["x"] = images * int(np.prod(model.input_shape))
         sizes["logits"] = sizes["dlogits"] = images * int(np.prod(model.output_shape))
+        #: dropout layers by index, and the per-sample shape of their masks
+        self.masks = {k: model.shapes[k] for k, layer in enumerate(model.layers)
+                      if isinstance(layer, Dropout) and layer.p > 0}
+        for k, shape in self.masks.items():
+            sizes[f"mask{k}"] = images * int(np.prod(shape))
         self.offsets, offset = {}, 0
         for key, size in sizes.items():
             self.offsets[key] = (offset, size)
@@ -82,6 +96,8 @@ class _Layout:
         views["x"] = views["x"].reshape((self.images,) + tuple(self.input_shape))
         for key in ("logits", "dlogits"):
             views[key] = views[key].reshape((self.images,) + tuple(self.output_shape))
+        for k, shape in self.masks.items():  # the internal batch-last layout
+            views[f"mask{k}"] = views[f"mask{k}"].reshape(tuple(shape) + (self.images,))
         return views
 
     def per_param(self, flat: np.ndarray) -> list[np.ndarray]:
@@ -139,6 +155,10 @@ class SplitBatchModel:
         for shared, (_, value, _) in zip(self._params, self.model.parameters(), strict=True):
             shared[...] = value
         self._views["x"][:rest] = x[half:]
+        for k in self._layout.masks:  # the whole batch's masks, from this process's streams
+            mask = self.model.layers[k].draw_mask(self.model.shapes[k] + (n,), self.model.dtype)
+            self.model.layers[k].use_mask(np.ascontiguousarray(mask[..., :half]))
+            self._views[f"mask{k}"][..., :rest] = mask[..., half:]
         self._send(f"forward {rest}")
         with threads.serial():  # the worker has the other core
             first = self.model.forward(x[:half], train=True)
@@ -278,6 +298,8 @@ def _serve(spec: dict) -> None:
                 for (_, value, _), shared in zip(model.parameters(), params, strict=True):
                     value[...] = shared
                 n = int(arg)
+                for k in layout.masks:
+                    model.layers[k].use_mask(np.ascontiguousarray(views[f"mask{k}"][..., :n]))
                 views["logits"][:n] = model.forward(views["x"][:n], train=True)
             elif command == "backward":
                 model.zero_grad()

@@ -37,20 +37,28 @@ def _batch(n, dtype=np.float32, seed=0):
     return rng.standard_normal((n,) + SHAPE).astype(dtype), rng.integers(0, 5, size=n)
 
 
-def test_only_small_per_sample_networks_split_and_only_on_two_threads(two_threads):
+DROPOUT = (LAYERS[:2] + [{"type": "dropout", "p": 0.2}] + LAYERS[2:-1]  # spatial and flat
+           + [{"type": "dropout", "p": 0.4}, LAYERS[-1]])
+
+
+def test_which_networks_split(two_threads):
     model = _model()
     assert can_split(model, 64) and not can_split(model, 63)
-    assert not can_split(_model(LAYERS[:-1] + [{"type": "dropout"}, LAYERS[-1]]), 64)
-    assert not can_split(_model([{"type": "batchnorm2d"}] + LAYERS), 64)
-    big = [{"type": "conv2d", "out_channels": 64, "kernel_size": 3}, {"type": "flatten"},
-           {"type": "dense", "units": 5}]
-    assert not can_split(_model(big, (16, 32, 32)), 64)  # its conv splits its own work
+    assert can_split(_model(DROPOUT), 64)  # its masks are drawn for the whole batch
+    assert not can_split(_model([{"type": "batchnorm2d"}] + LAYERS), 64)  # batch statistics
+    assert not can_split(_model([{"type": "flatten"}, {"type": "dense", "units": 40_000}]), 64)
+    big = _model([{"type": "conv2d", "out_channels": 64, "kernel_size": 3},
+                  {"type": "flatten"}, {"type": "dense", "units": 5}], (16, 32, 32))
+    assert can_split(big, 64)
+    threads.set_threads(4)  # more threads than two processes use: a big conv shares them out
+    assert not can_split(big, 64) and can_split(model, 64)
     threads.set_threads(1)
     assert not can_split(model, 64) and split_model(model, 64) is None
 
 
-def test_a_split_batch_gives_the_whole_batch_logits_and_gradients(two_threads):
-    whole, split = _model(dtype=np.float64), _model(dtype=np.float64)
+@pytest.mark.parametrize("layers", [LAYERS, DROPOUT], ids=["plain", "dropout"])
+def test_a_split_batch_gives_the_whole_batch_logits_and_gradients(two_threads, layers):
+    whole, split = _model(layers, dtype=np.float64), _model(layers, dtype=np.float64)
     x, y = _batch(71, np.float64)  # halves of 35 and 36 images
     whole.zero_grad()
     logits = whole.forward(x, train=True)
@@ -66,6 +74,7 @@ def test_a_split_batch_gives_the_whole_batch_logits_and_gradients(two_threads):
 
 
 def _train(model, steps, split):
+    """``steps`` SGD steps on fixed batches of 64; the state dict after them."""
     optimizer = SGD(lr=0.05, momentum=0.9)
     stand_in = split_model(model, 64) if split else None
     try:
@@ -77,9 +86,12 @@ def _train(model, steps, split):
     return model.state_dict()
 
 
-def test_split_training_repeats_bit_for_bit_and_matches_one_process_to_rounding(two_threads):
-    first, again = _train(_model(), 6, split=True), _train(_model(), 6, split=True)
-    alone = _train(_model(), 6, split=False)
+@pytest.mark.parametrize("layers", [LAYERS, DROPOUT], ids=["plain", "dropout"])
+def test_split_training_repeats_bit_for_bit_and_matches_one_process_to_rounding(two_threads,
+                                                                                layers):
+    first = _train(_model(layers), 6, split=True)
+    again = _train(_model(layers), 6, split=True)
+    alone = _train(_model(layers), 6, split=False)
     for key in first:
         np.testing.assert_array_equal(first[key], again[key], err_msg=key)
         np.testing.assert_allclose(first[key], alone[key], rtol=1e-4, atol=1e-6, err_msg=key)

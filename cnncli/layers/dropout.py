@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DataError
 from ..registry import register
 from .base import Layer, real_number
 
@@ -17,6 +18,7 @@ class Dropout(Layer):
         self.p = real_number("p", p, low=0.0, high=1.0, high_open=True)
         self._rng = np.random.default_rng(0)
         self._mask: np.ndarray | None = None
+        self._given_mask: np.ndarray | None = None  # for the next training forward
 
     def build(self, input_shape, rng, dtype=np.float32):
         super().build(input_shape, rng, dtype)
@@ -24,13 +26,31 @@ class Dropout(Layer):
         # and do not depend on how many numbers other layers draw later.
         self._rng = np.random.default_rng(rng.integers(2**63))
 
+    def draw_mask(self, shape, dtype) -> np.ndarray | None:
+        """The mask a training forward of an input of ``shape`` (internal layout) uses, drawn
+        from this layer's stream; None if p = 0. It holds the 1/(1-p) scale, so backward is
+        one multiply."""
+        if self.p == 0.0:
+            return None
+        dtype = np.dtype(dtype)
+        keep = self._rng.random(shape, dtype=_random_dtype(dtype)) >= self.p
+        return keep.astype(dtype) * dtype.type(1.0 / (1.0 - self.p))
+
+    def use_mask(self, mask: np.ndarray | None) -> None:
+        """Use ``mask`` (part of a mask drawn for a whole batch) in the next training forward
+        instead of drawing one: how a batch split over two processes keeps the whole batch's
+        masks (``processes``)."""
+        self._given_mask = mask
+
     def forward(self, x, train=False):
+        given, self._given_mask = self._given_mask, None
         if not train or self.p == 0.0:
             self._mask = None
             return x
-        # The mask already holds the 1/(1-p) scale, so backward is one multiply.
-        keep = self._rng.random(x.shape, dtype=_random_dtype(x.dtype)) >= self.p
-        self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._mask = given if given is not None else self.draw_mask(x.shape, x.dtype)
+        if self._mask.shape != x.shape:
+            raise DataError(f"dropout: the given mask has shape {list(self._mask.shape)}, "
+                            f"the input {list(x.shape)}")
         return x * self._mask
 
     def backward(self, dy, need_dx=True):
