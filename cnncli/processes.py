@@ -57,9 +57,14 @@ def can_split(model, batch_size: int) -> bool:
 
 
 def split_model(model, batch_size: int) -> SplitBatchModel | None:
-    """A ``SplitBatchModel`` for ``model`` (close it when done) if ``can_split``, else None:
-    then train the model itself."""
-    return SplitBatchModel(model, batch_size) if can_split(model, batch_size) else None
+    """A ``SplitBatchModel`` for ``model`` (close it when done) if ``can_split`` and the worker
+    process starts, else None: then train the model itself."""
+    if not can_split(model, batch_size):
+        return None
+    try:
+        return SplitBatchModel(model, batch_size)
+    except OSError:  # no shared memory or no process to spare: one process it is
+        return None
 
 
 class WorkerError(CnncliError):
