@@ -1,13 +1,13 @@
-"""Training a small network on two cores: the second half of each batch in a worker process.
+"""Training on two cores: the second half of each batch in a worker process.
 
-LeNet-sized layers are too small to share out over threads: every NumPy call takes the GIL,
-and the two halves of a batch on two threads ran only 3% faster than the whole batch. Two
+Small layers are too small to share out over threads: every NumPy call takes the GIL, and
+the two halves of a LeNet-5 batch on two threads ran only 3% faster than the whole batch. Two
 processes have no GIL between them: a worker process holds a copy of the network and computes
 the forward, backward and weight gradients of the batch's second half while this process
-does the first half (1.4x the whole batch's speed for LeNet-5 at batch 64 on 2 cores,
-benchmarks/RESULTS.md). The worker's gradients are added to this process's after its own, so
-a run gives the same numbers every time; they differ from a one-process run's in the last
-bits only (a sum in a different order).
+does the first half (at batch 64 on 2 cores, 1.2-1.3x the speed of the whole batch on two
+threads for LeNet-5, 1.2x for CIFAR-small; benchmarks/RESULTS.md). The worker's gradients
+are added to this process's after its own, so a run gives the same numbers every time; they
+differ from a one-process run's in the last bits only (a sum in a different order).
 
 It is used only where it is exact and pays (``can_split``): Linux (shared memory by
 ``memfd_create``), two cnncli threads, batches of 2 * SPLIT_MIN_IMAGES or more, every layer
@@ -15,8 +15,8 @@ per-sample (no batch statistics; dropout masks are drawn here for the whole batc
 are the masks a one-process run draws) and not too many weights to copy each step.
 
 The two processes share one block of memory: parameters (written here before each forward),
-the worker's gradients, its images, logits and logit gradients. They talk over the worker's
-stdin and stdout, one short line per message.
+the worker's gradients, and its images, logits, logit gradients and dropout masks. They talk
+over the worker's stdin and stdout, one short line per message.
 """
 
 from __future__ import annotations
@@ -151,9 +151,11 @@ class SplitBatchModel:
         return self.model.parameters()
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        n = len(x)
+        x = np.asarray(x)
+        n = len(x) if x.ndim else 0
         half = n // 2
-        if not train or half < SPLIT_MIN_IMAGES or n - half > self._layout.images:
+        if (not train or half < SPLIT_MIN_IMAGES or n - half > self._layout.images
+                or x.shape[1:] != tuple(self.model.input_shape)):  # the model's own checks
             self._split = None
             return self.model.forward(x, train)
         rest = n - half
@@ -165,9 +167,11 @@ class SplitBatchModel:
             self.model.layers[k].use_mask(np.ascontiguousarray(mask[..., :half]))
             self._views[f"mask{k}"][..., :rest] = mask[..., half:]
         self._send(f"forward {rest}")
-        with threads.serial():  # the worker has the other core
-            first = self.model.forward(x[:half], train=True)
-        self._reply()
+        try:
+            with threads.serial():  # the worker has the other core
+                first = self.model.forward(x[:half], train=True)
+        finally:
+            self._reply()  # even if this half failed, so that requests and replies stay paired
         self._split = (half, rest)
         return np.concatenate([first, self._views["logits"][:rest]])
 
@@ -183,9 +187,11 @@ class SplitBatchModel:
                               f"got {tuple(dlogits.shape)}")
         self._views["dlogits"][:rest] = dlogits[half:]
         self._send(f"backward {rest}")
-        with threads.serial():
-            self.model.backward(dlogits[:half], need_input_grad=False)
-        self._reply()
+        try:
+            with threads.serial():
+                self.model.backward(dlogits[:half], need_input_grad=False)
+        finally:
+            self._reply()
         for (_, _, grad), worker_grad in zip(self.model.parameters(), self._grads, strict=True):
             grad += worker_grad
         self._split = None

@@ -148,3 +148,16 @@ def test_a_split_run_learns_and_resumes_bit_for_bit(two_threads, tmp_path):
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert straight.test["accuracy"] > 0.8
+
+
+def test_bad_input_is_the_models_error_and_the_worker_stays_in_step(two_threads):
+    from cnncli.errors import DataError
+
+    model = _model()
+    with SplitBatchModel(model, 64) as stand_in:
+        x, y = _batch(64)
+        with pytest.raises(DataError, match=r"expects input of shape \(N, 2, 8, 8\)"):
+            stand_in.forward(x[:, :1], train=True)
+        loss, _ = train_step(stand_in, SGD(lr=0.1), x, y)
+        assert np.isfinite(loss)
+        assert stand_in.worker_memory_mb()[0] > 0  # replies still answer their requests
