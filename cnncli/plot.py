@@ -38,7 +38,9 @@ def read_metrics(run_dir) -> Run:
     csv_path = path / METRICS_FILE if path.is_dir() else path
     name = (path if path.is_dir() else path.parent).resolve().name or str(path)
     if not csv_path.is_file():
-        problem = "no metrics.csv in this run directory" if path.is_dir() else "no such file"
+        problem = ("not a file" if csv_path.exists()
+                   else "no metrics.csv in this run directory" if path.is_dir()
+                   else "no such file")
         raise DataError(f"{csv_path}: {problem}",
                         hint="give a run directory written by 'cnncli train'")
     try:

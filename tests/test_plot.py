@@ -57,6 +57,12 @@ def test_malformed_metrics_are_one_line_data_errors(tmp_path, text, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_metrics_csv_that_is_a_folder_is_named_as_such(tmp_path):
+    (tmp_path / "metrics.csv").mkdir()
+    with pytest.raises(DataError, match=r"metrics.csv: not a file \(give a run directory"):
+        plot.read_metrics(tmp_path)
+
+
 def test_non_utf8_metrics(tmp_path):
     (tmp_path / "metrics.csv").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(DataError, match="not a text metrics.csv"):
