@@ -35,7 +35,15 @@ def _claim_blas() -> None:
         return
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
-    os.environ.setdefault("CNNCLI_THREADS", str(os.cpu_count() or 1))
+    os.environ.setdefault("CNNCLI_THREADS", str(usable_cores()))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (``taskset`` and containers can allow fewer than the
+    machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def default_threads() -> int:

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from cnncli import threads
+from cnncli import processes, threads
 from cnncli.checkpoint import load_checkpoint
 from cnncli.losses import softmax_cross_entropy
 from cnncli.model import model_from_entries
@@ -28,6 +28,12 @@ LAYERS = [
 ]
 
 
+@pytest.fixture
+def any_size(monkeypatch):
+    """Split these tests' small networks too (the real threshold keeps them in one process)."""
+    monkeypatch.setattr(processes, "SPLIT_MIN_MACS", 0)
+
+
 def _model(layers=LAYERS, shape=SHAPE, dtype=np.float32):
     return model_from_entries(shape, layers, dtype=dtype, seed=3)
 
@@ -41,7 +47,7 @@ DROPOUT = (LAYERS[:2] + [{"type": "dropout", "p": 0.2}] + LAYERS[2:-1]  # spatia
            + [{"type": "dropout", "p": 0.4}, LAYERS[-1]])
 
 
-def test_which_networks_split(two_threads):
+def test_which_networks_split(two_threads, any_size):
     model = _model()
     assert can_split(model, 64) and not can_split(model, 63)
     assert can_split(_model(DROPOUT), 64)  # its masks are drawn for the whole batch
@@ -56,8 +62,52 @@ def test_which_networks_split(two_threads):
     assert not can_split(model, 64) and split_model(model, 64) is None
 
 
+def test_networks_too_small_to_repay_the_hand_offs_stay_in_one_process(two_threads):
+    lenet_like = _model([{"type": "conv2d", "out_channels": 6, "kernel_size": 5, "padding": 2},
+                         {"type": "maxpool2d", "kernel_size": 2}, {"type": "flatten"},
+                         {"type": "dense", "units": 10}], (1, 28, 28))
+    per_image = sum(layer.macs(shape) for layer, shape in zip(lenet_like.layers,
+                                                              lenet_like.shapes, strict=False))
+    enough = 2 * -(-processes.SPLIT_MIN_MACS // per_image)  # the smallest batch that splits
+    assert can_split(lenet_like, enough) and not can_split(lenet_like, enough - 2)
+    assert not can_split(_model(), 1024)  # 5.6 thousand multiply-adds an image
+
+
+def test_the_worker_ignores_modules_in_the_working_directory(two_threads, any_size,
+                                                            tmp_path, monkeypatch):
+    for name in ("random", "numbers", "json"):  # what python -m would import from here
+        (tmp_path / f"{name}.py").write_text("raise SystemExit('shadowed')\n")
+    (tmp_path / "cnncli.py").write_text("print('ok 1 2')\n")
+    monkeypatch.chdir(tmp_path)
+    with SplitBatchModel(_model(), 64) as stand_in:
+        loss, _ = train_step(stand_in, SGD(lr=0.1), *_batch(64))
+    assert np.isfinite(loss)
+
+
+def test_the_shared_memory_descriptor_avoids_a_closed_stdin():
+    saved = os.dup(0)
+    os.close(0)
+    try:
+        fd = processes._memfd_above_stdio("test")
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+    os.close(fd)
+    assert fd >= 3
+
+
+def test_overflow_in_the_worker_is_for_the_loss_check_even_with_warnings_as_errors(
+        two_threads, any_size, monkeypatch):
+    monkeypatch.setenv("PYTHONWARNINGS", "error")
+    with SplitBatchModel(_model(), 64) as stand_in:
+        x, y = _batch(64)
+        with np.errstate(over="ignore", invalid="ignore"):  # as the training loop runs it
+            loss, _ = train_step(stand_in, SGD(lr=0.1), x * np.float32(3e38), y)
+    assert not np.isfinite(loss)
+
+
 @pytest.mark.parametrize("layers", [LAYERS, DROPOUT], ids=["plain", "dropout"])
-def test_a_split_batch_gives_the_whole_batch_logits_and_gradients(two_threads, layers):
+def test_a_split_batch_gives_the_whole_batch_logits_and_gradients(two_threads, any_size, layers):
     whole, split = _model(layers, dtype=np.float64), _model(layers, dtype=np.float64)
     x, y = _batch(71, np.float64)  # halves of 35 and 36 images
     whole.zero_grad()
@@ -88,7 +138,7 @@ def _train(model, steps, split):
 
 @pytest.mark.parametrize("layers", [LAYERS, DROPOUT], ids=["plain", "dropout"])
 def test_split_training_repeats_bit_for_bit_and_matches_one_process_to_rounding(two_threads,
-                                                                                layers):
+                                                                                any_size, layers):
     first = _train(_model(layers), 6, split=True)
     again = _train(_model(layers), 6, split=True)
     alone = _train(_model(layers), 6, split=False)
@@ -97,7 +147,7 @@ def test_split_training_repeats_bit_for_bit_and_matches_one_process_to_rounding(
         np.testing.assert_allclose(first[key], alone[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
-def test_small_batches_stay_here_and_a_dead_worker_is_a_one_line_error(two_threads):
+def test_small_batches_stay_here_and_a_dead_worker_is_a_one_line_error(two_threads, any_size):
     model = _model()
     stand_in = SplitBatchModel(model, 64)
     try:
@@ -114,7 +164,7 @@ def test_small_batches_stay_here_and_a_dead_worker_is_a_one_line_error(two_threa
         stand_in.close()
 
 
-def test_the_worker_reports_its_memory_and_stops_when_closed(two_threads):
+def test_the_worker_reports_its_memory_and_stops_when_closed(two_threads, any_size):
     stand_in = SplitBatchModel(_model(), 64)
     worker = stand_in._worker
     now, peak = stand_in.worker_memory_mb()
@@ -137,7 +187,7 @@ def _digits_config(**train_settings):
                       "momentum": 0.9, **train_settings}}
 
 
-def test_a_split_run_learns_and_resumes_bit_for_bit(two_threads, tmp_path):
+def test_a_split_run_learns_and_resumes_bit_for_bit(two_threads, any_size, tmp_path):
     cfg = _digits_config()
     assert can_split(model_from_entries([1, 8, 8], cfg["model"]["layers"]), 64)
     straight = train(cfg, out_dir=tmp_path / "straight")
@@ -150,7 +200,7 @@ def test_a_split_run_learns_and_resumes_bit_for_bit(two_threads, tmp_path):
     assert straight.test["accuracy"] > 0.8
 
 
-def test_bad_input_is_the_models_error_and_the_worker_stays_in_step(two_threads):
+def test_bad_input_is_the_models_error_and_the_worker_stays_in_step(two_threads, any_size):
     from cnncli.errors import DataError
 
     model = _model()
