@@ -36,6 +36,7 @@ class _Group(click.Group):
             raise _one_line(err) from None
 
     def invoke(self, ctx):
+        _reopen_closed_streams()
         try:
             return super().invoke(ctx)
         except click.UsageError as err:  # a command's arguments and options
@@ -52,6 +53,16 @@ class _Group(click.Group):
         except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and says so)
             click.echo("\ncnncli: interrupted", err=True)
             sys.exit(130)
+
+
+def _reopen_closed_streams() -> None:
+    """``cnncli ... >&-`` starts Python with sys.stdout None: write to the null device instead
+    of failing on the first print."""
+    import os
+
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (for the whole run)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

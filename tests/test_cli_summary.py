@@ -259,3 +259,13 @@ def test_json_with_another_format_is_a_usage_error():
     assert result.exit_code == 2 and result.stdout == ""
     assert "--json and --format csv ask for two formats" in result.stderr
     assert run("summary", DIGITS, "--json", "--format", "json").exit_code == 0
+
+
+def test_a_closed_stdout_is_not_a_traceback():
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "cnncli", "layers"], capture_output=False,
+                          stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert done.returncode == 0 and "Traceback" not in done.stderr
