@@ -42,7 +42,8 @@ class _Group(click.Group):
         except click.UsageError as err:  # a command's arguments and options
             raise _one_line(err) from None
         except CnncliError as err:
-            click.echo(f"cnncli: error: {err}", err=True)
+            # One line whatever a quoted user value holds (a "\r" in a YAML string, say).
+            click.echo(f"cnncli: error: {' '.join(str(err).splitlines())}", err=True)
             sys.exit(err.exit_code)
         except MemoryError as err:   # a model or batch too big for this machine
             detail = f": {err}" if str(err) else ""

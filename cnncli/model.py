@@ -40,7 +40,9 @@ def make_layers(entry: dict) -> list[Layer]:
     "did you mean" hint).
     """
     if not isinstance(entry, dict):
-        hint = f"write - {{type: {entry}}}" if isinstance(entry, str) else None
+        # Only a plain word makes a sensible suggestion (a "\r" would break the error's line).
+        hint = (f"write - {{type: {entry}}}"
+                if isinstance(entry, str) and entry.isidentifier() else None)
         raise ConfigError(f"a layer must be a mapping with a 'type:' key, got {entry!r}",
                           hint=hint)
     if "type" not in entry:

@@ -184,6 +184,9 @@ BROKEN = [
      ["layer 1: a layer must be a mapping"]),
     ("model:\n  input_shape: [1, 8, 8]\n  layers:\n    - flatten\n", 4, 7,
      ["layer 1: a layer must be a mapping", "write - {type: flatten}"]),
+    # Found by the fuzz test: no "write - {type: ...}" suggestion that breaks the line.
+    ('model:\n  input_shape: [1, 8, 8]\n  layers:\n    - "\\r"\n', 4, 7,
+     ["layer 1: a layer must be a mapping", "got '\\r'"]),
     # Values are quoted as the YAML spells them: null and true, not None and True.
     ("model:\n  input_shape: [1, 8, 8]\n  layers:\n    - {type: dense, units: null}\n",
      4, 21, ["layer 1 (dense): units must be a positive int, got null"]),
@@ -199,7 +202,7 @@ def test_broken_config_is_located(tmp_path, text, line, col, fragments):
     err = error_of(path)
     message = str(err)
     assert message.startswith(f"{path}:{line}:{col}: "), message
-    assert "\n" not in message
+    assert len(message.splitlines()) == 1, message
     for fragment in fragments:
         assert fragment in message, message
 
