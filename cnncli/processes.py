@@ -333,24 +333,26 @@ def serve(spec_json: str) -> None:
     if [[n, list(s)] for n, s in layout.param_shapes] != spec["params"]:
         raise SystemExit("the worker's network does not match its parent's")
     views = layout.views(mmap.mmap(spec["fd"], layout.nbytes))
+    params, grads = layout.per_param(views["params"]), layout.per_param(views["grads"])
     for line in sys.stdin:
         command, _, arg = line.strip().partition(" ")
         try:
             # Like the training loop around this process's half: overflow or NaN in a
             # diverging run is for the parent to detect from the loss, not a worker failure.
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                reply = _answer(command, arg, model, layout, views)
+                reply = _answer(command, arg, model, layout, views, params, grads)
             out.write("ok" + reply + "\n")
         except Exception as err:  # reported to the parent, which raises a WorkerError
             first_line = (str(err).splitlines() or [""])[0]
             out.write(f"error {type(err).__name__}: {first_line}\n")
 
 
-def _answer(command: str, arg: str, model, layout: _Layout, views: dict) -> str:
-    """Carry out one request; return the text after "ok" in the reply."""
+def _answer(command: str, arg: str, model, layout: _Layout, views: dict,
+            params: list[np.ndarray], grads: list[np.ndarray]) -> str:
+    """Carry out one request; return the text after "ok" in the reply. ``params`` and
+    ``grads`` are the shared weights and worker gradients, one view per parameter."""
     if command == "forward":
-        for (_, value, _), shared in zip(model.parameters(), layout.per_param(views["params"]),
-                                         strict=True):
+        for (_, value, _), shared in zip(model.parameters(), params, strict=True):
             value[...] = shared
         n = int(arg)
         for k in layout.masks:
@@ -359,8 +361,7 @@ def _answer(command: str, arg: str, model, layout: _Layout, views: dict) -> str:
     elif command == "backward":
         model.zero_grad()
         model.backward(views["dlogits"][:int(arg)], need_input_grad=False)
-        for (_, _, grad), shared in zip(model.parameters(), layout.per_param(views["grads"]),
-                                        strict=True):
+        for (_, _, grad), shared in zip(model.parameters(), grads, strict=True):
             shared[...] = grad
     elif command == "memory":
         return " {:.1f} {:.1f}".format(*_rss_mb())

@@ -64,16 +64,6 @@ def _serial() -> bool:
     return _threads < 2 or getattr(_inside, "busy", False)
 
 
-def _as_part(fn):
-    def run(*args):
-        _inside.busy = True
-        try:
-            return fn(*args)
-        finally:
-            _inside.busy = False
-    return run
-
-
 @contextlib.contextmanager
 def serial():
     """Work started inside the block runs on the calling thread alone (for when another
@@ -84,6 +74,13 @@ def serial():
         yield
     finally:
         _inside.busy = before
+
+
+def _as_part(fn):
+    def run(*args):
+        with serial():
+            return fn(*args)
+    return run
 
 
 def get_threads() -> int:
