@@ -65,9 +65,9 @@ def _timed(fn, steps: int, warmup: int) -> list[float]:
 
 def cnncli_runner(config: dict, x: np.ndarray, y: np.ndarray, threads: int):
     from cnncli import build_model
-    from cnncli.optim import SGD
-    from cnncli.processes import split_model
-    from cnncli.train import train_step
+    from cnncli.parallel.processes import split_model
+    from cnncli.training.optim import SGD
+    from cnncli.training.trainer import train_step
 
     model = build_model(config)
     optimizer = SGD(lr=0.01, momentum=0.9)

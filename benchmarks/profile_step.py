@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 from cnncli import build_model
-from cnncli.optim import SGD
-from cnncli.train import train_step
+from cnncli.training.optim import SGD
+from cnncli.training.trainer import train_step
 
 # (kind, module suffix, function names): cumulative time of these functions.
 KINDS = [

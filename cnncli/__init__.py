@@ -2,14 +2,15 @@
 
 import os
 
-from . import threads  # noqa: F401  (before NumPy loads: may set BLAS threads, see threads.py)
+# Before NumPy loads: may set BLAS threads (see cnncli/parallel/threads.py).
+from cnncli.parallel import threads  # noqa: F401
 
 # isort: split
 import numpy as np
 
-from . import layers  # noqa: F401  (fills the registry)
-from .errors import CheckpointError, CnncliError, ConfigError, DataError, ShapeError
-from .model import Model, model_from_entries
+from cnncli.errors import CheckpointError, CnncliError, ConfigError, DataError, ShapeError
+from cnncli.nn import layers  # noqa: F401  (fills the registry)
+from cnncli.nn.model import Model, model_from_entries
 
 __version__ = "0.1.0"
 
@@ -19,7 +20,7 @@ def build_model(config, *, dtype="float32", seed=None) -> Model:
 
     A dict is checked exactly like a file, so bad values raise ConfigError, never a traceback.
     """
-    from .config import load_config
+    from cnncli.config.loader import load_config
 
     if isinstance(config, dict):
         model_only = "model" not in config and ("layers" in config or "input_shape" in config)

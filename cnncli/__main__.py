@@ -1,3 +1,3 @@
-from .cli import main
+from cnncli.cli.app import main
 
 main()

@@ -16,7 +16,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture
 def two_threads():
     """cnncli on two threads for one test, whatever the machine's default."""
-    from cnncli import threads  # not at the top: importing cnncli before NumPy sets BLAS threads
+    from cnncli.parallel import (
+        threads,  # not at the top: importing cnncli before NumPy sets BLAS threads
+    )
 
     before = threads.get_threads()
     threads.set_threads(2)

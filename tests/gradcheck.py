@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.layers.base import from_internal, to_internal
+from cnncli.nn.layers.base import from_internal, to_internal
 
 
 def build_layer(layer, input_shape, seed=0, dtype=np.float64):

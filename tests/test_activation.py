@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cnncli.errors import ConfigError
-from cnncli.layers.activation import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Tanh, erf, sigmoid
-from cnncli.layers.base import from_internal, to_internal
-from cnncli.model import make_layers
+from cnncli.nn.layers.activation import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Tanh, erf, sigmoid
+from cnncli.nn.layers.base import from_internal, to_internal
+from cnncli.nn.model import make_layers
 
 REF = np.load(Path(__file__).parent / "fixtures" / "dense_reference.npz", allow_pickle=False)
 

@@ -11,7 +11,7 @@ import yaml
 
 import cnncli
 from cnncli import CheckpointError, CnncliError, ConfigError, DataError, build_model
-from cnncli.registry import LAYERS, layer_class
+from cnncli.nn.registry import LAYERS, layer_class
 
 DIGITS = Path(__file__).parents[1] / "configs" / "digits.yaml"
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cnncli.cli import main
+from cnncli.cli.app import main
 
 TINY = """\
 name: tiny
@@ -70,7 +70,7 @@ def test_threads_option(tiny):
     from threadpoolctl import threadpool_info
 
     before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-    from cnncli import threads
+    from cnncli.parallel import threads
 
     cnncli_before = threads.get_threads()
     result = run(tiny, "--steps", 2, "--warmup", 0, "--threads", 3, "--json")
@@ -88,8 +88,8 @@ def test_threads_option(tiny):
 
 def test_checkpoint_config_is_accepted(tiny, tmp_path):
     from cnncli import build_model
-    from cnncli.checkpoint import save_checkpoint
-    from cnncli.config import load_config
+    from cnncli.config.loader import load_config
+    from cnncli.training.checkpoint import save_checkpoint
 
     cfg = load_config(tiny)
     path = tmp_path / "tiny.npz"

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from cnncli import checkpoint as ckpt_mod
-from cnncli.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from cnncli.errors import CheckpointError
+from cnncli.training import checkpoint as ckpt_mod
+from cnncli.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 
 CONFIG = {"name": "tiny", "seed": 3,
           "model": {"input_shape": (1, 4, 4),

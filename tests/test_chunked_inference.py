@@ -6,8 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from cnncli import threads
-from cnncli.model import CHUNK_MIN_IMAGES, model_from_entries
+from cnncli.nn.model import CHUNK_MIN_IMAGES, model_from_entries
+from cnncli.parallel import threads
 
 SMALL = [
     {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "activation": "relu"},

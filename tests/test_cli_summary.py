@@ -13,8 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 from cnncli import build_model
-from cnncli.cli import main
-from cnncli.config import load_config
+from cnncli.cli.app import main
+from cnncli.config.loader import load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DIGITS = str(CONFIGS / "digits.yaml")
@@ -144,7 +144,7 @@ def test_layers_command():
     assert data["conv2d"]["hyperparameters"]["stride"] == 1
     assert data["conv2d"]["key_aliases"] == {"filters": "out_channels"}
     assert data["relu"]["is_activation"] and data["conv2d"]["accepts_activation"]
-    from cnncli.registry import LAYERS
+    from cnncli.nn.registry import LAYERS
     assert set(data) == set(LAYERS)
     for entry in data.values():      # a whole first sentence or more, never cut at a line end
         assert entry["doc"] and "\n" not in entry["doc"], entry
@@ -152,7 +152,7 @@ def test_layers_command():
 
 
 def test_summary_of_a_checkpoint(tmp_path):
-    from cnncli.checkpoint import save_checkpoint
+    from cnncli.training.checkpoint import save_checkpoint
 
     cfg = load_config(DIGITS)
     model = build_model(cfg)
@@ -165,7 +165,7 @@ def test_summary_of_a_checkpoint(tmp_path):
 
 
 def test_checkpoint_with_an_input_shape_its_dense_weights_cannot_take(tmp_path):
-    from cnncli.checkpoint import save_checkpoint
+    from cnncli.training.checkpoint import save_checkpoint
 
     cfg = load_config(DIGITS)
     path = save_checkpoint(tmp_path / "last.npz", config=cfg,
@@ -184,12 +184,12 @@ def test_checkpoint_with_an_input_shape_its_dense_weights_cannot_take(tmp_path):
 
 
 def test_out_of_memory_is_one_line_not_a_traceback(monkeypatch):
-    import cnncli.summary
+    import cnncli.inspect.summary
 
     def too_big(*args, **kwargs):
         raise MemoryError("Unable to allocate 954. GiB for an array")
 
-    monkeypatch.setattr(cnncli.summary, "summarize", too_big)
+    monkeypatch.setattr(cnncli.inspect.summary, "summarize", too_big)
     result = run("summary", DIGITS)
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
@@ -222,12 +222,12 @@ def test_usage_errors_are_one_line_with_exit_2(args, says):
 
 
 def test_ctrl_c_outside_training_exits_130_in_one_line(monkeypatch):
-    import cnncli.summary
+    import cnncli.inspect.summary
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cnncli.summary, "summarize", interrupted)
+    monkeypatch.setattr(cnncli.inspect.summary, "summarize", interrupted)
     result = run("summary", DIGITS)
     assert result.exit_code == 130
     assert result.stderr.strip() == "cnncli: interrupted"

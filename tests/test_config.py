@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from cnncli import build_model
-from cnncli.config import (
+from cnncli.config.loader import (
     DEFAULTS,
     check_config,
     check_data,
@@ -115,8 +115,8 @@ def test_dump_round_trip_and_resolution_is_idempotent(name):
 
 
 def test_layer_entries_are_resolved_with_every_default():
-    from cnncli.layers.base import hyperparameters
-    from cnncli.registry import LAYERS
+    from cnncli.nn.layers.base import hyperparameters
+    from cnncli.nn.registry import LAYERS
 
     text = ("model:\n  input_shape: [1, 8, 8]\n  layers:\n"
             "    - {type: conv2d, filters: 2, kernel_size: [3, 1], activation: relu, name: c}\n"
@@ -299,7 +299,7 @@ def test_missing_file_and_directory(tmp_path):
 
 
 def test_huge_file_is_refused_before_parsing(tmp_path, monkeypatch):
-    import cnncli.config as config
+    import cnncli.config.loader as config
 
     monkeypatch.setattr(config, "MAX_FILE_BYTES", 100)
     path = write(tmp_path, MINIMAL + "#" * 200 + "\n")

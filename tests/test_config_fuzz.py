@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnncli.cli import main
+from cnncli.cli.app import main
 
 BASE = {
     "name": "fuzz",
@@ -98,8 +98,8 @@ def corrupted_text(draw):
 @st.composite
 def random_layer_stacks(draw):
     """Registered layer types with random (often wrong) values for their real hyperparameters."""
-    from cnncli.layers.base import hyperparameters
-    from cnncli.registry import LAYERS
+    from cnncli.nn.layers.base import hyperparameters
+    from cnncli.nn.registry import LAYERS
 
     hp_values = st.one_of(st.integers(-2, 6), st.lists(st.integers(-1, 4), max_size=3),
                           st.sampled_from([None, True, False, 0.5, 1.5, "same", "valid", "none",

@@ -11,11 +11,11 @@ from gradcheck import build_layer, check_layer_gradients
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnncli import kernels
 from cnncli.errors import ConfigError, ShapeError
-from cnncli.layers.base import from_internal, to_internal
-from cnncli.layers.conv import Conv2d
-from cnncli.model import make_layers
+from cnncli.nn import kernels
+from cnncli.nn.layers.base import from_internal, to_internal
+from cnncli.nn.layers.conv import Conv2d
+from cnncli.nn.model import make_layers
 
 
 def naive_conv(x, weight, bias, stride, pads, dilation, groups):

@@ -263,7 +263,7 @@ def test_every_published_file_is_pinned_by_sha256():
 def test_cli_says_what_it_downloads_once(mirror, monkeypatch, tmp_path):
     from click.testing import CliRunner
 
-    from cnncli.cli import main
+    from cnncli.cli.app import main
 
     www, _ = mirror
     _, _, sums = _fake_mnist(www)

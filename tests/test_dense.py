@@ -9,12 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cnncli.errors import ConfigError, ShapeError
-from cnncli.layers.base import from_internal, shown, to_internal
-from cnncli.layers.dense import Dense
-from cnncli.layers.init import INIT_SCHEMES, init_bias, init_weight
-from cnncli.layers.reshape import Flatten
-from cnncli.losses import softmax_cross_entropy
-from cnncli.model import make_layers, model_from_entries
+from cnncli.nn.layers.base import from_internal, shown, to_internal
+from cnncli.nn.layers.dense import Dense
+from cnncli.nn.layers.init import INIT_SCHEMES, init_bias, init_weight
+from cnncli.nn.layers.reshape import Flatten
+from cnncli.nn.losses import softmax_cross_entropy
+from cnncli.nn.model import make_layers, model_from_entries
 
 REF = np.load(Path(__file__).parent / "fixtures" / "dense_reference.npz", allow_pickle=False)
 

@@ -5,8 +5,8 @@ import pytest
 from gradcheck import build_layer, check_layer_gradients
 
 from cnncli.errors import ConfigError
-from cnncli.layers.dropout import Dropout
-from cnncli.model import make_layers, model_from_entries
+from cnncli.nn.layers.dropout import Dropout
+from cnncli.nn.model import make_layers, model_from_entries
 
 
 def _built(p, shape=(4, 5, 5), seed=0, dtype=np.float64):

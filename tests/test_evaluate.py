@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from scipy.special import log_softmax as scipy_log_softmax
 
 from cnncli.errors import DataError
-from cnncli.evaluate import classification_report, cross_entropy, top_k_indices
-from cnncli.losses import softmax_cross_entropy
+from cnncli.nn.losses import softmax_cross_entropy
+from cnncli.training.evaluate import classification_report, cross_entropy, top_k_indices
 
 
 def _logits_for(predicted, num_classes):
@@ -99,7 +99,7 @@ def trained(tmp_path_factory):
     """A run trained for 2 epochs on three separable classes of 1x4x4 images."""
     from test_train import _blobs, _config
 
-    from cnncli.train import train
+    from cnncli.training.trainer import train
 
     tmp = tmp_path_factory.mktemp("eval")
     data = _blobs(tmp / "blobs.npz")
@@ -110,13 +110,13 @@ def trained(tmp_path_factory):
 def _invoke(*args):
     from click.testing import CliRunner
 
-    from cnncli.cli import main
+    from cnncli.cli.app import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_eval_json_fields_agree_with_the_model(trained):
-    from cnncli.checkpoint import load_checkpoint
+    from cnncli.training.checkpoint import load_checkpoint
 
     result = _invoke("eval", trained / "run" / "best.npz", "--json", "--top-k", "2")
     assert result.exit_code == 0, result.output
@@ -190,7 +190,7 @@ def test_eval_other_data_uses_the_checkpoints_statistics(tmp_path):
     """--data FILE is normalised with the stored training statistics, not its own."""
     from test_train import _blobs, _config
 
-    from cnncli.train import train
+    from cnncli.training.trainer import train
 
     data = _blobs(tmp_path / "blobs.npz")
     cfg = _config(data)
@@ -214,7 +214,7 @@ def test_eval_elsewhere_of_a_run_with_a_relative_data_path_says_what_to_do(tmp_p
                                                                            monkeypatch):
     from test_train import _blobs, _config
 
-    from cnncli.train import train
+    from cnncli.training.trainer import train
 
     (tmp_path / "project").mkdir()
     _blobs(tmp_path / "project" / "blobs.npz")
@@ -234,7 +234,7 @@ def test_eval_of_the_runs_own_data_uses_the_stored_statistics(tmp_path):
     """Training images changed after training: the test split is still normalised as trained."""
     from test_train import _blobs, _config
 
-    from cnncli.train import train
+    from cnncli.training.trainer import train
 
     data = _blobs(tmp_path / "blobs.npz")
     cfg = _config(data)
@@ -255,7 +255,7 @@ def test_eval_other_data_maps_its_classes_onto_the_checkpoints_by_name(tmp_path)
     classes, index 0 is not the checkpoint's class 0. Map by name; refuse unknown names."""
     from test_train import _blobs, _config
 
-    from cnncli.train import train
+    from cnncli.training.trainer import train
 
     data = _blobs(tmp_path / "blobs.npz")
     with np.load(data) as d:

@@ -4,7 +4,7 @@ as the config's order: outputs, input gradients and weight gradients, bit for bi
 import numpy as np
 import pytest
 
-from cnncli.model import model_from_entries
+from cnncli.nn.model import model_from_entries
 
 CONV = {"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1}
 CASES = {

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnncli import kernels
-from cnncli.layers.base import to_internal
-from cnncli.layers.conv import Conv2d
+from cnncli.nn import kernels
+from cnncli.nn.layers.base import to_internal
+from cnncli.nn.layers.conv import Conv2d
 
 
 def _grads(layer, x, dy):

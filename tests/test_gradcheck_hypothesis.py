@@ -8,8 +8,8 @@ from gradcheck import build_layer, check_layer_gradients
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnncli.layers.dropout import Dropout
-from cnncli.layers.reshape import Flatten
+from cnncli.nn.layers.dropout import Dropout
+from cnncli.nn.layers.reshape import Flatten
 
 shapes = st.one_of(st.tuples(st.integers(1, 5)),
                    st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4)))

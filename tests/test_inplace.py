@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cnncli.layers.activation import ReLU
-from cnncli.model import model_from_entries
+from cnncli.nn.layers.activation import ReLU
+from cnncli.nn.model import model_from_entries
 
 NETS = {
     "mlp": ((12,), [{"type": "dense", "units": 9, "activation": "relu"},

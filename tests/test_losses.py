@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cnncli.errors import ConfigError, DataError
-from cnncli.losses import log_softmax, softmax, softmax_cross_entropy
+from cnncli.nn.losses import log_softmax, softmax, softmax_cross_entropy
 
 REF = np.load(Path(__file__).parent / "fixtures" / "dense_reference.npz", allow_pickle=False)
 

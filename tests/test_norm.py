@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cnncli.errors import ConfigError, DataError, ShapeError
-from cnncli.layers.base import from_internal, to_internal
-from cnncli.layers.norm import BatchNorm1d, BatchNorm2d
-from cnncli.model import make_layers, model_from_entries
+from cnncli.nn.layers.base import from_internal, to_internal
+from cnncli.nn.layers.norm import BatchNorm1d, BatchNorm2d
+from cnncli.nn.model import make_layers, model_from_entries
 
 REF = np.load(Path(__file__).parent / "fixtures" / "dense_reference.npz", allow_pickle=False)
 

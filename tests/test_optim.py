@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cnncli.errors import CheckpointError, ConfigError
-from cnncli.optim import SGD, Adam, AdamW, clip_grad_norm, make_optimizer
+from cnncli.training.optim import SGD, Adam, AdamW, clip_grad_norm, make_optimizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "optim_reference.npz"
 CLASSES = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}

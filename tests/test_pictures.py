@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnncli import pictures
+from cnncli.inspect import pictures
 
 PIL = pytest.importorskip("PIL.Image")
 

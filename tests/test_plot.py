@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cnncli import plot
-from cnncli.cli import main
+from cnncli.cli.app import main
 from cnncli.errors import DataError
+from cnncli.inspect import plot
 
 HEADER = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds\n"
 

@@ -10,10 +10,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cnncli.errors import ConfigError, DataError, ShapeError
-from cnncli.layers.base import from_internal, to_internal
-from cnncli.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, LPPool2d, MaxPool2d
-from cnncli.model import make_layers, model_from_entries
-from cnncli.registry import layer_class
+from cnncli.nn.layers.base import from_internal, to_internal
+from cnncli.nn.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, LPPool2d, MaxPool2d
+from cnncli.nn.model import make_layers, model_from_entries
+from cnncli.nn.registry import layer_class
 
 REF = np.load(Path(__file__).parent / "fixtures" / "pool_reference.npz", allow_pickle=False)
 CASES = json.loads(str(REF["cases"]))

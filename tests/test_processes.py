@@ -7,13 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from cnncli import processes, threads
-from cnncli.checkpoint import load_checkpoint
-from cnncli.losses import softmax_cross_entropy
-from cnncli.model import model_from_entries
-from cnncli.optim import SGD
-from cnncli.processes import SplitBatchModel, WorkerError, can_split, split_model
-from cnncli.train import train, train_step
+from cnncli.nn.losses import softmax_cross_entropy
+from cnncli.nn.model import model_from_entries
+from cnncli.parallel import processes, threads
+from cnncli.parallel.processes import SplitBatchModel, WorkerError, can_split, split_model
+from cnncli.training.checkpoint import load_checkpoint
+from cnncli.training.optim import SGD
+from cnncli.training.trainer import train, train_step
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"),
                                 reason="the worker's shared memory needs memfd_create (Linux)")

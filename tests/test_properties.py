@@ -4,8 +4,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnncli.layers.base import to_internal
-from cnncli.model import model_from_entries
+from cnncli.nn.layers.base import to_internal
+from cnncli.nn.model import model_from_entries
 
 BLOCK = 6  # one spike per 6x6 block: its 3x3 conv response never meets a neighbour's
 

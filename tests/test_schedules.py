@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnncli.errors import ConfigError
-from cnncli.schedules import make_schedule
+from cnncli.training.schedules import make_schedule
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schedule_reference.npz"
 

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnncli import pictures, receptive
 from cnncli.errors import ConfigError, ShapeError
-from cnncli.layers.base import Layer, conv_output_size
+from cnncli.inspect import pictures, receptive
+from cnncli.nn.layers.base import Layer, conv_output_size
 
 
 class Window(Layer):
@@ -214,7 +214,7 @@ def test_receptive_picture_over_an_image_keeps_the_image_outside_the_box():
 # ---------------------------------------------------------------- real layers and the CLI
 
 def real_layers(entries, input_shape):
-    from cnncli.model import model_from_entries
+    from cnncli.nn.model import model_from_entries
 
     return model_from_entries(input_shape, entries, dtype=np.float64)
 
@@ -229,7 +229,7 @@ def real_layers(entries, input_shape):
 ])
 def test_box_is_exactly_where_the_unit_gradient_reaches(entries):
     """Positive weights and inputs: d unit / d input is nonzero inside the box and zero outside."""
-    from cnncli.layers.base import from_internal, to_internal
+    from cnncli.nn.layers.base import from_internal, to_internal
 
     model = real_layers(entries, (1, 11, 10))
     for layer in model.layers:
@@ -256,7 +256,7 @@ def test_box_is_exactly_where_the_unit_gradient_reaches(entries):
 def run_cli(*args):
     from click.testing import CliRunner
 
-    from cnncli.cli import main
+    from cnncli.cli.app import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -338,7 +338,7 @@ def contains(image, part):
 
 
 def save_ckpt(tmp_path, input_shape, entries, seed=3, normalization=None):
-    from cnncli.checkpoint import save_checkpoint
+    from cnncli.training.checkpoint import save_checkpoint
 
     model = real_layers(entries, input_shape)
     state = model.state_dict()
@@ -390,8 +390,8 @@ def test_cli_filters_rgb_and_untrained_config(tmp_path):
 def test_box_sizes_and_jumps_agree_with_the_summary(name):
     from pathlib import Path
 
-    from cnncli.config import check_config
-    from cnncli.summary import receptive_fields
+    from cnncli.config.loader import check_config
+    from cnncli.inspect.summary import receptive_fields
 
     path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
     checked = check_config(path)
@@ -403,7 +403,7 @@ def test_box_sizes_and_jumps_agree_with_the_summary(name):
 
 
 def test_cli_features_draw_the_maps_each_layer_produces(tmp_path):
-    from cnncli.checkpoint import load_checkpoint
+    from cnncli.training.checkpoint import load_checkpoint
 
     entries = [{"type": "conv2d", "out_channels": 3, "kernel_size": 1, "name": "conv1",
                 "activation": "relu"},

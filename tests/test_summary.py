@@ -10,9 +10,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnncli.config import check_text
-from cnncli.model import model_from_entries
-from cnncli.summary import receptive_fields, summarize
+from cnncli.config.loader import check_text
+from cnncli.inspect.summary import receptive_fields, summarize
+from cnncli.nn.model import model_from_entries
 
 
 def config_text(input_shape, layers, train=None) -> str:
@@ -130,8 +130,8 @@ HAND_MACS = {
 
 
 def test_hand_macs_cover_every_registered_type():
-    import cnncli.layers  # noqa: F401  (fills the registry)
-    from cnncli.registry import LAYERS
+    import cnncli.nn.layers  # noqa: F401  (fills the registry)
+    from cnncli.nn.registry import LAYERS
 
     assert set(HAND_MACS) == set(LAYERS)
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cnncli import threads
-from cnncli.model import model_from_entries
+from cnncli.nn.model import model_from_entries
+from cnncli.parallel import threads
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def _fresh_process(code: str, **env_overrides) -> str:
 
 
 PROBE = ("import os, cnncli; print(os.environ.get('OPENBLAS_NUM_THREADS'), "
-         "cnncli.threads.get_threads())")
+         "cnncli.parallel.threads.get_threads())")
 
 
 def test_import_before_numpy_puts_blas_on_one_thread_and_cnncli_on_every_core():

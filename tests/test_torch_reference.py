@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnncli.layers.base import from_internal, to_internal
-from cnncli.losses import softmax_cross_entropy
-from cnncli.model import make_layers, model_from_entries
+from cnncli.nn.layers.base import from_internal, to_internal
+from cnncli.nn.losses import softmax_cross_entropy
+from cnncli.nn.model import make_layers, model_from_entries
 
 FIXTURES = Path(__file__).parent / "fixtures" / "layer_reference.npz"
 _DATA = np.load(FIXTURES, allow_pickle=False)

@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 import yaml
 
-import cnncli.train as train_mod
+import cnncli.training.trainer as train_mod
 from cnncli import model_from_entries
-from cnncli.checkpoint import load_checkpoint
 from cnncli.errors import CheckpointError, ConfigError
-from cnncli.optim import SGD
-from cnncli.train import Callbacks, TrainingDiverged, TrainingInterrupted, train, train_step
+from cnncli.training.checkpoint import load_checkpoint
+from cnncli.training.optim import SGD
+from cnncli.training.trainer import (
+    Callbacks,
+    TrainingDiverged,
+    TrainingInterrupted,
+    train,
+    train_step,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).parent / "fixtures" / "sgd_cnn_reference.npz"
@@ -286,7 +292,7 @@ def test_small_cnn_sgd_matches_pytorch(torch_ref, run):
 # ------------------------------------------------------------------ quality bar (the slow one)
 
 def test_digits_config_reaches_97_percent(tmp_path):
-    from cnncli.config import load_config
+    from cnncli.config.loader import load_config
 
     run = train(load_config(REPO / "configs" / "digits.yaml"), out_dir=tmp_path / "digits")
     assert run.test is not None and run.test["accuracy"] >= 0.97, run.test
@@ -318,7 +324,7 @@ def _write_config(tmp_path, blobs, **train):
 def test_cli_train_prints_one_line_per_epoch_and_a_table(tmp_path, blobs):
     from click.testing import CliRunner
 
-    from cnncli.cli import main
+    from cnncli.cli.app import main
 
     config = _write_config(tmp_path, blobs)
     result = CliRunner().invoke(main, ["train", str(config), "--epochs", "2", "--out",
@@ -344,7 +350,7 @@ def test_cli_train_prints_one_line_per_epoch_and_a_table(tmp_path, blobs):
 def test_cli_train_warns_once_per_layer_that_drops_rows(tmp_path, blobs):
     from click.testing import CliRunner
 
-    from cnncli.cli import main
+    from cnncli.cli.app import main
 
     cfg = _config(blobs, epochs=1)
     cfg["model"]["layers"][:1] = [       # 4x4, kernel 3, stride 2: the last row/column unused
@@ -365,7 +371,7 @@ def test_cli_train_warns_once_per_layer_that_drops_rows(tmp_path, blobs):
 def test_cli_train_errors_point_at_the_config_key(tmp_path, blobs):
     from click.testing import CliRunner
 
-    from cnncli.cli import main
+    from cnncli.cli.app import main
 
     def error_line(cfg):
         config = tmp_path / "bad.yaml"
@@ -393,7 +399,7 @@ def test_cli_train_errors_point_at_the_config_key(tmp_path, blobs):
 def test_cli_ctrl_c_saves_and_prints_resume_command(tmp_path, blobs, monkeypatch):
     from click.testing import CliRunner
 
-    from cnncli.cli import main
+    from cnncli.cli.app import main
 
     config = _write_config(tmp_path, blobs)
     calls = []
@@ -429,7 +435,7 @@ def test_cli_ctrl_c_saves_and_prints_resume_command(tmp_path, blobs, monkeypatch
 def test_cli_unwritable_run_directory_is_one_line(tmp_path, blobs, monkeypatch):
     from click.testing import CliRunner
 
-    from cnncli.cli import main
+    from cnncli.cli.app import main
 
     config = _write_config(tmp_path, blobs)
     result = CliRunner().invoke(main, ["train", str(config), "--out", str(blobs / "run")])
@@ -447,7 +453,7 @@ def test_cli_unwritable_run_directory_is_one_line(tmp_path, blobs, monkeypatch):
 def test_cli_errors_are_one_line(tmp_path, blobs):
     from click.testing import CliRunner
 
-    from cnncli.cli import main
+    from cnncli.cli.app import main
 
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
@@ -488,7 +494,7 @@ def test_resume_with_fewer_epochs_than_trained_is_refused(tmp_path, blobs):
 def test_cli_bad_seed_is_one_line_without_a_config_location(tmp_path, blobs):
     from click.testing import CliRunner
 
-    from cnncli.cli import main
+    from cnncli.cli.app import main
 
     config = _write_config(tmp_path, blobs)
     result = CliRunner().invoke(main, ["train", str(config), "--seed", "-1",
@@ -557,7 +563,7 @@ def test_a_new_run_never_silently_replaces_an_existing_one(tmp_path, blobs):
     --overwrite replaces it, deleting the old checkpoints first so none is mistaken for new."""
     from click.testing import CliRunner
 
-    from cnncli.cli import main
+    from cnncli.cli.app import main
 
     config, out = _write_config(tmp_path, blobs), tmp_path / "run"
     assert CliRunner().invoke(main, ["train", str(config), "--epochs", "3", "--out", str(out),

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from . import download, sources
-from .batching import iterate_batches
-from .transforms import (
+from cnncli.data import download, sources
+from cnncli.data.batching import iterate_batches
+from cnncli.data.transforms import (
     as_labels,
     check_images,
     fit_normalization,
@@ -18,6 +17,7 @@ from .transforms import (
     stratified_split,
     to_nchw,
 )
+from cnncli.errors import DataError
 
 __all__ = ["Dataset", "load_dataset", "normalize", "load_inputs", "iterate_batches"]
 

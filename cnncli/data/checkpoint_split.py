@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from . import DATASETS, load_dataset, read_source
-from .transforms import as_labels, check_images, normalize, stratified_split, to_nchw
+from cnncli.data import DATASETS, load_dataset, read_source
+from cnncli.data.transforms import as_labels, check_images, normalize, stratified_split, to_nchw
+from cnncli.errors import DataError
 
 
 def _data_config(ckpt, data: str | None) -> dict:

@@ -10,8 +10,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from ..checkpoint import new_file_mode
-from ..errors import DataError
+from cnncli.errors import DataError
+from cnncli.training.checkpoint import new_file_mode
 
 TIMEOUT_SECONDS = 30
 CHUNK_BYTES = 1 << 20

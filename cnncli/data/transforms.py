@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DataError
+from cnncli.errors import DataError
 
 CHANNEL_COUNTS = (1, 2, 3, 4)
 MAX_CLASSES = 1_000_000  # a larger label is garbage, not a hint to grow the output layer

@@ -1,0 +1,1 @@
+"""Looking at a network: summary, receptive fields, rendering, plots, pictures, benchmarks."""

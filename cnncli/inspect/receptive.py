@@ -1,0 +1,134 @@
+"""The exact input box one output unit of a layer sees, from each layer's ``geometry()``.
+
+Walking back from output unit ``i`` through a layer with kernel k, stride s, left padding p and
+dilation d, its inputs are ``i*s - p .. i*s - p + d*(k-1)``; an interval [a, b] maps to
+[a*s - p, b*s - p + d*(k-1)]. Layers whose geometry is ``None`` map each position to itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cnncli.errors import ConfigError, ShapeError
+
+
+@dataclass(frozen=True)
+class ReceptiveBox:
+    """Input rows top..bottom and columns left..right (inclusive) seen by one unit."""
+
+    layer: str
+    unit: tuple[int, int]          # (y, x) in the layer's output
+    output_shape: tuple[int, ...]  # the layer's (C, H, W)
+    input_hw: tuple[int, int]
+    top: int
+    left: int
+    bottom: int
+    right: int
+    jump: tuple[int, int]          # input pixels between neighbouring units of the layer
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.bottom - self.top + 1, self.right - self.left + 1
+
+    @property
+    def clipped(self) -> tuple[int, int, int, int] | None:
+        """(top, left, bottom, right) inside the input, or None if the box misses it."""
+        h, w = self.input_hw
+        top, left = max(self.top, 0), max(self.left, 0)
+        bottom, right = min(self.bottom, h - 1), min(self.right, w - 1)
+        if top > bottom or left > right:
+            return None
+        return top, left, bottom, right
+
+    @property
+    def is_clipped(self) -> bool:
+        h, w = self.input_hw
+        return self.top < 0 or self.left < 0 or self.bottom >= h or self.right >= w
+
+    def describe(self) -> list[str]:
+        """Plain-text lines stating the box (unclipped and clipped)."""
+        h, w = self.size
+        c, oh, ow = self.output_shape
+        lines = [f"layer {self.layer} (output {c}x{oh}x{ow}), unit (y={self.unit[0]}, "
+                 f"x={self.unit[1]}): receptive field {h}x{w}, jump "
+                 f"{self.jump[0]}x{self.jump[1]}",
+                 f"  input rows {self.top}..{self.bottom}, columns {self.left}..{self.right}"
+                 f" (inclusive, input is {self.input_hw[0]}x{self.input_hw[1]})"]
+        inside = self.clipped
+        if inside is None:
+            lines.append("  the box lies entirely in the padding")
+        elif self.is_clipped:
+            t, l, b, r = inside
+            lines.append(f"  clipped by the border to rows {t}..{b}, columns {l}..{r} "
+                         f"({b - t + 1}x{r - l + 1}); the rest is padding")
+        return lines
+
+
+def layer_geometry(layer, in_shape, out_shape):
+    """``layer.geometry`` or, for a global pool without one ((C, H, W) -> (C, 1, 1)), one window
+    covering the whole input (stride = its size, as the summary counts the jump)."""
+    geometry = layer.geometry(in_shape) if len(in_shape) == 3 else None
+    if (geometry is None and len(in_shape) == 3 and len(out_shape) == 3
+            and tuple(out_shape[1:]) == (1, 1) and tuple(in_shape[1:]) != (1, 1)):
+        return (in_shape[1], in_shape[2]), (in_shape[1], in_shape[2]), (0, 0), (1, 1)
+    return geometry
+
+
+def spatial_shapes(layers, input_shape) -> list[tuple[int, ...]]:
+    """Per-sample shapes before each layer and after the last (no weights allocated)."""
+    shapes = [tuple(input_shape)]
+    for layer in layers:
+        shapes.append(tuple(layer.output_shape(shapes[-1])))
+    return shapes
+
+
+def input_box(layers, input_shape, index: int, unit=None) -> ReceptiveBox:
+    """The input box of output ``unit`` (y, x) of ``layers[index]``; default: the centre unit."""
+    shapes = spatial_shapes(layers[:index + 1], input_shape)
+    out_shape = shapes[index + 1]
+    target = layers[index]
+    if len(out_shape) != 3:
+        raise ShapeError(f"layer {target.name!r} has a flat output {list(out_shape)}; "
+                         "a receptive field needs a spatial layer",
+                         hint="pick a conv/pool layer before flatten")
+    oh, ow = out_shape[1], out_shape[2]
+    if unit is None:
+        unit = ((oh - 1) // 2, (ow - 1) // 2)
+    y, x = (int(v) for v in unit)
+    if not (0 <= y < oh and 0 <= x < ow):
+        raise ConfigError(f"--at {y},{x} is outside the {oh}x{ow} output of layer {target.name!r}",
+                          key="at", hint=f"use 0..{oh - 1},0..{ow - 1}")
+    spans = [[y, y], [x, x]]
+    jump = [1, 1]
+    for i in range(index, -1, -1):
+        layer, in_shape = layers[i], shapes[i]
+        geometry = layer_geometry(layer, in_shape, shapes[i + 1])
+        if geometry is None:
+            if tuple(shapes[i + 1]) != tuple(in_shape) or len(in_shape) != 3:
+                raise ShapeError(f"layer {layer.name!r} reshapes its input, so units after it "
+                                 "have no input box")
+            continue
+        for axis in range(2):
+            k, s, p, d = (int(part[axis]) for part in geometry)
+            lo, hi = spans[axis]
+            spans[axis] = [lo * s - p, hi * s - p + d * (k - 1)]
+            jump[axis] *= s
+    return ReceptiveBox(layer=target.name, unit=(y, x), output_shape=tuple(out_shape),
+                        input_hw=(int(input_shape[1]), int(input_shape[2])),
+                        top=spans[0][0], bottom=spans[0][1], left=spans[1][0],
+                        right=spans[1][1], jump=(jump[0], jump[1]))
+
+
+def last_spatial_index(layers, input_shape) -> int:
+    """Index of the last layer with a (C, H, W) output that is reached by spatial layers only."""
+    shapes = spatial_shapes(layers, input_shape)
+    last = None
+    for i, layer in enumerate(layers):
+        if len(shapes[i + 1]) != 3:
+            break
+        if layer_geometry(layer, shapes[i], shapes[i + 1]) is None and shapes[i + 1] != shapes[i]:
+            break
+        last = i
+    if last is None:
+        raise ShapeError("the model has no spatial layer to take a receptive field of")
+    return last

@@ -1,0 +1,187 @@
+"""Per-layer shapes, parameters, MACs, receptive fields and memory of a checked config.
+
+Pure computation on unbuilt layers (no weights are allocated); ``render.py`` draws it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from cnncli.config.loader import CheckedConfig
+
+
+@dataclass
+class LayerRow:
+    name: str
+    type: str
+    description: str
+    output_shape: list
+    params: int
+    macs: int
+    receptive_field: list
+    jump: list
+    activation_bytes: int       # bytes of this layer's output, per sample
+    buffers: int = 0            # running statistics (not parameters)
+    entry: int = 0              # the config's model.layers entry (1-based) it comes from
+
+
+@dataclass
+class Summary:
+    input_shape: list
+    layers: list
+    dtype: str
+    batch_size: int
+    optimizer: str
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    buffers: int
+    total_macs: int
+    memory: dict = field(default_factory=dict)
+
+    @property
+    def params_mb(self) -> float:
+        return self.total_params * np.dtype(self.dtype).itemsize / 2**20
+
+    def to_json(self) -> dict:
+        """The JSON form: the contract fields first, extras after."""
+        return {
+            "input_shape": list(self.input_shape),
+            "layers": [asdict(row) for row in self.layers],
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "non_trainable_params": self.non_trainable_params,
+            "buffers": self.buffers,
+            "total_macs": self.total_macs,
+            "params_mb": round(self.params_mb, 6),
+            "dtype": self.dtype,
+            "batch_size": self.batch_size,
+            "optimizer": self.optimizer,
+            "memory": dict(self.memory),
+        }
+
+
+# optimizer state arrays kept per parameter
+OPTIMIZER_SLOTS = {"sgd": 0, "sgd+momentum": 1, "adam": 2, "adamw": 2}
+
+
+def summarize(checked: CheckedConfig, *, batch_size: int = 1, dtype="float32") -> Summary:
+    """Summarise a checked config: per-layer rows, totals and a memory estimate."""
+    itemsize = np.dtype(dtype).itemsize
+    shapes = checked.shapes
+    input_shape = shapes[0]
+    fields = receptive_fields(checked.layers, shapes)
+    rows = []
+    entries = checked.entry_index or range(len(checked.layers))
+    for layer, in_shape, out_shape, (rf, jump), entry in zip(
+            checked.layers, shapes, shapes[1:], fields, entries, strict=False):
+        rows.append(LayerRow(
+            name=layer.name, type=layer.type_name, description=layer.describe() or "",
+            output_shape=[int(s) for s in out_shape], params=int(layer.num_params(in_shape)),
+            macs=int(layer.macs(in_shape)), receptive_field=list(rf), jump=list(jump),
+            activation_bytes=math.prod(out_shape) * itemsize,
+            buffers=_buffer_count(layer, in_shape), entry=int(entry) + 1))
+    trainable = sum(r.params for r in rows)
+    train = checked.config.get("train", {})
+    optimizer = train.get("optimizer", "sgd")
+    if optimizer == "sgd" and train.get("momentum", 0.0) > 0:
+        optimizer = "sgd+momentum"
+    summary = Summary(
+        input_shape=list(input_shape), layers=rows, dtype=str(np.dtype(dtype)),
+        batch_size=int(batch_size), optimizer=optimizer, total_params=trainable,
+        trainable_params=trainable, non_trainable_params=0,
+        buffers=sum(r.buffers for r in rows), total_macs=sum(r.macs for r in rows))
+    summary.memory = memory_estimate(checked, rows, batch_size, itemsize, optimizer)
+    return summary
+
+
+def receptive_fields(layers, shapes) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(receptive field [rh, rw], jump [jh, jw]) in input pixels after each layer.
+
+    r_out = r_in + (k_eff - 1) * j_in and j_out = j_in * s with k_eff = d(k-1)+1. Layers
+    without geometry keep r and j unless they shrink the map (a global pool): then they act
+    like one window over the whole map. Flat outputs (flatten, dense) see the whole input:
+    they report the input's [H, W] for both, or the receptive field and jump before them
+    where those are larger.
+    """
+    input_shape = shapes[0]
+    full = (tuple(input_shape[1:3]) if len(input_shape) == 3 else (1, int(input_shape[0])))
+    r, j = (1, 1), (1, 1)
+    out = []
+    for layer, in_shape, out_shape in zip(layers, shapes, shapes[1:], strict=False):
+        if len(out_shape) != 3 or len(in_shape) != 3:
+            # A flat unit sees the whole input, and never less than the windows before it
+            # (padding can make those reach past the border).
+            r = (max(r[0], full[0]), max(r[1], full[1]))
+            j = (max(j[0], full[0]), max(j[1], full[1]))
+        else:
+            geom = layer.geometry(in_shape)
+            if geom is not None:
+                (kh, kw), (sh, sw), _, (dh, dw) = geom
+                keff = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+                r = (r[0] + (keff[0] - 1) * j[0], r[1] + (keff[1] - 1) * j[1])
+                j = (j[0] * sh, j[1] * sw)
+            elif tuple(out_shape[1:]) != tuple(in_shape[1:]):
+                kh, kw = in_shape[1], in_shape[2]
+                r = (r[0] + (kh - 1) * j[0], r[1] + (kw - 1) * j[1])
+                j = (j[0] * kh, j[1] * kw)
+        out.append((tuple(int(v) for v in r), tuple(int(v) for v in j)))
+    return out
+
+
+def _buffer_count(layer, in_shape) -> int:
+    """Running statistics a batch norm keeps: mean and var per channel plus the batch count."""
+    if not getattr(layer, "track_running_stats", False):
+        return 0
+    channels = in_shape[0]
+    return 2 * int(channels) + 1
+
+
+def memory_estimate(checked: CheckedConfig, rows, batch_size: int, itemsize: int,
+                    optimizer: str) -> dict:
+    """Bytes for one training step at ``batch_size`` (an estimate; see docs/summary.md).
+
+    params + grads + optimizer state (0/1/2 arrays per parameter for sgd/momentum/adam),
+    forward activations (the input and every layer output, kept for backward), the backward
+    peak (two activation gradients of the largest layer alive at once) and the im2col
+    workspace of layers with weights and a kernel (C*kh*kw*H'*W' values per sample).
+    """
+    n_params = sum(r.params for r in rows)
+    params = n_params * itemsize
+    grads = params
+    opt_state = OPTIMIZER_SLOTS.get(optimizer, 2) * params
+    per_sample_inputs = math.prod(checked.shapes[0]) * itemsize
+    forward = batch_size * (per_sample_inputs + sum(r.activation_bytes for r in rows))
+    largest = max([per_sample_inputs] + [r.activation_bytes for r in rows])
+    backward = 2 * batch_size * largest
+    workspace = 0
+    for layer, in_shape, row in zip(checked.layers, checked.shapes, rows, strict=False):
+        if row.params and len(in_shape) == 3 and len(row.output_shape) == 3:
+            geom = layer.geometry(in_shape)
+            if geom is not None:
+                (kh, kw) = geom[0]
+                cols = in_shape[0] * kh * kw * row.output_shape[1] * row.output_shape[2]
+                workspace += batch_size * cols * itemsize
+    total = params + grads + opt_state + forward + backward + workspace
+    return {"params_bytes": params, "grads_bytes": grads, "optimizer_bytes": opt_state,
+            "forward_activations_bytes": forward, "backward_peak_bytes": backward,
+            "im2col_bytes": workspace, "total_bytes": total,
+            "forward_backward_bytes": forward + backward + workspace}
+
+
+def format_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def format_count(n: int) -> str:
+    """1234567 -> '1,234,567'."""
+    return f"{n:,}"

@@ -1,0 +1,1 @@
+"""The network: layers and their registry, the model that chains them, losses."""

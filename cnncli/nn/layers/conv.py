@@ -1,0 +1,346 @@
+"""2-D convolution as ``torch.nn.Conv2d``: cross-correlation with stride, padding, dilation,
+groups. On the (C, H, W, N) layout a conv is im2col (a strided view) plus one matmul."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncli.errors import ConfigError, ShapeError
+from cnncli.nn import kernels
+from cnncli.nn.layers.base import Layer, boolean, conv_output_size, int_pair, positive_int
+from cnncli.nn.layers.init import check_scheme, init_bias, init_weight
+from cnncli.nn.registry import register
+from cnncli.parallel import threads
+
+#: Split-K for the weight gradient: cut the long (H'*W'*N) axis into pieces whose im2col slice
+#: is about this many bytes, so it stays in cache (pays for few input taps, e.g. LeNet's conv1).
+SPLIT_K_BYTES = 256 * 2**10
+#: Pieces shorter than this are not worth it: with many taps BLAS blocks the product better.
+SPLIT_K_MIN = 1024
+#: Running im2col chunks on several threads pays from about this many multiply-adds per batch;
+#: computing weight and input gradients at once from a smaller size (measured on 2 cores).
+SPLIT_MIN_MACS = 30_000_000
+PAIR_MIN_MACS = 8_000_000
+#: Input gradients of layers whose im2col matrix is at most this big skip the row chunks.
+WHOLE_DCOLS_BYTES = 8 * 2**20
+
+
+def _by_group(a: np.ndarray, groups: int) -> np.ndarray:
+    """(rows, L) -> (groups, rows/groups, L) view; plain 2-D (the fast matmul path) for 1 group."""
+    if groups == 1:
+        return np.reshape(a, (a.shape[0], -1), copy=False)
+    return np.reshape(a, (groups, a.shape[0] // groups, -1), copy=False)
+
+
+def _pair_text(pair) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+
+
+@register("conv2d")
+class Conv2d(Layer):
+    """Weight (O, C/groups, kh, kw), bias (O,). padding: int, [h, w], "same" or "valid"."""
+
+    per_sample = True
+
+    accepts_activation = True
+    aliases = {"filters": "out_channels"}
+    fresh_output = True       # y and dx are new arrays, never kept (see Layer)
+    fresh_input_grad = True
+
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, in_channels=None, init="default", name: str | None = None):
+        super().__init__(name)
+        self.out_channels = positive_int("out_channels", out_channels)
+        self.kernel_size = int_pair("kernel_size", kernel_size)
+        self.stride = int_pair("stride", stride)
+        self.dilation = int_pair("dilation", dilation)
+        self.groups = positive_int("groups", groups)
+        self.bias = boolean("bias", bias)
+        self.init = check_scheme(init)
+        self.in_channels = None if in_channels is None else positive_int("in_channels",
+                                                                         in_channels)
+        self.padding = padding
+        self._pads = self._resolve_padding(padding)  # ((top, bottom), (left, right))
+        if self.out_channels % self.groups:
+            raise ConfigError(f"out_channels {self.out_channels} is not divisible by groups "
+                              f"{self.groups}", key="groups")
+        if self.in_channels is not None and self.in_channels % self.groups:
+            raise ConfigError(f"in_channels {self.in_channels} is not divisible by groups "
+                              f"{self.groups}", key="groups")
+        self._buffers = kernels.BufferPool()
+        self._x: np.ndarray | None = None       # padded input (or the input itself)
+        self._cols_kept = False                  # cols buffer still holds the last forward's
+        self._in_hw: tuple[int, int] | None = None
+
+    def _resolve_padding(self, padding):
+        if isinstance(padding, str):
+            if padding == "valid":
+                return (0, 0), (0, 0)
+            if padding != "same":
+                raise ConfigError(f"padding must be an int >= 0, [h, w], 'same' or 'valid'; "
+                                  f"got {padding!r}", key="padding")
+            if self.stride != (1, 1):
+                raise ConfigError(f"padding 'same' needs stride 1 (as in PyTorch), got stride "
+                                  f"{_pair_text(self.stride)}", key="padding",
+                                  hint="give the padding as a number instead")
+            pads = []
+            for k, d in zip(self.kernel_size, self.dilation, strict=True):
+                total = d * (k - 1)
+                pads.append((total // 2, total - total // 2))
+            return tuple(pads)
+        ph, pw = int_pair("padding", padding, minimum=0)
+        return (ph, ph), (pw, pw)
+
+    # -- shapes
+    def _channels(self, input_shape) -> int:
+        c = self.require_spatial(input_shape)[0]
+        if self.in_channels is not None and self.in_channels != c:
+            raise ShapeError(f"in_channels is {self.in_channels} but the input has {c} "
+                             f"channels", key="in_channels", hint="remove in_channels to infer it")
+        if c % self.groups:
+            raise ShapeError(f"input channels {c} are not divisible by groups {self.groups}",
+                             key="groups")
+        return c
+
+    def _out_hw(self, input_shape) -> tuple[int, int]:
+        _, h, w = self.require_spatial(input_shape)
+        out = []
+        for size, k, s, (lo, hi), d in zip((h, w), self.kernel_size, self.stride, self._pads,
+                                          self.dilation, strict=True):
+            n = conv_output_size(size, k, s, lo, hi, d)
+            if n <= 0:
+                span = d * (k - 1) + 1
+                raise ShapeError(f"kernel {_pair_text(self.kernel_size)} (dilated span {span}) "
+                                 f"is larger than the padded input {size + lo + hi} "
+                                 f"(input {h}x{w})", key="kernel_size",
+                                 hint="use a smaller kernel or more padding")
+            out.append(n)
+        return out[0], out[1]
+
+    def output_shape(self, input_shape):
+        self._channels(input_shape)
+        return (self.out_channels, *self._out_hw(input_shape))
+
+    # -- weights
+    def build(self, input_shape, rng, dtype=np.float32):
+        super().build(input_shape, rng, dtype)
+        c = self._channels(input_shape)
+        kh, kw = self.kernel_size
+        # As torch.nn.init and Keras: the weight's dims 1 and 0 times the receptive field, so
+        # groups divide fan_in (through the weight's shape) but not fan_out.
+        fan_in = c // self.groups * kh * kw
+        fan_out = self.out_channels * kh * kw
+        shape = (self.out_channels, c // self.groups, kh, kw)
+        self.params = {"weight": init_weight(rng, shape, fan_in, fan_out, self.init, self.dtype)}
+        if self.bias:
+            self.params["bias"] = init_bias(rng, self.out_channels, fan_in, self.init,
+                                            self.dtype)
+        self._buffers.clear()
+        self.zero_grad()
+
+    # -- math
+    def _padded_size(self, h, w) -> tuple[int, int]:
+        (t, b), (lft, r) = self._pads
+        return h + t + b, w + lft + r
+
+    def _chunks(self, c, out_h, out_w, n) -> list[tuple[int, int]]:
+        kh, kw = self.kernel_size
+        return kernels.row_chunks(out_h, c * kh * kw * out_w * n * self.dtype.itemsize)
+
+    def _fill_cols(self, row0, rows, out_w, role):
+        """im2col for output rows [row0, row0 + rows) into the reused buffer ``role``."""
+        c, n = self._x.shape[0], self._x.shape[3]
+        kh, kw = self.kernel_size
+        cols = self._buffers.get(role, (c * kh * kw, rows * out_w * n), self.dtype)
+        return kernels.im2col(self._x, cols, self.kernel_size, self.stride, self.dilation,
+                              out_w, row0, rows)
+
+    def _cols_elements(self, out_h, out_w, n) -> int:
+        kh, kw = self.kernel_size
+        return self._x.shape[0] * kh * kw * out_h * out_w * n
+
+    def _macs(self, out_h, out_w, n) -> int:
+        """Multiply-adds of one forward matmul over the batch."""
+        return self._cols_elements(out_h, out_w, n) * self.out_channels // self.groups
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        c, h, w, n = x.shape
+        self._in_hw = (h, w)
+        out_h, out_w = self._out_hw((c, h, w))
+        (t, _), (lft, _) = self._pads
+        if self._pads == ((0, 0), (0, 0)):
+            self._x = x
+        else:
+            xp = self._buffers.get("xpad", (c, *self._padded_size(h, w), n), self.dtype,
+                                   zero=True)
+            self._x = kernels.pad_into(xp, x, t, lft)
+        g, o = self.groups, self.out_channels
+        weight = _by_group(np.ascontiguousarray(self.params["weight"]), g)
+        # OpenBLAS multiplies some small row counts (5-7, 9, 11, 13-15) up to 2x slower than
+        # the next multiple of 4: pad the weight rows with zeros and drop those output rows.
+        padded = o if g > 1 or o <= 2 else -(-o // 4) * 4
+        if padded != o:
+            wpad = self._buffers.get("wpad", (padded, weight.shape[1]), self.dtype, zero=True)
+            wpad[:o] = weight
+            weight = wpad
+        y_all = np.empty((padded, out_h, out_w, n), self.dtype)
+        y = y_all[:o]  # still C-contiguous
+        chunks = self._chunks(c, out_h, out_w, n)
+
+        def part(lo, hi):
+            # Each thread fills its own im2col buffers; output rows do not overlap.
+            for row0, rows in chunks[lo:hi]:
+                role = f"cols{lo}" if rows == chunks[0][1] else "cols_tail"
+                cols = self._fill_cols(row0, rows, out_w, role)
+                np.matmul(weight, _by_group(cols, g),
+                          out=_by_group(y_all[:, row0:row0 + rows], g))
+
+        # Only heavy matmuls repay running chunks at once (LeNet's small convs lose by it).
+        heavy = self._macs(out_h, out_w, n) >= SPLIT_MIN_MACS
+        threads.split(part, len(chunks), threads.MIN_ELEMENTS if heavy else 0)
+        self._cols_kept = len(chunks) == 1  # then "cols0" still holds it for backward
+        if self.bias:
+            bias = self.params["bias"]
+
+            def add_bias(lo, hi):
+                y[lo:hi] += bias[lo:hi, None, None, None]
+
+            threads.split(add_bias, o, y.size)
+        return y
+
+    def backward(self, dy: np.ndarray, need_dx: bool = True):
+        dy = np.ascontiguousarray(dy)
+        _, out_h, out_w, n = dy.shape
+        if self.bias:
+            dbias = self.grads["bias"]
+
+            def add_bias_grad(lo, hi):
+                dbias[lo:hi] += dy[lo:hi].sum(axis=(1, 2, 3))
+
+            threads.split(add_bias_grad, dy.shape[0], dy.size)
+        chunks = self._chunks(self._x.shape[0], out_h, out_w, n)
+        heavy = self._macs(out_h, out_w, n) >= PAIR_MIN_MACS
+        if not need_dx:
+            self._add_weight_grad(dy, chunks)
+            return None
+        # The weight and input gradients are independent: on two threads when big enough.
+        _, dx = threads.pair(lambda: self._add_weight_grad(dy, chunks),
+                             lambda: self._input_grad(dy, chunks),
+                             threads.MIN_ELEMENTS if heavy else 0)
+        return dx
+
+    def _add_weight_grad(self, dy: np.ndarray, chunks) -> None:
+        """dW += dy @ cols.T, chunk by chunk (rebuilding cols unless forward kept them), each
+        product split along its long axis so that the pieces stay in cache (split-K)."""
+        g, (kh, kw), out_w, n = self.groups, self.kernel_size, dy.shape[2], dy.shape[3]
+        dweight = _by_group(self.grads["weight"], g)
+        for row0, rows in chunks:
+            if self._cols_kept:
+                cols = self._buffers.get("cols0", (self._x.shape[0] * kh * kw, rows * out_w * n),
+                                         self.dtype)
+            else:  # forward's buffers, whose contents it no longer needs (less memory)
+                cols = self._fill_cols(row0, rows, out_w,
+                                       "cols0" if rows == chunks[0][1] else "cols_tail")
+            cols_g = _by_group(cols, g)
+            dy_g = _by_group(dy[:, row0:row0 + rows], g)
+            length = dy_g.shape[-1]
+            step = SPLIT_K_BYTES // ((cols_g.shape[-2] + dy_g.shape[-2]) * self.dtype.itemsize)
+            step = length if step < SPLIT_K_MIN else step
+            for start in range(0, length, step):
+                piece = slice(start, start + step)
+                dweight += np.matmul(dy_g[..., piece], cols_g[..., piece].swapaxes(-1, -2))
+
+    def _input_grad(self, dy: np.ndarray, chunks) -> np.ndarray:
+        """dx: a correlation with the flipped kernel where that pays, else col2im of
+        W.T @ dy (for small layers over all rows at once: fewer, bigger adds)."""
+        if self._dx_by_correlation():
+            return self._dx_correlation(dy)
+        g, (kh, kw) = self.groups, self.kernel_size
+        _, out_h, out_w, n = dy.shape
+        weight_t = _by_group(np.ascontiguousarray(self.params["weight"]), g).swapaxes(-1, -2)
+        if self._pads == ((0, 0), (0, 0)):
+            dxp = np.zeros(self._x.shape, self.dtype)  # returned as dx, so not reused
+        else:
+            dxp = self._buffers.get("dxpad", self._x.shape, self.dtype, zero=True)
+        if self._cols_elements(out_h, out_w, n) * self.dtype.itemsize <= WHOLE_DCOLS_BYTES:
+            chunks = [(0, out_h)]
+        for row0, rows in chunks:
+            role = "dcols" if rows == chunks[0][1] else "dcols_tail"
+            dcols = self._buffers.get(role, (self._x.shape[0] * kh * kw, rows * out_w * n),
+                                      self.dtype)
+            np.matmul(weight_t, _by_group(dy[:, row0:row0 + rows], g), out=_by_group(dcols, g))
+            kernels.col2im_add(dxp, dcols, self.kernel_size, self.stride, self.dilation,
+                               out_w, row0, rows)
+        if self._pads == ((0, 0), (0, 0)):
+            return dxp
+        (t, _), (lft, _) = self._pads
+        h, w = self._in_hw
+        return dxp[:, t:t + h, lft:lft + w, :].copy()
+
+    def _dx_by_correlation(self) -> bool:
+        """Whether dx is better computed as a correlation of padded dy with the flipped
+        kernel (one forward-shaped matmul, no col2im): stride 1, no dilation or groups,
+        padding below the kernel size, and no more output than input channels (the matmul's
+        inner size O*kh*kw is then no larger than the forward's)."""
+        (kh, kw), ((t, b), (lft, r)) = self.kernel_size, self._pads
+        return (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+                and max(t, b) < kh and max(lft, r) < kw
+                and self.out_channels <= self._x.shape[0])
+
+    def _dx_correlation(self, dy: np.ndarray) -> np.ndarray:
+        """dx[c, i, j] = sum over o, a, b of W[o, c, kh-1-a, kw-1-b] * dyp[o, i+a, j+b], where
+        dyp is dy padded by kernel - 1 - padding on each side."""
+        o, out_h, out_w, n = dy.shape
+        (kh, kw), ((t, b), (lft, r)) = self.kernel_size, self._pads
+        c = self._x.shape[0]
+        h, w = self._in_hw
+        dyp = self._buffers.get("dypad", (o, out_h + 2 * kh - 2 - t - b,
+                                          out_w + 2 * kw - 2 - lft - r, n), self.dtype,
+                                zero=True)
+        kernels.pad_into(dyp, dy, kh - 1 - t, kw - 1 - lft)
+        flipped = self.params["weight"][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        flipped = np.ascontiguousarray(flipped).reshape(c, o * kh * kw)
+        dx = np.empty((c, h, w, n), self.dtype)
+        chunks = kernels.row_chunks(h, o * kh * kw * w * n * self.dtype.itemsize)
+        for row0, rows in chunks:
+            role = "dycols" if rows == chunks[0][1] else "dycols_tail"
+            cols = self._buffers.get(role, (o * kh * kw, rows * w * n), self.dtype)
+            kernels.im2col(dyp, cols, self.kernel_size, (1, 1), (1, 1), w, row0, rows)
+            np.matmul(flipped, cols, out=dx[:, row0:row0 + rows].reshape(c, rows * w * n))
+        return dx
+
+    # -- description
+    def num_params(self, input_shape=None) -> int:
+        shape = input_shape if input_shape is not None else self.input_shape
+        if shape is not None:
+            c = self._channels(shape)
+        elif self.in_channels is not None:
+            c = self.in_channels
+        else:
+            raise ShapeError("conv2d needs its input shape to count parameters",
+                             key="in_channels")
+        kh, kw = self.kernel_size
+        per_out = kh * kw * (c // self.groups) + (1 if self.bias else 0)
+        return per_out * self.out_channels
+
+    def macs(self, input_shape) -> int:
+        c = self._channels(input_shape)
+        out_h, out_w = self._out_hw(input_shape)
+        kh, kw = self.kernel_size
+        return self.out_channels * out_h * out_w * (c // self.groups) * kh * kw
+
+    def geometry(self, input_shape):
+        (t, _), (lft, _) = self._pads
+        return self.kernel_size, self.stride, (t, lft), self.dilation
+
+    def describe(self) -> str:
+        kh, kw = self.kernel_size
+        (t, b), (lft, r) = self._pads
+        pad = (f"p{_pair_text((t, lft))}" if (t, lft) == (b, r)
+               else f"p{self.padding}")
+        text = f"{kh}x{kw} s{_pair_text(self.stride)} {pad}"
+        if self.dilation != (1, 1):
+            text += f" d{_pair_text(self.dilation)}"
+        if self.groups != 1:
+            text += f" g{self.groups}"
+        return text

@@ -1,0 +1,142 @@
+"""Batch normalisation, as ``torch.nn.BatchNorm1d`` (F,) and ``BatchNorm2d`` (C, H, W)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cnncli.errors import DataError, ShapeError
+from cnncli.nn.layers.base import Layer, boolean, real_number
+from cnncli.nn.registry import register
+
+
+class _BatchNorm(Layer):
+    """Normalise each channel over every other axis (batch and space).
+
+    With the batch-last layout, (C, H, W, N) and (F, N) both reshape for free to
+    (C, M), so both variants share one implementation on a 2-D array.
+    """
+
+    spatial_rank = 0  # number of per-sample axes after the channel axis
+
+    def __init__(self, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 name: str | None = None):
+        super().__init__(name)
+        self.eps = real_number("eps", eps, low=0.0, low_open=True)
+        self.momentum = None if momentum is None else real_number("momentum", momentum,
+                                                                  low=0.0, high=1.0)
+        self.affine = boolean("affine", affine)
+        self.track_running_stats = boolean("track_running_stats", track_running_stats)
+        self._cache = None
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 1 + self.spatial_rank:
+            want = "(C, H, W)" if self.spatial_rank else "(features,)"
+            other = "batchnorm1d" if self.spatial_rank else "batchnorm2d"
+            raise ShapeError(f"{self.type_name} needs a {want} input, got shape "
+                             f"{list(input_shape)}", hint=f"use {other} here")
+        return tuple(input_shape)
+
+    def build(self, input_shape, rng, dtype=np.float32):
+        super().build(input_shape, rng, dtype)
+        channels = int(input_shape[0])
+        self.params = {}
+        if self.affine:
+            self.params = {"weight": np.ones(channels, self.dtype),
+                           "bias": np.zeros(channels, self.dtype)}
+        self.buffers = {}
+        if self.track_running_stats:
+            self.buffers = {"running_mean": np.zeros(channels, self.dtype),
+                            "running_var": np.ones(channels, self.dtype),
+                            "num_batches_tracked": np.zeros((), np.int64)}
+        self.zero_grad()
+
+    def forward(self, x, train=False):
+        shape = x.shape
+        x2 = x.reshape(shape[0], math.prod(shape[1:]))
+        count = x2.shape[1]
+        t = x.dtype.type
+        use_batch_stats = train or not self.track_running_stats
+        if use_batch_stats:
+            if train and count <= 1:
+                raise DataError(f"Expected more than 1 value per channel when training, got "
+                                f"input size {[shape[-1], *shape[:-1]]}",
+                                layer=f"'{self.name}' ({self.type_name})",
+                                hint="train with batch_size >= 2 and no final batch of 1 sample")
+            mean = x2.mean(axis=1)
+            centred = x2 - mean[:, None]
+            # Pairwise summation (mean/sum along the contiguous axis) keeps float32 close to
+            # PyTorch's double accumulation; einsum's running sum drifts by ~1e-5.
+            var = (centred * centred).mean(axis=1)
+            if train and self.track_running_stats:
+                self._update_running(mean, var, count)
+        else:
+            mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
+            var = self.buffers["running_var"].astype(x.dtype, copy=False)
+            centred = x2 - mean[:, None]
+        inv_std = 1 / np.sqrt(var + t(self.eps))
+        x_hat = centred * inv_std[:, None]
+        if self.affine:
+            y = x_hat * self.params["weight"][:, None] + self.params["bias"][:, None]
+        else:
+            y = x_hat
+        self._cache = (x_hat, inv_std, use_batch_stats, shape)
+        return y.reshape(shape)
+
+    def _update_running(self, mean, var, count):
+        tracked = self.buffers["num_batches_tracked"]
+        tracked += 1
+        # momentum None is PyTorch's cumulative moving average.
+        m = 1.0 / float(tracked) if self.momentum is None else self.momentum
+        unbiased = var * (count / (count - 1))
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        rm *= 1 - m
+        rm += m * mean
+        rv *= 1 - m
+        rv += m * unbiased
+
+    def backward(self, dy, need_dx=True):
+        x_hat, inv_std, batch_stats, shape = self._cache
+        dy2 = dy.reshape(shape[0], math.prod(shape[1:]))
+        sum_dy = dy2.sum(axis=1)
+        sum_dy_xhat = (dy2 * x_hat).sum(axis=1)
+        if self.affine:
+            self.grads["weight"] += sum_dy_xhat
+            self.grads["bias"] += sum_dy
+        if not need_dx:
+            return None
+        gamma = self.params["weight"] if self.affine else np.ones_like(inv_std)
+        scale = gamma * inv_std
+        if not batch_stats:  # eval with running stats: a fixed affine map per channel
+            return (dy2 * scale[:, None]).reshape(shape)
+        # d/dx of (x - mean) / std with batch mean and biased batch variance.
+        count = dy2.shape[1]
+        mean_dy = sum_dy / count
+        mean_dy_xhat = sum_dy_xhat / count
+        dx = (dy2 - mean_dy[:, None] - x_hat * mean_dy_xhat[:, None]) * scale[:, None]
+        return dx.reshape(shape)
+
+    def num_params(self, input_shape=None):
+        shape = input_shape if input_shape is not None else self.input_shape
+        return 2 * int(shape[0]) if self.affine and shape is not None else 0
+
+    def macs(self, input_shape):
+        return 2 * int(np.prod(input_shape, dtype=np.int64))
+
+    def describe(self):
+        return f"eps={self.eps:g}"
+
+
+@register("batchnorm2d")
+class BatchNorm2d(_BatchNorm):
+    """Per-channel normalisation of (C, H, W) activations."""
+
+    spatial_rank = 2
+
+
+@register("batchnorm1d")
+class BatchNorm1d(_BatchNorm):
+    """Per-feature normalisation of flat (F,) activations."""
+
+    spatial_rank = 0

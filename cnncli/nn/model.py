@@ -1,0 +1,328 @@
+"""The layer stack: shapes, forward, backward, and PyTorch-style state dicts."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+from collections.abc import Iterable
+
+import numpy as np
+
+from cnncli.errors import CheckpointError, ConfigError, DataError
+from cnncli.nn import registry
+from cnncli.nn.layers.activation import ReLU
+from cnncli.nn.layers.base import Layer, from_internal, hyperparameters, to_internal
+from cnncli.nn.layers.conv import Conv2d
+from cnncli.nn.layers.pool import GlobalMaxPool2d, MaxPool2d
+from cnncli.parallel import threads
+
+_EMPTY = inspect.Parameter.empty
+#: Inference of a network of small convs (each below CHUNK_MAX_MACS multiply-adds over the
+#: batch) runs the batch as one chunk per thread, each on its own copy of the layers, when
+#: every chunk has at least CHUNK_MIN_IMAGES images: LeNet-5 on 2 cores, 1.3x the images/s of
+#: the whole batch at batch 64, 1.5x at 128. Bigger convs split their own work better
+#: (CIFAR-small, batch 64: 0.85x as chunks).
+CHUNK_MIN_IMAGES = 32
+CHUNK_MAX_MACS = 64_000_000
+
+
+def layer_label(index: int, name, type_name) -> str:
+    """How errors name a layer: ``layer 3 'conv2' (conv2d)`` (1-based index)."""
+    named = f" '{name}'" if name else ""
+    kind = f" ({type_name})" if type_name else ""
+    return f"layer {index}{named}{kind}"
+
+
+def make_layers(entry: dict) -> list[Layer]:
+    """One config entry -> its layer, plus a separate activation layer for ``activation:``.
+
+    Raises ConfigError with ``key`` set to the offending key (unknown keys get a
+    "did you mean" hint).
+    """
+    if not isinstance(entry, dict):
+        # Only a plain word makes a sensible suggestion (a "\r" would break the error's line).
+        hint = (f"write - {{type: {entry}}}"
+                if isinstance(entry, str) and entry.isidentifier() else None)
+        raise ConfigError(f"a layer must be a mapping with a 'type:' key, got {entry!r}",
+                          hint=hint)
+    if "type" not in entry:
+        raise ConfigError("layer has no 'type:' key", hint="e.g. type: conv2d")
+    cls = registry.layer_class(entry["type"])
+    allowed = hyperparameters(cls)
+    kwargs, activation = {}, None
+    for key, value in entry.items():
+        if key == "type":
+            continue
+        if key == "activation" and "activation" not in allowed and _supports_activation(cls):
+            activation = value
+            continue
+        target = cls.aliases.get(key, key)
+        if target not in allowed and key != "name":
+            options = sorted(set(allowed) | set(cls.aliases) | {"name"}
+                             | ({"activation"} if _supports_activation(cls) else set()))
+            close = difflib.get_close_matches(str(key), options, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(options)
+            raise ConfigError(f"unknown key {key!r} for {cls.type_name}", key=key, hint=hint)
+        if target in kwargs:
+            raise ConfigError(f"{key!r} and {target!r} are the same setting; give one",
+                              key=key)
+        kwargs[target] = value
+    missing = [k for k, d in allowed.items() if d is _EMPTY and k not in kwargs]
+    if missing:
+        raise ConfigError(f"{cls.type_name} needs {missing[0]!r}", key="type")
+    layers = [cls(**kwargs)]
+    if activation is not None:
+        act_cls = (registry.LAYERS.get(registry.ALIASES.get(activation, activation))
+                   if isinstance(activation, str) else None)
+        if act_cls is None or not getattr(act_cls, "is_activation", False):
+            names = sorted(n for n, c in registry.LAYERS.items()
+                           if getattr(c, "is_activation", False))
+            close = (difflib.get_close_matches(activation, names, n=1)
+                     if isinstance(activation, str) else [])
+            raise ConfigError(f"activation must be one of {', '.join(names)}; "
+                              f"got {activation!r}", key="activation",
+                              hint=f"did you mean '{close[0]}'?" if close else None)
+        layers.append(act_cls())
+    return layers
+
+
+def _supports_activation(cls) -> bool:
+    return getattr(cls, "accepts_activation", False)
+
+
+def execution_order(layers: list[Layer]) -> list[int]:
+    """The order in which forward runs the layers (backward runs it in reverse): the config's,
+    except that a ReLU directly before a max pool runs after it. Max pooling commutes with the
+    non-decreasing ReLU, so outputs are the same numbers, and so are gradients: where the
+    window's maximum is positive both orders route it to its first position, elsewhere both
+    give zero. The ReLU then touches a quarter of the data (2x2 pooling)."""
+    order = list(range(len(layers)))
+    k = 0
+    while k < len(order) - 1:
+        if (type(layers[k]) is ReLU
+                and isinstance(layers[k + 1], (MaxPool2d, GlobalMaxPool2d))):
+            order[k], order[k + 1] = order[k + 1], order[k]
+            k += 2
+        else:
+            k += 1
+    return order
+
+
+class Model:
+    """A sequential stack of layers built for one input shape (C, H, W)."""
+
+    def __init__(self, layers: Iterable[Layer], input_shape, *, dtype=np.float32, seed: int = 0,
+                 labels: list[str] | None = None):
+        self.layers = list(layers)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.dtype = np.dtype(dtype)
+        self._forward_shape: tuple[int, ...] | None = None  # checked by backward
+        self._chunk_bounds: list[int] = [0]  # how the last forward split its batch
+        self._replicas: list[list[Layer]] = []  # layer copies for chunked inference
+        self.labels = labels or [layer_label(i + 1, l.name, l.type_name)
+                                 for i, l in enumerate(self.layers)]
+        _assign_names(self.layers)
+        rng = np.random.default_rng(seed)
+        self.shapes = [self.input_shape]
+        for layer, label in zip(self.layers, self.labels, strict=True):
+            try:
+                layer.build(self.shapes[-1], rng, self.dtype)
+                self.shapes.append(tuple(layer.output_shape(self.shapes[-1])))
+            except ConfigError as err:
+                raise err.located(layer=label) from None
+        self.run_order = execution_order(self.layers)
+        run = [self.layers[i] for i in self.run_order]
+        # In-place work (ReLU) is allowed only on arrays the neighbour hands over for good.
+        for prev, nxt in zip(run[:-1], run[1:], strict=True):
+            nxt.may_overwrite_input = prev.fresh_output
+            prev.may_overwrite_grad = nxt.fresh_input_grad
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.shapes[-1]
+
+    # -- math
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """NCHW batch -> logits (N, classes)."""
+        x = np.asarray(x)
+        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            dims = ", ".join(map(str, self.input_shape))
+            raise DataError(f"model expects input of shape (N, {dims}), got {tuple(x.shape)}")
+        x = x.astype(self.dtype, copy=False)
+        chunks = 1 if train else self._inference_chunks(len(x))
+        self._chunk_bounds = [len(x) * k // chunks for k in range(chunks + 1)]
+        out = (self._forward_chunks(x, self._chunk_bounds) if chunks > 1
+               else self._run(self.layers, x, train))
+        self._forward_shape = out.shape
+        return out
+
+    def _run(self, layers: list[Layer], x: np.ndarray, train: bool) -> np.ndarray:
+        h = to_internal(x)
+        for i in self.run_order:
+            h = layers[i].forward(h, train=train)
+        return from_internal(h)
+
+    def _inference_chunks(self, batch: int) -> int:
+        """How many chunks an inference batch runs as: one per thread when every chunk gets
+        CHUNK_MIN_IMAGES and every conv is small, else 1 (the whole batch)."""
+        chunks = min(threads.get_threads(), batch // CHUNK_MIN_IMAGES)
+        return chunks if chunks > 1 and self.small_convs(batch) else 1
+
+    def small_convs(self, batch: int) -> bool:
+        """Whether every conv does fewer than CHUNK_MAX_MACS multiply-adds on ``batch``
+        images: too little to share out over threads inside the layer."""
+        return all(layer.macs(shape) * batch < CHUNK_MAX_MACS
+                   for layer, shape in zip(self.layers, self.shapes, strict=False)
+                   if isinstance(layer, Conv2d))
+
+    def _forward_chunks(self, x: np.ndarray, bounds: list[int]) -> np.ndarray:
+        """Evaluation forward of x split along the batch at ``bounds``, chunk k on layer copy
+        k (their own buffers and caches, the same parameter arrays), on cnncli's threads."""
+        chunks = len(bounds) - 1
+        while len(self._replicas) < chunks - 1:
+            self._replicas.append(_replica(self.layers))
+        copies = self._copies(chunks)
+        outs: list = [None] * chunks
+
+        def part(lo, hi):
+            for k in range(lo, hi):
+                outs[k] = self._run(copies[k], x[bounds[k]:bounds[k + 1]], False)
+
+        threads.split(part, chunks, threads.MIN_ELEMENTS)
+        return np.concatenate(outs)
+
+    def _copies(self, chunks: int) -> list[list[Layer]]:
+        return [self.layers, *self._replicas][:chunks]
+
+    def backward(self, dlogits: np.ndarray, need_input_grad: bool = True):
+        """Backpropagate dL/dlogits (N, classes); accumulate parameter grads; return dL/dx.
+
+        After ``forward(x, train=False)`` this is the gradient of the evaluation (running
+        statistics, no dropout), as in PyTorch's eval mode."""
+        dlogits = np.asarray(dlogits)
+        expected = self._forward_shape
+        if expected is None:
+            raise DataError("backward needs a forward pass first")
+        if dlogits.shape != expected:
+            raise DataError(f"dlogits must have the shape of the last forward output "
+                            f"{tuple(expected)}, got {tuple(dlogits.shape)}")
+        dlogits = dlogits.astype(self.dtype, copy=False)
+        bounds = self._chunk_bounds
+        # Chunks of an inference batch went through their own layer copies, which share the
+        # parameter and gradient arrays: their backwards run one after the other.
+        dxs = [self._backward_run(layers, dlogits[lo:hi], need_input_grad)
+               for layers, lo, hi in zip(self._copies(len(bounds) - 1), bounds[:-1], bounds[1:],
+                                         strict=True)]
+        if not need_input_grad:
+            return None
+        return dxs[0] if len(dxs) == 1 else np.concatenate(dxs)
+
+    def _backward_run(self, layers: list[Layer], dlogits: np.ndarray, need_input_grad: bool):
+        g = to_internal(dlogits)
+        order = self.run_order
+        for k in range(len(order) - 1, -1, -1):
+            g = layers[order[k]].backward(g, need_dx=need_input_grad or k > 0)
+        return from_internal(g) if need_input_grad else None
+
+    def predict_logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        outs = [self.forward(x[i:i + batch_size], train=False)
+                for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0,) + self.output_shape, self.dtype)
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            layer.zero_grad()
+
+    # -- parameters
+    def parameters(self):
+        """(name, value, grad) for every trainable array, in layer order."""
+        for layer in self.layers:
+            for key, value in layer.params.items():
+                yield f"{layer.name}.{key}", value, layer.grads[key]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Weights and running statistics in PyTorch's layout: ``<layer>.weight`` etc."""
+        out = {}
+        for layer in self.layers:
+            for key, value in {**layer.params, **layer.buffers}.items():
+                out[f"{layer.name}.{key}"] = value.copy()
+        return out
+
+    def grads(self) -> dict[str, np.ndarray]:
+        return {name: grad.copy() for name, _, grad in self.parameters()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy arrays in (strict: every key present, same shapes)."""
+        expected = set()
+        for layer in self.layers:
+            for store in (layer.params, layer.buffers):
+                for key, value in store.items():
+                    full = f"{layer.name}.{key}"
+                    expected.add(full)
+                    if full not in state:
+                        raise CheckpointError(f"state dict has no {full!r}")
+                    new = np.asarray(state[full])
+                    if new.shape != value.shape:
+                        raise CheckpointError(f"{full}: shape {list(new.shape)} does not match "
+                                              f"the model's {list(value.shape)}")
+                    value[...] = new
+        extra = sorted(set(state) - expected)
+        if extra:
+            raise CheckpointError(f"state dict has unexpected key {extra[0]!r}")
+
+    def __repr__(self) -> str:
+        body = "\n".join(f"  ({l.name}): {l!r}" for l in self.layers)
+        return f"Model(input_shape={list(self.input_shape)},\n{body}\n)"
+
+
+def _replica(layers: list[Layer]) -> list[Layer]:
+    """Copies of the layers that share their parameter arrays (and running statistics) with
+    the originals but own every cache and buffer, so that both can run at once."""
+    copies = []
+    for layer in layers:
+        shared = {id(store): store for store in (layer.params, layer.grads, layer.buffers)}
+        copies.append(copy.deepcopy(layer, memo=shared))
+    return copies
+
+
+def _assign_names(layers: list[Layer]) -> None:
+    """Give unnamed layers unique, stable names: ``conv2d_1``, ``conv2d_2``, ``relu_1`` ..."""
+    taken = set()
+    for layer in layers:
+        if layer.name is not None:
+            if layer.name in taken:
+                raise ConfigError(f"two layers are named {layer.name!r}", key="name",
+                                  hint="names must be unique")
+            taken.add(layer.name)
+    counters: dict[str, int] = {}
+    for layer in layers:
+        if layer.name is None:
+            n = counters.get(layer.type_name, 0)
+            while True:
+                n += 1
+                candidate = f"{layer.type_name}_{n}"
+                if candidate not in taken:
+                    break
+            counters[layer.type_name] = n
+            layer.name = candidate
+            taken.add(candidate)
+
+
+def model_from_entries(input_shape, entries: list[dict], *, dtype=np.float32,
+                       seed: int = 0) -> Model:
+    """Build a Model from plain layer entries (the ``model.layers`` list of a config)."""
+    layers, labels = [], []
+    for index, entry in enumerate(entries, start=1):
+        type_name = entry.get("type") if isinstance(entry, dict) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        label = layer_label(index, name, type_name)
+        try:
+            made = make_layers(entry)
+        except ConfigError as err:
+            raise err.located(layer=label) from None
+        layers.extend(made)
+        labels.extend([label] * len(made))
+    if not layers:
+        raise ConfigError("model.layers is empty", key="layers")
+    return Model(layers, input_shape, dtype=dtype, seed=seed, labels=labels)

@@ -1,0 +1,43 @@
+"""The layer registry: a config's ``type:`` name -> the class that builds it."""
+
+from __future__ import annotations
+
+import difflib
+
+from cnncli.errors import ConfigError
+
+LAYERS: dict[str, type] = {}
+ALIASES: dict[str, str] = {}
+
+
+def register(name: str, *aliases: str):
+    """Class decorator: make a layer available under ``type: name`` (and its aliases)."""
+
+    def decorate(cls):
+        if name in LAYERS or name in ALIASES:
+            raise ValueError(f"layer type {name!r} is registered twice")
+        cls.type_name = name
+        LAYERS[name] = cls
+        for alias in aliases:
+            ALIASES[alias] = name
+        return cls
+
+    return decorate
+
+
+def canonical_type(name) -> str:
+    """Resolve an alias (``linear`` -> ``dense``); raise with a suggestion if unknown."""
+    if not isinstance(name, str):
+        raise ConfigError(f"layer type must be a string, got {name!r}", key="type")
+    if name in LAYERS:
+        return name
+    if name in ALIASES:
+        return ALIASES[name]
+    known = sorted(set(LAYERS) | set(ALIASES))
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "run 'cnncli layers' for the list"
+    raise ConfigError(f"unknown layer type {name!r}", key="type", hint=hint)
+
+
+def layer_class(name: str) -> type:
+    return LAYERS[canonical_type(name)]

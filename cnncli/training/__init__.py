@@ -1,0 +1,1 @@
+"""Training: the trainer and its run state, optimizers, schedules, checkpoints, evaluation."""
