@@ -6,7 +6,9 @@ import math
 
 import numpy as np
 
-from cnncli.nn.layers.base import Layer, choice, real_number
+from cnncli.checks import check_choice as choice
+from cnncli.checks import check_number as real_number
+from cnncli.nn.layers.base import Layer
 from cnncli.nn.registry import register
 from cnncli.parallel import threads
 

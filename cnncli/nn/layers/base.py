@@ -14,13 +14,12 @@ Array conventions (stated once, followed everywhere):
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
-import numbers
 
 import numpy as np
 
+from cnncli.checks import MAX_INT, check_int, is_int, shown
 from cnncli.errors import ConfigError, DataError, ShapeError
 
 
@@ -37,69 +36,24 @@ def from_internal(y: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- validators
-# Each raises ConfigError(key=...) quoting the value received, so the config
-# loader can point at the line of that key.
-
-def shown(value) -> str:
-    """A received value as the YAML file spells it (null, true), cut short if long."""
-    text = ("null" if value is None else str(value).lower() if isinstance(value, bool)
-            else repr(value))
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+# Hyperparameter checks are cnncli.checks' (one set for layers and config sections); each
+# raises ConfigError(key=...) quoting the value, so the config loader can point at its line.
 
 
 def positive_int(key: str, value, *, minimum: int = 1) -> int:
-    if not _is_int(value) or value < minimum:
-        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ConfigError(f"{key} must be {what}, got {shown(value)}", key=key)
-    return int(value)
+    what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    return check_int(key, value, low=minimum, what=what)
 
 
 def int_pair(key: str, value, *, minimum: int = 1) -> tuple[int, int]:
     """Accept an int or a [h, w] pair of ints, each >= minimum."""
-    if _is_int(value) and value >= minimum:
+    if is_int(value) and minimum <= value <= MAX_INT:
         return int(value), int(value)
     if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(_is_int(v) and v >= minimum for v in value)):
+            and all(is_int(v) and minimum <= v <= MAX_INT for v in value)):
         return int(value[0]), int(value[1])
     what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
     raise ConfigError(f"{key} must be {what} or [h, w], got {shown(value)}", key=key)
-
-
-def real_number(key: str, value, *, low=None, high=None, low_open=False,
-                high_open=False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low}, "
-        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
-        rng = f" in {lo}{hi}" if (low is not None and high is not None) else ""
-        if low is not None and high is None:
-            rng = f" {'>' if low_open else '>='} {low}"
-        raise ConfigError(f"{key} must be a finite number{rng}, got {shown(value)}", key=key)
-    return float(value)
-
-
-def boolean(key: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {shown(value)}", key=key)
-    return value
-
-
-def choice(key: str, value, options) -> str:
-    if value not in options:
-        opts = ", ".join(map(str, options))
-        close = (difflib.get_close_matches(value, [str(o) for o in options], n=1)
-                 if isinstance(value, str) else [])
-        raise ConfigError(f"{key} must be one of {opts}; got {shown(value)}", key=key,
-                          hint=f"did you mean '{close[0]}'?" if close else None)
-    return value
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int,

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnncli.checks import check_bool as boolean
 from cnncli.errors import ConfigError, ShapeError
 from cnncli.nn import kernels
-from cnncli.nn.layers.base import Layer, boolean, conv_output_size, int_pair, positive_int
+from cnncli.nn.layers.base import Layer, conv_output_size, int_pair, positive_int
 from cnncli.nn.layers.init import check_scheme, init_bias, init_weight
 from cnncli.nn.registry import register
 from cnncli.parallel import threads

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
+from cnncli.checks import check_bool as boolean
 from cnncli.errors import ShapeError
-from cnncli.nn.layers.base import Layer, boolean, positive_int
+from cnncli.nn.layers.base import Layer, positive_int
 from cnncli.nn.layers.init import check_scheme, init_bias, init_weight
 from cnncli.nn.registry import register
 

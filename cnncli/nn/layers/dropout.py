@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnncli.checks import check_number as real_number
 from cnncli.errors import DataError
-from cnncli.nn.layers.base import Layer, real_number
+from cnncli.nn.layers.base import Layer
 from cnncli.nn.registry import register
 
 

@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 
+from cnncli.checks import check_bool as boolean
+from cnncli.checks import check_number as real_number
 from cnncli.errors import DataError, ShapeError
-from cnncli.nn.layers.base import Layer, boolean, real_number
+from cnncli.nn.layers.base import Layer
 from cnncli.nn.registry import register
 
 

@@ -12,8 +12,10 @@ from functools import cached_property
 
 import numpy as np
 
+from cnncli.checks import check_bool as boolean
+from cnncli.checks import check_number as real_number
 from cnncli.errors import ConfigError, ShapeError
-from cnncli.nn.layers.base import Layer, boolean, conv_output_size, int_pair, real_number
+from cnncli.nn.layers.base import Layer, conv_output_size, int_pair
 from cnncli.nn.registry import register
 from cnncli.parallel import threads
 
