@@ -20,7 +20,7 @@ def build_model(config, *, dtype="float32", seed=None) -> Model:
 
     A dict is checked exactly like a file, so bad values raise ConfigError, never a traceback.
     """
-    from cnncli.config.loader import load_config
+    from cnncli.config import load_config
 
     if isinstance(config, dict):
         model_only = "model" not in config and ("layers" in config or "input_shape" in config)

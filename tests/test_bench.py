@@ -88,7 +88,7 @@ def test_threads_option(tiny):
 
 def test_checkpoint_config_is_accepted(tiny, tmp_path):
     from cnncli import build_model
-    from cnncli.config.loader import load_config
+    from cnncli.config import load_config
     from cnncli.training.checkpoint import save_checkpoint
 
     cfg = load_config(tiny)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from cnncli import build_model
 from cnncli.cli.app import main
-from cnncli.config.loader import load_config
+from cnncli.config import load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DIGITS = str(CONFIGS / "digits.yaml")

@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from cnncli import build_model
-from cnncli.config.loader import (
-    DEFAULTS,
+from cnncli.config import (
     check_config,
     check_data,
     dump_config,
@@ -72,14 +71,45 @@ def test_every_file_in_configs_is_valid():
 
 # ---------------------------------------------------------------- resolution
 
-def test_minimal_config_gets_every_default(tmp_path):
+DOCS_CONFIG = CONFIGS.parent / "docs" / "config.md"
+
+
+def _documented_defaults(section_title: str) -> dict:
+    """``key -> default`` of one table of docs/config.md, where the default is one literal."""
+    text = DOCS_CONFIG.read_text()
+    table = text[text.index(section_title):].split("\n\n")[1]
+    out = {}
+    for row in table.splitlines()[3:]:
+        key, _, default = (cell.strip() for cell in row.strip("|").split(" | ")[:3])
+        if default.count("`") == 2 and default.startswith("`") and default.endswith("`"):
+            out[key.strip("`")] = yaml.safe_load(default.strip("`"))
+    return out
+
+
+def test_docs_tables_are_the_schema():
+    """docs/config.md's key tables are generated from the dataclass fields, so they cannot
+    drift from the defaults and checks the code applies."""
+    from cnncli.config.reference import config_tables
+
+    text = DOCS_CONFIG.read_text()
+    for section, table in config_tables().items():
+        assert table in text, f"docs/config.md's {section} table differs from the schema"
+
+
+def test_minimal_config_gets_the_documented_defaults(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     assert cfg["name"] == "net" and cfg["seed"] == 0
-    assert cfg["data"] == DEFAULTS["data"]
+    for title, section in (("## `data:`", "data"), ("## `train:`", "train")):
+        documented = _documented_defaults(title)
+        assert len(documented) >= 6
+        for dotted, default in documented.items():
+            value = cfg[section]
+            for part in dotted.split("."):
+                value = value[part]
+            if dotted == "lr_schedule":  # a name, resolved to a mapping of that type
+                value = value["type"]
+            assert value == default, dotted
     train = cfg["train"]
-    for key, default in DEFAULTS["train"].items():
-        if key not in ("lr", "weight_decay", "lr_schedule"):
-            assert train[key] == default, key
     assert train["lr"] == 0.01 and train["weight_decay"] == 0.0
     assert train["lr_schedule"] == {"type": "constant", "warmup_epochs": 0}
 
@@ -299,7 +329,7 @@ def test_missing_file_and_directory(tmp_path):
 
 
 def test_huge_file_is_refused_before_parsing(tmp_path, monkeypatch):
-    import cnncli.config.loader as config
+    import cnncli.config.yaml_file as config
 
     monkeypatch.setattr(config, "MAX_FILE_BYTES", 100)
     path = write(tmp_path, MINIMAL + "#" * 200 + "\n")

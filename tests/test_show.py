@@ -390,7 +390,7 @@ def test_cli_filters_rgb_and_untrained_config(tmp_path):
 def test_box_sizes_and_jumps_agree_with_the_summary(name):
     from pathlib import Path
 
-    from cnncli.config.loader import check_config
+    from cnncli.config import check_config
     from cnncli.inspect.summary import receptive_fields
 
     path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"

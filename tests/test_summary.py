@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnncli.config.loader import check_text
+from cnncli.config import check_text
 from cnncli.inspect.summary import receptive_fields, summarize
 from cnncli.nn.model import model_from_entries
 

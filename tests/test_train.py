@@ -292,7 +292,7 @@ def test_small_cnn_sgd_matches_pytorch(torch_ref, run):
 # ------------------------------------------------------------------ quality bar (the slow one)
 
 def test_digits_config_reaches_97_percent(tmp_path):
-    from cnncli.config.loader import load_config
+    from cnncli.config import load_config
 
     run = train(load_config(REPO / "configs" / "digits.yaml"), out_dir=tmp_path / "digits")
     assert run.test is not None and run.test["accuracy"] >= 0.97, run.test

@@ -54,7 +54,7 @@ def _load_config(path: str) -> dict:
 
     if is_checkpoint(path):
         return load_checkpoint(path).config
-    from cnncli.config.loader import load_config
+    from cnncli.config import load_config
 
     return load_config(path)
 

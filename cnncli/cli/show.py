@@ -74,7 +74,7 @@ def _model_and_meta(path: Path):
 
 def _layer_stack(path: Path):
     """(named unbuilt layers, input shape) of a config or checkpoint: no weights allocated."""
-    from cnncli.config.loader import check_config, check_data
+    from cnncli.config import check_config, check_data
 
     if is_checkpoint(path):
         checked = check_data(_load_checkpoint(path).config, file=str(path))

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 
 from cnncli.cli.app import main
-from cnncli.config.loader import check_config, check_data, dump_config
+from cnncli.config import check_config, check_data, dump_config
 from cnncli.errors import ConfigError, ShapeError
 
 

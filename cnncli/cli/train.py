@@ -225,7 +225,7 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
         raise click.UsageError("give a CONFIG file (or --resume RUN_DIR to continue a run)")
     cfg = None
     if config is not None:
-        from cnncli.config.loader import check_config
+        from cnncli.config import check_config
 
         checked = check_config(config)
         for line in checked.warnings:     # strides that drop rows: once per layer

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from cnncli.config.loader import CheckedConfig
+from cnncli.config import CheckedConfig
 
 
 @dataclass

@@ -152,7 +152,7 @@ def _check_overrides(cfg: dict, **overrides) -> None:
     given = {k: v for k, v in overrides.items() if v is not None}
     if not given:
         return
-    from cnncli.config.loader import check_data
+    from cnncli.config import check_data
 
     try:
         check_data(cfg)

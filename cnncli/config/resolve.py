@@ -1,0 +1,537 @@
+"""Parsed YAML -> a checked, resolved ``RunConfig``, with file:line:col on every error.
+
+``check_config``/``check_text``/``check_data`` validate the whole file (keys, types, ranges,
+layers, shapes) without allocating any weights and return a ``CheckedConfig``: the resolved
+config, where each key was written, the unbuilt layers and their shapes, and located warnings.
+The rules and defaults of every key are the fields of ``cnncli.config.schema``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cnncli.checks import MAX_INT, is_int, shown
+from cnncli.config.schema import (
+    DATASETS,
+    DEFAULT_LR,
+    DEFAULT_WEIGHT_DECAY,
+    SEED_RULE,
+    AugmentConfig,
+    DataConfig,
+    EarlyStoppingConfig,
+    LayerSpec,
+    ModelConfig,
+    Rule,
+    RunConfig,
+    ScheduleConfig,
+    TrainConfig,
+    frozen_mapping,
+)
+from cnncli.config.yaml_file import (
+    find_position,
+    location_prefix,
+    parse_yaml,
+    read_config_text,
+)
+from cnncli.errors import ConfigError
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig}
+# Which section a bare key in a library error (DataError(key="path")) belongs to.
+_SECTION_OF_KEY = {**{f.name: "data" for f in dataclasses.fields(DataConfig)},
+                   **{f.name: "train" for f in dataclasses.fields(TrainConfig)},
+                   "input_shape": "model", "layers": "model"}
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass
+class CheckedConfig:
+    """A validated config: the resolved config, where each key was, and the unbuilt layers."""
+
+    run: RunConfig
+    file: str
+    locations: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)     # Layer objects, constructed, never built
+    labels: list = field(default_factory=list)     # "layer 3 'conv2' (conv2d)" per layer
+    entry_index: list = field(default_factory=list)  # config entry (0-based) of each layer
+    shapes: list = field(default_factory=list)     # input shape, then each layer's output
+    warnings: list = field(default_factory=list)   # one line each, already located
+
+    @property
+    def config(self) -> dict:
+        """The plain resolved config (what ``cnncli config`` prints and ``config.yaml`` holds)."""
+        return self.run.to_dict()
+
+    def where(self, path) -> str:
+        line, col = find_position(self.locations, path)
+        return location_prefix(self.file, line, col)
+
+    def locate(self, err):
+        """Point an unlocated error that names a config key (``key="path"``) at that key."""
+        section = _SECTION_OF_KEY.get(err.key) if isinstance(err.key, str) else None
+        if err.file is None and section is not None:
+            line, col = find_position(self.locations, (section, err.key))
+            err.located(file=self.file, line=line, column=col)
+        return err
+
+
+# ---------------------------------------------------------------- located checks
+
+class Checker:
+    """Runs the value rules and raises their errors located at the offending key."""
+
+    def __init__(self, file, locations):
+        self.file, self.locations = file, locations
+
+    def error(self, path, message, hint=None, layer=None) -> ConfigError:
+        line, col = find_position(self.locations, path)
+        return ConfigError(message, file=self.file, line=line, column=col, hint=hint,
+                           layer=layer, key=str(path[-1]) if path else None)
+
+    @staticmethod
+    def dotted(path) -> str:
+        out = ""
+        for part in path:
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+        return out
+
+    def apply(self, rule: Rule, path, value):
+        """``rule`` on ``value``, its error (if any) located at ``path``."""
+        try:
+            return rule(self.dotted(path), value)
+        except ConfigError as err:
+            raise self.error(path, err.message, hint=err.hint) from None
+
+    def mapping(self, path, value, allowed, *, required=()) -> dict:
+        name = self.dotted(path) or "the config"
+        if not isinstance(value, dict):
+            raise self.error(path, f"{name} must be a mapping of keys, got {shown(value)}")
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, list(allowed), n=1)
+                hint = (f"did you mean '{close[0]}'?" if close
+                        else "valid keys: " + ", ".join(allowed))
+                where = f" in {name}" if path else ""
+                raise self.error(path + (key,), f"unknown key {key!r}{where}", hint=hint)
+        for key in required:
+            if key not in value:
+                raise self.error(path, f"{name} needs the key {key!r}")
+        return value
+
+    def fields(self, cls, path, raw: dict, *, skip=()) -> dict:
+        """Check every key of ``raw`` that has a rule in ``cls``; returns {key: value}."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            if f.name in raw and f.name not in skip and f.metadata.get("rule") is not None:
+                out[f.name] = self.apply(f.metadata["rule"], path + (f.name,), raw[f.name])
+        return out
+
+
+def _field_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+# ---------------------------------------------------------------- sections
+
+def _run(data, ck: Checker, default_name: str) -> RunConfig:
+    ck.mapping((), data, ("name", "seed", "model", "data", "train"), required=("model",))
+    name = data.get("name", default_name)
+    if "name" in data:
+        ck.apply(Rule(lambda n, v: _string(n, v), ""), ("name",), name)
+    if not isinstance(name, str) or not RUN_NAME_RE.match(name) or len(name) > 100:
+        raise ck.error(("name",), f"name must be a plain run name (letters, digits, . _ -), "
+                                  f"got {shown(name)}", hint="it names the runs/<name>/ folder")
+    seed = ck.apply(SEED_RULE, ("seed",), data.get("seed", 0))
+    return RunConfig(name=name, seed=seed, model=_model(data["model"], ck),
+                     data=_data(data.get("data", {}), ck), train=_train(data.get("train", {}), ck))
+
+
+def _string(name, value):
+    from cnncli.checks import check_string
+
+    return check_string(name, value)
+
+
+def _model(section, ck: Checker) -> ModelConfig:
+    path = ("model",)
+    ck.mapping(path, section, ("input_shape", "layers"), required=("input_shape", "layers"))
+    shape = section["input_shape"]
+    spath = path + ("input_shape",)
+    if not isinstance(shape, list) or len(shape) not in (1, 3):
+        raise ck.error(spath, f"model.input_shape must be [C, H, W] (or [F]), got {shown(shape)}")
+    dims = tuple(ck.apply(INPUT_DIM_RULE, spath + (i,), v) for i, v in enumerate(shape))
+    if math.prod(dims) > MAX_INT:
+        raise ck.error(spath, f"model.input_shape {list(dims)} has {math.prod(dims)} values per "
+                              "sample; that is too large")
+    layers = section["layers"]
+    lpath = path + ("layers",)
+    if not isinstance(layers, list):
+        raise ck.error(lpath, f"model.layers must be a list of layers, got {shown(layers)}",
+                       hint="each item: - {type: conv2d, ...}")
+    if not layers:
+        raise ck.error(lpath, "model.layers is empty", hint="add at least one layer")
+    for i, entry in enumerate(layers):
+        try:
+            _no_huge_ints(ck, lpath + (i,), entry)
+        except ConfigError as err:
+            raise err.located(layer=_entry_label(i, entry)) from None
+    # The entries are checked and resolved into LayerSpecs with the layers (_check_layers).
+    return ModelConfig(input_shape=dims, layers=tuple(layers))
+
+
+INPUT_DIM_RULE = Rule(lambda n, v: _int_at_least_1(n, v), "int >= 1")
+
+
+def _int_at_least_1(name, value):
+    from cnncli.checks import check_int
+
+    return check_int(name, value, low=1)
+
+
+def _no_huge_ints(ck: Checker, path, value) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _no_huge_ints(ck, path + (k,), v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _no_huge_ints(ck, path + (i,), v)
+    elif is_int(value) and abs(value) > MAX_INT:
+        raise ck.error(path, f"{ck.dotted(path[-1:]) if path else 'value'} is too large: "
+                             f"{shown(value)} (at most {MAX_INT})")
+
+
+def _data(section, ck: Checker) -> DataConfig:
+    path = ("data",)
+    section = {} if section is None else section
+    ck.mapping(path, section, _field_names(DataConfig))
+    values = ck.fields(DataConfig, path, section, skip=("dataset",))
+    if "path" in section:
+        values["path"] = _data_path(section["path"], ck, path + ("path",))
+    source = values.get("path")
+    if "dataset" in section:
+        values["dataset"] = ck.apply(_field_rule(DataConfig, "dataset"), path + ("dataset",),
+                                     section["dataset"])
+        if values["dataset"] is not None and source is not None:
+            raise ck.error(path + ("dataset",), "give data.dataset or data.path, not both",
+                           hint="set dataset: null to read data.path")
+    elif source is not None:
+        values["dataset"] = None
+    if values.get("dataset", DataConfig.dataset) is None and source is None:
+        raise ck.error(path, "data needs a dataset or a path",
+                       hint=f"dataset: one of {', '.join(DATASETS)}")
+    if section.get("augment") is not None:
+        apath = path + ("augment",)
+        aug = ck.mapping(apath, section["augment"], _field_names(AugmentConfig))
+        values["augment"] = AugmentConfig(**ck.fields(AugmentConfig, apath, aug))
+    return DataConfig(**values)
+
+
+def _data_path(src, ck: Checker, path):
+    if isinstance(src, list):
+        if not src or len(src) > 2:
+            raise ck.error(path, f"data.path must be a path or a pair of paths, got {shown(src)}")
+        string = Rule(lambda n, v: _string(n, v), "")
+        return tuple(ck.apply(string, path + (i,), item) for i, item in enumerate(src))
+    return ck.apply(_field_rule(DataConfig, "cache_dir"), path, src)  # a string or null
+
+
+def _field_rule(cls, name) -> Rule:
+    return next(f.metadata["rule"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _train(section, ck: Checker) -> TrainConfig:
+    path = ("train",)
+    section = {} if section is None else section
+    ck.mapping(path, section, _field_names(TrainConfig))
+    values = ck.fields(TrainConfig, path, section)
+    opt = values.get("optimizer", TrainConfig.optimizer)
+    if values.get("lr") is None:
+        values["lr"] = DEFAULT_LR[opt]
+    if values.get("weight_decay") is None:
+        values["weight_decay"] = DEFAULT_WEIGHT_DECAY[opt]
+    if values.get("nesterov") and (opt != "sgd" or values.get("momentum", 0.0) <= 0):
+        raise ck.error(path + ("nesterov",), "nesterov needs optimizer: sgd with momentum > 0",
+                       hint="set momentum: 0.9")
+    if "momentum" in section and opt != "sgd" and values["momentum"] != 0:
+        raise ck.error(path + ("momentum",), f"momentum applies to optimizer sgd, not {opt}",
+                       hint=f"{opt} has betas: [0.9, 0.999] instead; remove momentum")
+    if "betas" in section:
+        values["betas"] = _betas(section["betas"], ck, path + ("betas",))
+    if "lr_schedule" in section:
+        values["lr_schedule"] = _schedule(section["lr_schedule"], ck,
+                                          values.get("epochs", TrainConfig.epochs))
+    if section.get("early_stopping") is not None:
+        epath = path + ("early_stopping",)
+        es = ck.mapping(epath, section["early_stopping"], _field_names(EarlyStoppingConfig))
+        values["early_stopping"] = EarlyStoppingConfig(**ck.fields(EarlyStoppingConfig, epath,
+                                                                   es))
+    return TrainConfig(**values)
+
+
+BETA_RULE = Rule(lambda n, v: _beta(n, v), "number in [0, 1)")
+
+
+def _beta(name, value):
+    from cnncli.checks import check_number
+
+    return check_number(name, value, low=0, high=1, high_open=True)
+
+
+def _betas(betas, ck: Checker, path) -> tuple[float, float]:
+    if not isinstance(betas, list) or len(betas) != 2:
+        raise ck.error(path, f"train.betas must be [beta1, beta2], got {shown(betas)}")
+    return tuple(ck.apply(BETA_RULE, path + (i,), b) for i, b in enumerate(betas))
+
+
+def _schedule(spec, ck: Checker, epochs: int) -> ScheduleConfig:
+    path = ("train", "lr_schedule")
+    kinds = ScheduleConfig.KEYS
+    type_rule = _field_rule(ScheduleConfig, "type")
+    if spec is None:
+        spec = "constant"
+    if isinstance(spec, str):
+        spec = {"type": ck.apply(type_rule, path, spec)}
+    elif isinstance(spec, dict):
+        ck.mapping(path, spec, _field_names(ScheduleConfig))
+    else:
+        raise ck.error(path, f"train.lr_schedule must be a name ({', '.join(kinds)}) or a "
+                             f"mapping with type:, got {shown(spec)}")
+    kind = ck.apply(type_rule, path + ("type",), spec.get("type", "constant"))
+    values = {"type": kind}
+    for key, default in kinds[kind].items():
+        if key == "milestones":
+            values[key] = _milestones(spec.get(key), ck, path)
+        elif key in spec:
+            values[key] = ck.apply(_field_rule(ScheduleConfig, key), path + (key,), spec[key])
+        elif default is None:
+            what = " (epochs between decays)" if key == "step_size" else ""
+            example = "step_size: 5" if key == "step_size" else "gamma: 0.9"
+            raise ck.error(path, f"lr_schedule {kind} needs {key}{what}",
+                           hint=f"e.g. {example}")
+        else:
+            values[key] = default
+    values["warmup_epochs"] = ck.apply(_field_rule(ScheduleConfig, "warmup_epochs"),
+                                       path + ("warmup_epochs",), spec.get("warmup_epochs", 0))
+    if 0 < values["warmup_epochs"] >= epochs:
+        raise ck.error(path + ("warmup_epochs",), f"warmup_epochs ({values['warmup_epochs']}) "
+                                                  f"must be less than train.epochs ({epochs})")
+    unused = sorted(set(spec) - set(values))
+    if unused:
+        raise ck.error(path + (unused[0],), f"{unused[0]!r} does not apply to lr_schedule {kind}")
+    return ScheduleConfig(**values)
+
+
+def _milestones(ms, ck: Checker, path) -> tuple[int, ...]:
+    mpath = path + ("milestones",)
+    if not isinstance(ms, list) or not ms:
+        raise ck.error(mpath, f"lr_schedule multistep needs milestones: a list of epochs, "
+                              f"got {shown(ms)}", hint="e.g. milestones: [10, 20]")
+    out = tuple(ck.apply(INPUT_DIM_RULE, mpath + (i,), m) for i, m in enumerate(ms))
+    if list(out) != sorted(set(out)):
+        raise ck.error(mpath, f"milestones must increase, got {ms}")
+    return out
+
+
+# ---------------------------------------------------------------- layers and shapes
+
+def _check_layers(checked: CheckedConfig, ck: Checker) -> None:
+    """Construct every layer (no weights) and walk output shapes; collect drop warnings."""
+    from cnncli.nn import layers as _layers  # noqa: F401  (fills the registry)
+    from cnncli.nn.model import _assign_names, make_layers
+
+    model = checked.run.model
+    lpath = ("model", "layers")
+    specs = []
+    seen_names: dict = {}
+    for i, entry in enumerate(model.layers):
+        epath = lpath + (i,)
+        name = entry.get("name") if isinstance(entry, dict) else None
+        label = _entry_label(i, entry)
+        try:
+            made = make_layers(entry)
+        except ConfigError as err:
+            raise _locate_layer_error(err, ck, epath, entry, label) from None
+        except (TypeError, ValueError, OverflowError, ArithmeticError) as err:
+            raise ck.error(epath + ("type",), f"invalid hyperparameters ({err})",
+                           layer=label) from None
+        if isinstance(name, str):
+            if name in seen_names:
+                raise ck.error(epath + ("name",), f"two layers are named {name!r} (layers "
+                                                  f"{seen_names[name] + 1} and {i + 1})",
+                               hint="names must be unique", layer=label)
+            seen_names[name] = i
+        specs.append(_layer_spec(entry))
+        checked.layers.extend(made)
+        checked.labels.extend([label] * len(made))
+        checked.entry_index.extend([i] * len(made))
+    checked.run = checked.run.replace(model=dataclasses.replace(model, layers=tuple(specs)))
+    try:
+        _assign_names(checked.layers)
+    except ConfigError as err:
+        raise err.located(file=checked.file) from None
+
+    shape = tuple(model.input_shape)
+    checked.shapes = [shape]
+    warned = set()
+    for layer, label, i in zip(checked.layers, checked.labels, checked.entry_index, strict=True):
+        epath = lpath + (i,)
+        try:
+            out = tuple(int(s) for s in layer.output_shape(shape))
+        except ConfigError as err:   # at the key it names (or its alias) if written, else type:
+            written = [epath + (k,) for k in (err.key, *(a for a, t in layer.aliases.items()
+                                                          if t == err.key))]
+            at = next((w for w in written if w in ck.locations), epath + ("type",))
+            line, col = find_position(ck.locations, at)
+            raise err.located(file=ck.file, line=line, column=col, layer=label) from None
+        except (TypeError, ValueError, OverflowError, ArithmeticError) as err:
+            raise ck.error(epath + ("type",), f"cannot take input shape {list(shape)} ({err})",
+                           layer=label) from None
+        if not out or any(s < 1 for s in out):
+            raise ck.error(epath + ("type",), f"output shape {list(out)} from input "
+                                              f"{list(shape)} is empty", layer=label)
+        drop = _dropped(layer, shape)
+        if drop and i not in warned:
+            warned.add(i)
+            checked.warnings.append(f"{checked.where(epath + ('type',))}{label}: {drop}")
+        checked.shapes.append(out)
+        shape = out
+
+
+def _layer_spec(entry: dict) -> LayerSpec:
+    """A valid layer entry resolved: canonical type and keys, every default written out."""
+    from cnncli.nn.layers.base import hyperparameters
+    from cnncli.nn.registry import layer_class
+
+    cls = layer_class(entry["type"])
+    given = {cls.aliases.get(key, key): value for key, value in entry.items()}
+    params = {key: given[key] if key in given else default
+              for key, default in hyperparameters(cls).items()}
+    activation = entry.get("activation") if "activation" not in params else None
+    return LayerSpec(type=cls.type_name, name=entry.get("name"), params=frozen_mapping(params),
+                     activation=activation)
+
+
+def _entry_label(i: int, entry) -> str:
+    """``layer 3 'conv2' (conv2d)`` for config entry ``i`` (0-based), whatever it holds."""
+    from cnncli.nn.model import layer_label
+
+    def text(key):
+        value = entry.get(key) if isinstance(entry, dict) else None
+        return value if isinstance(value, str) else None
+
+    return layer_label(i + 1, text("name"), text("type"))
+
+
+def _dropped(layer, shape) -> str | None:
+    """Text for rows/columns a strided window never reaches, or None."""
+    if len(shape) != 3 or getattr(layer, "ceil_mode", False):
+        return None
+    try:
+        geom = layer.geometry(shape)
+    except Exception:  # noqa: BLE001 - geometry is advisory here; shape errors came earlier
+        return None
+    if geom is None:
+        return None
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geom
+    parts = []
+    for size, k, s, p, d, axis in ((shape[1], kh, sh, ph, dh, "row"),
+                                   (shape[2], kw, sw, pw, dw, "column")):
+        left = (size + 2 * p - d * (k - 1) - 1) % s
+        if left:
+            parts.append(f"{left} {axis}{'s' if left > 1 else ''}")
+    if not parts:
+        return None
+    return (f"input {shape[1]}x{shape[2]} with kernel {kh}x{kw}, stride {sh}x{sw}, padding "
+            f"{ph}x{pw} drops the last {' and '.join(parts)} "
+            "(size + 2*padding - dilation*(kernel-1) - 1 is not divisible by the stride)")
+
+
+def _locate_layer_error(err: ConfigError, ck: Checker, epath, entry, label) -> ConfigError:
+    key = err.key
+    if isinstance(entry, dict) and key is not None and key not in entry:
+        from cnncli.nn.registry import LAYERS, canonical_type
+        try:
+            cls = LAYERS[canonical_type(entry.get("type"))]
+            key = next((a for a, t in cls.aliases.items() if t == key and a in entry), key)
+        except ConfigError:
+            pass
+    path = epath + (key,) if key is not None else epath
+    line, col = find_position(ck.locations, path)
+    return err.located(file=ck.file, line=line, column=col, layer=label)
+
+
+# ---------------------------------------------------------------- entry points
+
+def check_text(text: str, file="<config>", *, input_shape=None) -> CheckedConfig:
+    """Validate YAML text fully (sections, layers, shapes); ``input_shape`` overrides the file."""
+    data, locations = parse_yaml(text, file)
+    stem = Path(str(file)).stem if file != "<config>" else "run"
+    default_name = stem if RUN_NAME_RE.match(stem or "") else "run"
+    return check_data(data, file=file, locations=locations, default_name=default_name,
+                      input_shape=input_shape)
+
+
+def check_data(data, *, file="<config>", locations=None, default_name="run",
+               input_shape=None) -> CheckedConfig:
+    """Validate already-parsed config data (e.g. a checkpoint's resolved config)."""
+    if isinstance(data, RunConfig):
+        data = data.to_dict()
+    locations = locations or {}
+    ck = Checker(file, locations)
+    if isinstance(data, dict) and "model" in data and input_shape is not None:
+        data = dict(data)
+        data["model"] = dict(data["model"]) if isinstance(data["model"], dict) else data["model"]
+        if isinstance(data["model"], dict):
+            data["model"]["input_shape"] = list(input_shape)
+    checked = CheckedConfig(run=_run(data, ck, default_name), file=str(file),
+                            locations=locations)
+    _check_layers(checked, ck)
+    return checked
+
+
+def check_config(path, *, input_shape=None) -> CheckedConfig:
+    """Read and validate a config file; errors carry file:line:col."""
+    return check_text(read_config_text(path), str(path), input_shape=input_shape)
+
+
+def resolve_config(source) -> RunConfig:
+    """The resolved ``RunConfig`` of a YAML file path, of a plain dict, or of a RunConfig."""
+    if isinstance(source, RunConfig):
+        return source
+    if isinstance(source, dict):
+        return check_data(source).run
+    return check_config(source).run
+
+
+def load_config(source) -> dict:
+    """The plain resolved config (defaults filled) of a YAML file path, or of a dict."""
+    return resolve_config(source).to_dict()
+
+
+def load_config_text(text: str, file="<config>") -> dict:
+    """The plain resolved config of YAML text."""
+    return check_text(text, file).config
+
+
+def dump_config(cfg) -> str:
+    """A resolved config (RunConfig or dict) as YAML text, section order kept;
+    ``load_config_text`` reads it back."""
+    if isinstance(cfg, RunConfig):
+        cfg = cfg.to_dict()
+    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None, width=100)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
