@@ -237,7 +237,7 @@ def test_malformed_fields_of_a_foreign_npz_are_one_line(tmp_path, arrays, says):
 
 @pytest.mark.parametrize("config, says", [
     ("model: {input_shape: [1, 4, 4], layers: [{type: bogus}]}", "unknown layer type 'bogus'"),
-    ("model: {layers: []}", "unusable model config (KeyError"),
+    ("model: {layers: []}", "unusable config: model needs the key 'input_shape'"),
 ])
 def test_a_stored_config_that_builds_no_model_is_one_line(tmp_path, config, says):
     np.savez(tmp_path / "odd.npz", format_version=np.array(1), config=np.array(config))

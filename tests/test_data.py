@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cnncli.config import DataConfig
 from cnncli.data import load_dataset, load_inputs, normalize
 from cnncli.data.sources import parse_idx
 from cnncli.data.transforms import stratified_split
@@ -19,7 +20,7 @@ CFG = {"dataset": None, "path": None, "layout": None, "val_split": 0.0, "normali
 
 
 def _cfg(path, **kw):
-    return {**CFG, "path": str(path), **kw}
+    return DataConfig(**{**CFG, "path": str(path), **kw})
 
 
 def _images(rng, n, c, h, w):
@@ -109,7 +110,8 @@ def test_idx_file_pair_and_single_images_file(tmp_path):
     x, y = _images(rng, 6, 1, 4, 4)[:, 0], np.array([0, 1, 2, 0, 1, 2], np.uint8)
     img = write_idx(tmp_path / "train-images-idx3-ubyte", x, gz=True)
     lab = write_idx(tmp_path / "train-labels-idx1-ubyte", y, gz=True)
-    pair = load_dataset({**CFG, "path": [str(img), str(lab)]}, (1, 4, 4), 3, seed=0)
+    pair = load_dataset(DataConfig(**{**CFG, "path": (str(img), str(lab))}), (1, 4, 4), 3,
+                        seed=0)
     single = load_dataset(_cfg(img), (1, 4, 4), 3, seed=0)
     np.testing.assert_array_equal(pair.x_train[:, 0], x)
     np.testing.assert_array_equal(single.y_train, y)
@@ -183,8 +185,8 @@ def test_image_folder_mixed_sizes_and_missing_pillow(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- bundled digits
 
 def test_bundled_digits_scaled_by_16():
-    ds = load_dataset({**CFG, "path": None, "dataset": "digits", "val_split": 0.1,
-                       "normalize": "scale"}, (1, 8, 8), 10, seed=0)
+    ds = load_dataset(DataConfig(**{**CFG, "path": None, "dataset": "digits", "val_split": 0.1,
+                                    "normalize": "scale"}), (1, 8, 8), 10, seed=0)
     assert float(ds.normalization["scale"]) == 16.0
     assert ds.x_train.max() == 1.0 and ds.x_train.min() == 0.0
     assert len(ds.y_train) + len(ds.y_val) == 1438 and len(ds.y_test) == 359

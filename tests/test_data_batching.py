@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cnncli.config import AugmentConfig
 from cnncli.data import iterate_batches
 from cnncli.errors import ConfigError
 
@@ -65,7 +66,7 @@ def test_random_crop_shifts_content_by_at_most_pad(pad, seed):
     x += 1  # no zero pixels inside the images, so zero fill is recognisable
     shifts = set()
     for xb, yb in iterate_batches(x, y, 4, np.random.default_rng(seed),
-                                  augment={"random_crop": pad, "horizontal_flip": False}):
+                                  augment=AugmentConfig(random_crop=pad, horizontal_flip=False)):
         assert xb.shape[1:] == x.shape[1:]
         for crop, index in zip(xb, yb, strict=True):
             shift = _shift_of(crop, x[index], pad)
@@ -78,7 +79,7 @@ def test_horizontal_flip_reverses_width_for_about_half():
     x, y = _data(400, c=1, h=2, w=3)
     flipped = 0
     for xb, yb in iterate_batches(x, y, 64, np.random.default_rng(0),
-                                  augment={"random_crop": 0, "horizontal_flip": True}):
+                                  augment=AugmentConfig(random_crop=0, horizontal_flip=True)):
         mirrored = np.all(xb == x[yb][..., ::-1], axis=(1, 2, 3))
         same = np.all(xb == x[yb], axis=(1, 2, 3))
         assert np.all(mirrored | same)
@@ -89,7 +90,7 @@ def test_horizontal_flip_reverses_width_for_about_half():
 def test_disabled_augmentation_returns_the_images_unchanged():
     x, y = _data(10)
     for xb, yb in iterate_batches(x, y, 4, np.random.default_rng(0),
-                                  augment={"random_crop": 0, "horizontal_flip": False}):
+                                  augment=AugmentConfig(random_crop=0, horizontal_flip=False)):
         np.testing.assert_array_equal(xb, x[yb])
 
 

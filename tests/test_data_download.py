@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from test_data import write_idx
 
+from cnncli.config import DataConfig
 from cnncli.data import download, load_dataset
 from cnncli.errors import DataError
 
@@ -74,7 +75,7 @@ def test_mnist_downloads_once_then_reads_the_cache(mirror, monkeypatch, tmp_path
     www, log = mirror
     x, y, sums = _fake_mnist(www)
     _use_sums(monkeypatch, "mnist", sums)
-    cfg = {"dataset": "mnist", "val_split": 0, "normalize": "none"}
+    cfg = DataConfig(**{"dataset": "mnist", "val_split": 0, "normalize": "none"})
     calls = []
     monkeypatch.setattr(download, "progress", lambda *args: calls.append(args))
     ds = load_dataset(cfg, (1, 28, 28), 10, seed=0)
@@ -96,7 +97,7 @@ def test_cache_dir_key_wins_over_env(mirror, monkeypatch, tmp_path):
     www, _ = mirror
     _, _, sums = _fake_mnist(www, "fashion-mnist")
     _use_sums(monkeypatch, "fashion-mnist", sums)
-    cfg = {"dataset": "fashion-mnist", "cache_dir": str(tmp_path / "mine"), "val_split": 0}
+    cfg = DataConfig(dataset="fashion-mnist", cache_dir=str(tmp_path / "mine"), val_split=0)
     ds = load_dataset(cfg, (1, 28, 28), 10, seed=0)
     assert (tmp_path / "mine" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").is_file()
     assert not (tmp_path / "cache").exists()
@@ -109,7 +110,7 @@ def test_checksum_mismatch_is_refused_and_leaves_no_file(mirror, monkeypatch, tm
     sums["train-labels-idx1-ubyte.gz"] = "sha256:" + "0" * 64
     _use_sums(monkeypatch, "mnist", sums)
     with pytest.raises(DataError, match=r"has sha256 [0-9a-f]{64}, expected 0{64}") as err:
-        load_dataset({"dataset": "mnist"}, (1, 28, 28), 10, seed=0)
+        load_dataset(DataConfig(**{"dataset": "mnist"}), (1, 28, 28), 10, seed=0)
     assert err.value.hint.startswith("mnist also needs t10k-images-idx3-ubyte.gz, "
                                      "t10k-labels-idx1-ubyte.gz in that folder, from http")
     left = sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir())
@@ -119,7 +120,7 @@ def test_checksum_mismatch_is_refused_and_leaves_no_file(mirror, monkeypatch, tm
 def test_missing_file_on_server_says_where_to_put_it(mirror, monkeypatch, tmp_path):
     _use_sums(monkeypatch, "mnist", {"train-images-idx3-ubyte.gz": "md5:" + "0" * 32})
     with pytest.raises(DataError) as err:
-        load_dataset({"dataset": "mnist"}, (1, 28, 28), 10, seed=0)
+        load_dataset(DataConfig(**{"dataset": "mnist"}), (1, 28, 28), 10, seed=0)
     dest = tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz"
     assert ("/mnist/train-images-idx3-ubyte.gz (HTTP 404 File not found); download it "
             "yourself") in str(err.value)
@@ -136,7 +137,7 @@ def test_connection_refused_is_one_clean_line(monkeypatch, tmp_path):
     with pytest.raises(DataError, match=r"cannot download http://127\.0\.0\.1:\d+/cifar10/"
                                         r"cifar-10-binary\.tar\.gz \(Connection refused\); "
                                         r"download it yourself and save it as .*cifar10") as err:
-        load_dataset({"dataset": "cifar10"}, (3, 32, 32), 10, seed=0)
+        load_dataset(DataConfig(**{"dataset": "cifar10"}), (3, 32, 32), 10, seed=0)
     assert "\n" not in str(err.value)
     assert list((tmp_path / "cache" / "cifar10").iterdir()) == []
 
@@ -149,7 +150,7 @@ def test_silent_server_times_out(monkeypatch, tmp_path):
         monkeypatch.setenv("CNNCLI_DATA", str(tmp_path / "cache"))
         monkeypatch.setattr(download, "TIMEOUT_SECONDS", 0.3)
         with pytest.raises(DataError, match=r"cifar-10-binary\.tar\.gz \(.*timed out\)"):
-            load_dataset({"dataset": "cifar10"}, (3, 32, 32), 10, seed=0)
+            load_dataset(DataConfig(**{"dataset": "cifar10"}), (3, 32, 32), 10, seed=0)
     assert list((tmp_path / "cache" / "cifar10").iterdir()) == []
 
 
@@ -180,7 +181,7 @@ def test_interrupted_download_leaves_no_partial_file(mirror, monkeypatch, tmp_pa
     monkeypatch.setattr(download.urllib.request, "urlopen",
                         lambda url, timeout: Dropping(real_urlopen(url, timeout=timeout)))
     with pytest.raises(DataError, match="Connection reset by peer"):
-        load_dataset({"dataset": "mnist"}, (1, 28, 28), 10, seed=0)
+        load_dataset(DataConfig(**{"dataset": "mnist"}), (1, 28, 28), 10, seed=0)
     assert list((tmp_path / "cache" / "mnist").iterdir()) == []
 
 
@@ -223,7 +224,7 @@ def test_cifar10_binary_archive_parsed_with_numpy(mirror, monkeypatch):
     archive = www / "cifar10" / "cifar-10-binary.tar.gz"
     batches = _cifar_archive(archive)
     _use_sums(monkeypatch, "cifar10", {archive.name: _digest(archive)})
-    ds = load_dataset({"dataset": "cifar10", "val_split": 0, "normalize": "none"},
+    ds = load_dataset(DataConfig(**{"dataset": "cifar10", "val_split": 0, "normalize": "none"}),
                       (3, 32, 32), 10, seed=0)
     assert ds.class_names[:2] == ["airplane", "automobile"] and len(ds.class_names) == 10
     np.testing.assert_array_equal(ds.x_train[:4], batches["data_batch_1.bin"][1])
@@ -233,13 +234,13 @@ def test_cifar10_binary_archive_parsed_with_numpy(mirror, monkeypatch):
 
 def test_cifar_archive_as_path_and_broken_archive(tmp_path):
     batches = _cifar_archive(tmp_path / "c.tar.gz")
-    ds = load_dataset({"path": str(tmp_path / "c.tar.gz"), "val_split": 0.5},
+    ds = load_dataset(DataConfig(**{"path": str(tmp_path / "c.tar.gz"), "val_split": 0.5}),
                       (3, 32, 32), 10, seed=0)
     assert len(ds.y_train) + len(ds.y_val) == 20
     assert len(batches) == 6
     (tmp_path / "bad.tar.gz").write_bytes(gzip.compress(b"not a tar"))
     with pytest.raises(DataError, match="not a complete CIFAR-10 binary archive"):
-        load_dataset({"path": str(tmp_path / "bad.tar.gz")}, (3, 32, 32), 10, seed=0)
+        load_dataset(DataConfig(**{"path": str(tmp_path / "bad.tar.gz")}), (3, 32, 32), 10, seed=0)
 
 
 def test_cache_root_precedence(monkeypatch, tmp_path):

@@ -93,12 +93,19 @@ def test_clipped_norm_never_exceeds_max(values, max_norm):
     assert np.linalg.norm(g[0]) <= max_norm * (1 + 1e-9)
 
 
-def test_make_optimizer_defaults_and_overrides():
-    assert make_optimizer({"optimizer": "sgd", "lr": None}).lr == 0.01
-    assert make_optimizer({"optimizer": "adam"}).lr == 0.001
-    opt = make_optimizer({"optimizer": "adamw", "lr": 0.5}, lr=0.2)
-    assert isinstance(opt, AdamW) and opt.lr == 0.2 and opt.weight_decay == 0.01
+def _train_section(**train):
+    from cnncli.config import resolve_config
+
+    model = {"input_shape": [4], "layers": [{"type": "dense", "units": 2}]}
+    return resolve_config({"model": model, "train": train}).train
+
+
+def test_make_optimizer_builds_what_the_resolved_section_says():
+    sgd = make_optimizer(_train_section(optimizer="sgd", momentum=0.9, nesterov=True, lr=0.2))
+    assert isinstance(sgd, SGD) and (sgd.lr, sgd.momentum, sgd.nesterov) == (0.2, 0.9, True)
+    adamw = make_optimizer(_train_section(optimizer="adamw", lr=0.5, betas=[0.8, 0.9]))
+    assert isinstance(adamw, AdamW) and adamw.lr == 0.5 and (adamw.beta1, adamw.beta2) == (0.8, 0.9)
     with pytest.raises(ConfigError, match="'rmsprop'"):
-        make_optimizer({"optimizer": "rmsprop"})
+        _train_section(optimizer="rmsprop")
     with pytest.raises(ConfigError, match="momentum"):
-        make_optimizer({"optimizer": "sgd", "nesterov": True, "momentum": 0.0})
+        _train_section(optimizer="sgd", nesterov=True, momentum=0.0)

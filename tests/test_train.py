@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+import cnncli.training.run_dir as run_dir_mod
 import cnncli.training.trainer as train_mod
 from cnncli import model_from_entries
 from cnncli.errors import CheckpointError, ConfigError
@@ -76,7 +77,8 @@ def _assert_same_state(a, b):
 def test_run_directory_contents(tmp_path, blobs):
     run = train(_config(blobs), out_dir=tmp_path / "run", epochs=3)
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert files == ["best.npz", "config.yaml", "last.npz", "metrics.csv"]
+    # .cnncli-run marks the folder as cnncli's (the lock file is gone once the run ends)
+    assert files == [".cnncli-run", "best.npz", "config.yaml", "last.npz", "metrics.csv"]
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 3 and saved["model"]["layers"][1]["name"] == "hidden"
     with open(tmp_path / "run" / "metrics.csv") as f:
@@ -112,7 +114,7 @@ def _comparable(metrics):
 
 
 def test_resume_two_plus_two_equals_four(tmp_path, blobs):
-    cfg = _config(blobs, optimizer="adam", lr=0.01,
+    cfg = _config(blobs, optimizer="adam", lr=0.01, momentum=0.0,
                   lr_schedule={"type": "step", "step_size": 1, "gamma": 0.7})
     straight = train(cfg, out_dir=tmp_path / "straight", epochs=4)
     train(cfg, out_dir=tmp_path / "split", epochs=2)
@@ -162,7 +164,7 @@ def test_ctrl_c_mid_epoch_then_resume_is_bitwise_identical(tmp_path, blobs, epoc
 def test_ctrl_c_during_the_epochs_writes_still_leaves_best_and_metrics(tmp_path, blobs,
                                                                      monkeypatch, target):
     """A Ctrl-C just before last.npz or best.npz of epoch 2 is written loses nothing."""
-    real = train_mod.save_checkpoint
+    real = run_dir_mod.save_checkpoint
     writes = []
 
     def interrupted_once(path, **kwargs):
@@ -171,7 +173,7 @@ def test_ctrl_c_during_the_epochs_writes_still_leaves_best_and_metrics(tmp_path,
             raise KeyboardInterrupt
         return real(path, **kwargs)
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", interrupted_once)
+    monkeypatch.setattr(run_dir_mod, "save_checkpoint", interrupted_once)
     cfg = _config(blobs, epochs=4)
     cfg["data"]["val_split"] = 0.0  # best by training accuracy: epoch 2 improves on epoch 1
     out = tmp_path / "r"
@@ -199,13 +201,14 @@ def test_resuming_a_finished_run_with_more_epochs_continues(tmp_path, blobs):
 def test_resume_with_a_config_for_another_model_names_the_checkpoint(tmp_path, blobs, change):
     train(_config(blobs), out_dir=tmp_path / "r", epochs=1)
     before = (tmp_path / "r" / "config.yaml").read_text()
-    other = _config(blobs, optimizer="adam") if change == "optimizer" else _config(blobs)
+    other = (_config(blobs, optimizer="adam", momentum=0.0) if change == "optimizer"
+             else _config(blobs))
     if change == "model":
         other["model"]["layers"][1]["units"] = 5
     with pytest.raises(CheckpointError, match=r"cannot resume .*last\.npz: .*(hidden\.weight|"
                        r"adam)") as err:
         train(other, resume=tmp_path / "r", epochs=2)
-    assert "resume without CONFIG" in str(err.value)
+    assert "resume without a config" in str(err.value)
     assert (tmp_path / "r" / "config.yaml").read_text() == before  # nothing overwritten
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, blobs):
@@ -445,7 +448,7 @@ def test_cli_unwritable_run_directory_is_one_line(tmp_path, blobs, monkeypatch):
     def disk_full(path, **kwargs):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", disk_full)
+    monkeypatch.setattr(run_dir_mod, "save_checkpoint", disk_full)
     full = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "r")])
     assert full.exit_code == 1 and full.stderr.count("\n") == 1, full.output
     assert "last.npz: No space left on device" in full.stderr
@@ -465,12 +468,12 @@ def test_cli_errors_are_one_line(tmp_path, blobs):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"seed": -1}, r"^with --seed -1: seed must be an int in \[0, 4294967295\]"),
-    ({"seed": 2**32}, r"^with --seed 4294967296: seed must be an int"),
-    ({"lr": float("nan")}, r"^with --lr nan: train\.lr must be a finite number"),
-    ({"lr": float("inf")}, r"^with --lr inf: train\.lr must be a finite number"),
-    ({"epochs": 1_000_001}, r"^with --epochs 1000001: train\.epochs must be an int"),
-    ({"epochs": 2}, r"^with --epochs 2: warmup_epochs \(3\) must be less than train\.epochs"),
+    ({"seed": -1}, r"^with seed=-1: seed must be an int in \[0, 4294967295\]"),
+    ({"seed": 2**32}, r"^with seed=4294967296: seed must be an int"),
+    ({"lr": float("nan")}, r"^with lr=nan: train\.lr must be a finite number"),
+    ({"lr": float("inf")}, r"^with lr=inf: train\.lr must be a finite number"),
+    ({"epochs": 1_000_001}, r"^with epochs=1000001: train\.epochs must be an int"),
+    ({"epochs": 2}, r"^with epochs=2: warmup_epochs \(3\) must be less than train\.epochs"),
 ])
 def test_overrides_obey_the_config_rules(tmp_path, blobs, overrides, message):
     """An override is checked like the config value it replaces: no NumPy traceback for a
@@ -485,8 +488,8 @@ def test_overrides_obey_the_config_rules(tmp_path, blobs, overrides, message):
 def test_resume_with_fewer_epochs_than_trained_is_refused(tmp_path, blobs):
     train(_config(blobs), out_dir=tmp_path / "r", epochs=2)
     before = (tmp_path / "r" / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match=r"--epochs 1 is fewer than the 2 epochs .*last\.npz "
-                                          r"has already trained \(pass --epochs N with N > 2"):
+    with pytest.raises(ConfigError, match=r"train\.epochs 1 is fewer than the 2 epochs .*last\.npz "
+                                          r"has already trained \(set epochs=N with N > 2"):
         train(None, resume=tmp_path / "r", epochs=1)
     assert (tmp_path / "r" / "config.yaml").read_text() == before  # still says 2 epochs
 
@@ -514,7 +517,7 @@ def test_resuming_from_an_older_checkpoint_never_overwrites_later_epochs(tmp_pat
               for name in ("last.npz", "best.npz", "metrics.csv", "config.yaml")}
     with pytest.raises(CheckpointError, match=r"last\.npz holds epoch 4, later than .*epoch2\.npz "
                                               r"\(epoch 2\); resuming into .* would overwrite it "
-                                              r"\(continue the run with --resume "):
+                                              r"\(continue the run with resume="):
         train(None, resume=old, epochs=6)
     assert before == {name: (tmp_path / "r" / name).read_bytes() for name in before}
     # branching off into another directory keeps the original and starts at epoch 2
@@ -530,7 +533,7 @@ def test_resuming_into_a_new_directory_gives_it_last_and_best(tmp_path, blobs):
     source_best = load_checkpoint(tmp_path / "r" / "best.npz")
     fork = train(None, resume=tmp_path / "r", epochs=3, out_dir=tmp_path / "f")
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == \
-        ["best.npz", "config.yaml", "last.npz", "metrics.csv"]
+        [".cnncli-run", "best.npz", "config.yaml", "last.npz", "metrics.csv"]
     assert load_checkpoint(tmp_path / "f" / "last.npz").epoch == 3
     copied = load_checkpoint(tmp_path / "f" / "best.npz")
     assert copied.epoch == fork.best_epoch == source_best.epoch

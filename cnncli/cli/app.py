@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import click
@@ -43,7 +44,7 @@ class _Group(click.Group):
             raise _one_line(err) from None
         except CnncliError as err:
             # One line whatever a quoted user value holds (a "\r" in a YAML string, say).
-            click.echo(f"cnncli: error: {' '.join(str(err).splitlines())}", err=True)
+            click.echo(f"cnncli: error: {as_flags(' '.join(str(err).splitlines()))}", err=True)
             sys.exit(err.exit_code)
         except MemoryError as err:   # a model or batch too big for this machine
             detail = f": {err}" if str(err) else ""
@@ -54,6 +55,22 @@ class _Group(click.Group):
         except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and says so)
             click.echo("\ncnncli: interrupted", err=True)
             sys.exit(130)
+
+
+#: The library names the arguments of its functions (``train(out_dir=...)``) as ``name=``; the
+#: command line sets them with these flags.
+ARGUMENT_FLAGS = (("overwrite=True", "--overwrite"), ("out_dir=", "--out "),
+                  ("resume=", "--resume "), ("epochs=", "--epochs "),
+                  ("batch_size=", "--batch-size "), ("lr=", "--lr "), ("seed=", "--seed "),
+                  ("data=", "--data "), ("split=", "--split "), ("out=", "--out "),
+                  ("at=", "--at "), ("terminal=True", "--terminal"))
+
+
+def as_flags(text: str) -> str:
+    """A library message with its argument names turned into the flags that set them."""
+    for argument, flag in ARGUMENT_FLAGS:
+        text = re.sub(rf"(?<![\w.-]){re.escape(argument)}", flag, text)
+    return text
 
 
 def _reopen_closed_streams() -> None:

@@ -94,12 +94,12 @@ class _Progress:
             return
         data = run.dataset
         what = "resuming" if run.start_epoch else "training"
-        click.echo(f"{what} {run.config.get('name') or 'run'}: {len(data.y_train)} train / "
+        click.echo(f"{what} {run.config.name}: {len(data.y_train)} train / "
                    f"{len(data.y_val)} val / {len(data.y_test)} test images, "
                    f"{sum(v.size for _, v, _ in run.model.parameters()):,} parameters -> "
                    f"{run.run_dir}")
         if self.verbose:
-            click.echo("  " + _settings_text(run.config.get("train") or {}))
+            click.echo("  " + _settings_text(run.config.train))
         if run.start_epoch >= run.epochs:
             click.echo(f"already trained {run.start_epoch} epochs; pass --epochs N with N > "
                        f"{run.start_epoch} to continue")
@@ -144,24 +144,22 @@ class _Progress:
             self.bar = None
 
 
-def _settings_text(train: dict) -> str:
+def _settings_text(train) -> str:
     """One line: optimizer, lr and schedule, batch size, epochs and whichever extras are on."""
-    sched = train.get("lr_schedule") or "constant"
-    if isinstance(sched, dict):
-        extra = {k: v for k, v in sched.items() if k not in ("type", "warmup_epochs")}
-        text = sched.get("type", "constant") + (
-            "(" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")" if extra else "")
-        if sched.get("warmup_epochs"):
-            text += f" after {sched['warmup_epochs']} warmup epochs"
-        sched = text
-    parts = [f"{train.get('optimizer', 'sgd')} lr={train.get('lr')} schedule={sched}",
-             f"batch_size={train.get('batch_size')}", f"epochs={train.get('epochs')}"]
+    sched = train.lr_schedule.to_dict()
+    extra = {k: v for k, v in sched.items() if k not in ("type", "warmup_epochs")}
+    text = sched["type"] + ("(" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")"
+                            if extra else "")
+    if sched["warmup_epochs"]:
+        text += f" after {sched['warmup_epochs']} warmup epochs"
+    parts = [f"{train.optimizer} lr={train.lr} schedule={text}",
+             f"batch_size={train.batch_size}", f"epochs={train.epochs}"]
     for key in ("momentum", "nesterov", "weight_decay", "grad_clip_norm", "label_smoothing"):
-        if train.get(key):
-            parts.append(f"{key}={train[key]}")
-    if train.get("early_stopping"):
-        es = train["early_stopping"]
-        parts.append(f"early_stopping={es.get('metric')}/patience {es.get('patience')}")
+        if getattr(train, key):
+            parts.append(f"{key}={getattr(train, key)}")
+    if train.early_stopping is not None:
+        es = train.early_stopping
+        parts.append(f"early_stopping={es.metric}/patience {es.patience}")
     return ", ".join(parts)
 
 
@@ -230,7 +228,7 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
         checked = check_config(config)
         for line in checked.warnings:     # strides that drop rows: once per layer
             click.echo(f"cnncli: warning: {line}", err=True)
-        cfg = checked.config
+        cfg = checked.run
     progress = _Progress(quiet, verbose)
     try:
         with _download_progress(quiet):

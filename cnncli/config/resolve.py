@@ -91,10 +91,13 @@ class Checker:
     def __init__(self, file, locations):
         self.file, self.locations = file, locations
 
-    def error(self, path, message, hint=None, layer=None) -> ConfigError:
+    def error(self, path, message, hint=None, layer=None, key=None) -> ConfigError:
+        """A ConfigError at ``path`` (or its nearest written ancestor) naming ``key``, by
+        default the last part of the path."""
         line, col = find_position(self.locations, path)
+        key = key if key is not None else (str(path[-1]) if path else None)
         return ConfigError(message, file=self.file, line=line, column=col, hint=hint,
-                           layer=layer, key=str(path[-1]) if path else None)
+                           layer=layer, key=key)
 
     @staticmethod
     def dotted(path) -> str:
@@ -315,7 +318,7 @@ def _schedule(spec, ck: Checker, epochs: int) -> ScheduleConfig:
             what = " (epochs between decays)" if key == "step_size" else ""
             example = "step_size: 5" if key == "step_size" else "gamma: 0.9"
             raise ck.error(path, f"lr_schedule {kind} needs {key}{what}",
-                           hint=f"e.g. {example}")
+                           hint=f"e.g. {example}", key=key)
         else:
             values[key] = default
     values["warmup_epochs"] = ck.apply(_field_rule(ScheduleConfig, "warmup_epochs"),

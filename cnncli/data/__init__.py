@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncli.config.schema import DATASETS, DataConfig
 from cnncli.data import download, sources
 from cnncli.data.batching import iterate_batches
 from cnncli.data.transforms import (
@@ -21,7 +22,6 @@ from cnncli.errors import DataError
 
 __all__ = ["Dataset", "load_dataset", "normalize", "load_inputs", "iterate_batches"]
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 
 
@@ -39,7 +39,7 @@ class Dataset:
     normalization: dict
 
 
-def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int,
+def load_dataset(data_cfg: DataConfig, input_shape: tuple, num_classes: int, seed: int,
                  root: Path | None = None, normalization: dict | None = None, *,
                  training: bool = False) -> Dataset:
     """Read the source ``data_cfg`` names, check it fits the model, split and normalise it.
@@ -53,7 +53,7 @@ def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int
         x_train, y_train, x_test, y_test = _checked_arrays(raw, data_cfg, input_shape,
                                                            num_classes)
     except DataError as err:
-        path = data_cfg.get("path")
+        path = data_cfg.path
         if err.key is None and path is not None:  # unlocated: name the file it is about
             path = path[0] if isinstance(path, (list, tuple)) else path
             err.message = f"{path}: {err.message}"
@@ -62,7 +62,7 @@ def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int
         _check_classes(raw.class_names, y_train, data_cfg)
     class_names = _class_names(raw.class_names, num_classes)
 
-    fraction = float(data_cfg.get("val_split") or 0.0)
+    fraction = float(data_cfg.val_split or 0.0)
     train_idx, val_idx = stratified_split(y_train, fraction, np.random.default_rng([seed, 2]))
     if fraction > 0 and len(val_idx) == 0:
         raise DataError(f"val_split {fraction} of {len(y_train)} training images leaves no "
@@ -72,15 +72,15 @@ def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int
     if len(train_idx) == 0:
         raise DataError(f"val_split {fraction} leaves no training images", key="val_split")
     stats = normalization if normalization is not None else fit_normalization(
-        x_train[train_idx], data_cfg.get("normalize") or "none", raw.value_max)
+        x_train[train_idx], data_cfg.normalize or "none", raw.value_max)
     return Dataset(normalize(x_train[train_idx], stats), y_train[train_idx],
                    normalize(x_train[val_idx], stats), y_train[val_idx],
                    normalize(x_test, stats), y_test, class_names, stats)
 
 
-def _checked_arrays(raw, data_cfg: dict, input_shape: tuple, num_classes: int):
+def _checked_arrays(raw, data_cfg: DataConfig, input_shape: tuple, num_classes: int):
     """NCHW images and int64 labels of the train and test splits, checked against the model."""
-    layout = raw.layout or data_cfg.get("layout")
+    layout = raw.layout or data_cfg.layout
     x_train = to_nchw(raw.x_train, input_shape, layout, "x_train")
     if len(x_train) == 0:
         raise DataError("the training split is empty (x_train has 0 images)")
@@ -103,10 +103,10 @@ def _image_shape(input_shape) -> tuple:
     return shape
 
 
-def _check_classes(names: list[str] | None, y_train: np.ndarray, data_cfg: dict) -> None:
+def _check_classes(names: list[str] | None, y_train: np.ndarray, data_cfg: DataConfig) -> None:
     """One class alone trains nothing (loss 0, "100%"), and a named class without training
     images (an empty class folder) can never be learnt."""
-    source = data_cfg.get("path") or data_cfg.get("dataset")
+    source = data_cfg.path or data_cfg.dataset
     present = np.unique(y_train)
     if len(present) < 2:
         only = names[present[0]] if names else int(present[0])
@@ -131,15 +131,15 @@ def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
     return list(names)
 
 
-def read_source(data_cfg: dict, channels: int, root: Path | None = None) -> sources.RawData:
+def read_source(data_cfg: DataConfig, channels: int, root: Path | None = None) -> sources.RawData:
     """Raw arrays of the configured ``dataset`` or ``path``."""
-    path = data_cfg.get("path")
+    path = data_cfg.path
     if path is not None:
         return read_path(path, channels, root)
-    name = data_cfg.get("dataset") or "digits"
+    name = data_cfg.dataset or "digits"
     if name == "digits":
         return sources.read_digits()
-    cache = data_cfg.get("cache_dir")
+    cache = data_cfg.cache_dir
     if cache and root is not None:
         cache = Path(root) / Path(cache).expanduser()
     if name in ("mnist", "fashion-mnist"):

@@ -6,11 +6,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from cnncli.config.schema import AugmentConfig
 from cnncli.errors import ConfigError
 
 
 def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator,
-                    *, shuffle: bool = True, augment: dict | None = None,
+                    *, shuffle: bool = True, augment: AugmentConfig | None = None,
                     min_last_batch: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One epoch of (x_batch, y_batch); a fresh permutation per call, last partial batch kept.
 
@@ -22,8 +23,8 @@ def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.rando
                           key="batch_size")
     n = len(y)
     order = rng.permutation(n) if shuffle else np.arange(n)
-    pad = int((augment or {}).get("random_crop") or 0)
-    flip = bool((augment or {}).get("horizontal_flip"))
+    pad = augment.random_crop if augment is not None else 0
+    flip = augment.horizontal_flip if augment is not None else False
     starts = batch_starts(n, batch_size, min_last_batch)
     for start, stop in zip(starts, starts[1:] + [n], strict=True):
         idx = order[start:stop]

@@ -1,56 +1,57 @@
 """The data a checkpoint is evaluated on (``cnncli eval``): one split of the run's own data,
-re-split exactly as in training, or of other data (``--data``), normalised with the
+re-split exactly as in training, or of other data (``data``), normalised with the
 checkpoint's statistics and with its classes matched to the checkpoint's by name."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from cnncli.data import DATASETS, load_dataset, read_source
+from cnncli.config.schema import DATASETS, DataConfig, RunConfig
+from cnncli.data import load_dataset, read_source
 from cnncli.data.transforms import as_labels, check_images, normalize, stratified_split, to_nchw
 from cnncli.errors import DataError
 
 
-def _data_config(ckpt, data: str | None) -> dict:
-    """The checkpoint's data config, with --data swapped in (a dataset name or a path)."""
-    cfg = dict(ckpt.config.get("data") or {})
-    if data is not None:
-        if data in DATASETS:
-            cfg.update(dataset=data, path=None)
-        else:
-            if not Path(data).exists():
-                raise DataError(f"--data {data!r} is neither a dataset name "
-                                f"({', '.join(DATASETS)}) nor an existing path")
-            cfg.update(dataset=None, path=data)
-    return cfg
+def _data_config(run: RunConfig, data: str | None) -> DataConfig:
+    """The run's data config, with other data swapped in (a dataset name or a path)."""
+    cfg = run.data
+    if data is None:
+        return cfg
+    if data in DATASETS:
+        return dataclasses.replace(cfg, dataset=data, path=None)
+    if not Path(data).exists():
+        raise DataError(f"data={data!r} is neither a dataset name ({', '.join(DATASETS)}) "
+                        f"nor an existing path", key="data")
+    return dataclasses.replace(cfg, dataset=None, path=data)
 
 
 def _empty_split(split: str, sizes: dict) -> DataError:
     others = [s for s, n in sizes.items() if n and s != split]
     return DataError(f"the {split} split of this data is empty",
-                     hint=f"use --split {others[0]}" if others else None)
+                     hint=f"use split={others[0]}" if others else None)
 
 
 def checkpoint_split(ckpt, model, data: str | None, split: str):
     """Images and labels of one split, normalised with the checkpoint's own statistics.
 
-    The run's own data is re-split exactly as in training (same seed). Other data (--data) is
+    The run's own data is re-split exactly as in training (same seed). Other data (``data``) is
     read raw and normalised with the stored training statistics, never its own.
     """
-    cfg = _data_config(ckpt, data)
-    seed = int(ckpt.config.get("seed") or 0)
+    cfg = _data_config(ckpt.run, data)
+    seed = ckpt.run.seed
     shape, num_classes = tuple(model.input_shape), model.output_shape[0]
     if data is None:
         try:
             ds = load_dataset(cfg, shape, num_classes, seed,
                               normalization=ckpt.normalization or None)  # the stored stats
         except DataError as err:
-            if err.key == "path" and not Path(str(cfg.get("path"))).is_absolute():
+            if err.key == "path" and not Path(str(cfg.path)).is_absolute():
                 err.message = f"the run's {err.message}"
                 err.hint = ("relative paths are read from the current directory: run eval "
-                            "where you trained, or pass --data PATH")
+                            "where you trained, or pass data=PATH")
             raise
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
         y = _checkpoint_classes(y, ds.class_names, ckpt, "the run's data")
@@ -59,7 +60,7 @@ def checkpoint_split(ckpt, model, data: str | None, split: str):
                                        for s in ("test", "val", "train")})
         return x, y
     raw = read_source(cfg, shape[0])
-    layout = raw.layout or cfg.get("layout")
+    layout = raw.layout or cfg.layout
     if split == "test":
         if raw.x_test is None or len(raw.x_test) == 0:
             raise _empty_split("test", {"train": len(raw.x_train)})
@@ -70,9 +71,9 @@ def checkpoint_split(ckpt, model, data: str | None, split: str):
     check_images(x, shape, f"{data} {split}")
     names = raw.class_names
     y = as_labels(y_raw, len(x), len(names) if names else num_classes, f"{data} {split}")
-    y = _checkpoint_classes(y, names, ckpt, f"--data {data}")
+    y = _checkpoint_classes(y, names, ckpt, f"data={data}")
     if split != "test":
-        fraction = float(cfg.get("val_split") or 0.0)
+        fraction = cfg.val_split
         train_idx, val_idx = stratified_split(y, fraction, np.random.default_rng([seed, 2]))
         pick = val_idx if split == "val" else train_idx
         if len(pick) == 0:

@@ -300,7 +300,7 @@ def write_png(path, image: np.ndarray) -> Path:
         path.write_bytes(data)
     except OSError as err:
         raise CnncliError(f"cannot write {path}: {err.strerror}",
-                          hint="choose another --out") from None
+                          hint="choose another out=DIR") from None
     return path
 
 

@@ -116,7 +116,7 @@ def plot_png(runs: list[Run], out) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise CnncliError("plotting to PNG needs matplotlib",
-                          hint=PLOT_HINT + ", or use --terminal") from None
+                          hint=PLOT_HINT + ", or use terminal=True") from None
     out = Path(out)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     try:

@@ -96,7 +96,7 @@ def input_box(layers, input_shape, index: int, unit=None) -> ReceptiveBox:
         unit = ((oh - 1) // 2, (ow - 1) // 2)
     y, x = (int(v) for v in unit)
     if not (0 <= y < oh and 0 <= x < ow):
-        raise ConfigError(f"--at {y},{x} is outside the {oh}x{ow} output of layer {target.name!r}",
+        raise ConfigError(f"at={y},{x} is outside the {oh}x{ow} output of layer {target.name!r}",
                           key="at", hint=f"use 0..{oh - 1},0..{ow - 1}")
     spans = [[y, y], [x, x]]
     jump = [1, 1]

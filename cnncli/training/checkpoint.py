@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from cnncli.config import RunConfig, check_data
 from cnncli.errors import CheckpointError, CnncliError
 
 FORMAT_VERSION = 1
@@ -62,20 +63,35 @@ class Checkpoint:
     run_state: dict = field(default_factory=dict)
     cnncli_version: str = ""
     format_version: int = FORMAT_VERSION
+    _run: RunConfig | None = field(default=None, repr=False, compare=False)
 
     @property
     def config(self) -> dict:
         return yaml.safe_load(self.config_text)
+
+    @property
+    def run(self) -> RunConfig:
+        """The stored config, checked and resolved like a config file."""
+        if self._run is None:
+            try:
+                self._run = check_data(self.config, file=str(self.path)).run
+            except CnncliError as err:
+                raise CheckpointError(f"{self.path} holds an unusable config: "
+                                      f"{err.message}", layer=err.layer, hint=err.hint) from None
+            except (yaml.YAMLError, RecursionError) as err:
+                raise CheckpointError(f"{self.path} holds an unreadable config "
+                                      f"({type(err).__name__})") from None
+        return self._run
 
     def model(self, dtype=np.float32):
         """Build the model from the stored config and load the stored weights into it."""
         from cnncli.nn.model import model_from_entries
 
         self.check_finite()
+        run = self.run
         try:
-            section = self.config["model"]
-            model = model_from_entries(section["input_shape"], section["layers"], dtype=dtype,
-                                       seed=int(self.config.get("seed") or 0))
+            model = model_from_entries(run.model.input_shape, run.model.entries(), dtype=dtype,
+                                       seed=run.seed)
             model.load_state_dict(self.state)
         except CnncliError as err:
             raise CheckpointError(f"{self.path}: {err}") from None

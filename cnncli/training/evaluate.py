@@ -55,7 +55,7 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
     num_classes = logits.shape[1]
     if len(labels) == 0:
         raise DataError("the split to evaluate is empty",
-                        hint="choose another with --split, or pass --data")
+                        hint="choose another with split=NAME, or pass data=PATH")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise DataError(f"labels must be in 0..{num_classes - 1} for this model, got "
                         f"{int(labels.min())}..{int(labels.max())}")

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from cnncli.config.schema import TrainConfig
 from cnncli.errors import CheckpointError, ConfigError
 
 Params = Iterable[tuple[str, np.ndarray, np.ndarray]]
@@ -127,30 +128,13 @@ class AdamW(Adam):
         super().__init__(lr, betas, eps, weight_decay)
 
 
-DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001}
-
-
-def make_optimizer(train_cfg: dict, lr: float | None = None) -> Optimizer:
-    """Build the optimizer a resolved ``train:`` section asks for (``lr`` overrides it)."""
-    kind = train_cfg.get("optimizer", "sgd")
-    if kind not in DEFAULT_LR:
-        raise ConfigError(f"optimizer must be one of sgd, adam, adamw; got {kind!r}",
-                          key="optimizer")
-    if lr is None:
-        lr = train_cfg.get("lr")
-    if lr is None:
-        lr = DEFAULT_LR[kind]
-    if kind == "sgd":
-        return SGD(lr, momentum=train_cfg.get("momentum", 0.0) or 0.0,
-                   nesterov=bool(train_cfg.get("nesterov", False)),
-                   weight_decay=train_cfg.get("weight_decay", 0.0) or 0.0)
-    betas = tuple(train_cfg.get("betas") or (0.9, 0.999))
-    eps = train_cfg.get("eps", 1e-8)
-    eps = 1e-8 if eps is None else eps
-    wd = train_cfg.get("weight_decay")
-    if kind == "adam":
-        return Adam(lr, betas, eps, wd or 0.0)
-    return AdamW(lr, betas, eps, 0.01 if wd is None else wd)
+def make_optimizer(train: TrainConfig) -> Optimizer:
+    """The optimizer a resolved ``train:`` section asks for."""
+    if train.optimizer == "sgd":
+        return SGD(train.lr, momentum=train.momentum, nesterov=train.nesterov,
+                   weight_decay=train.weight_decay)
+    kind = Adam if train.optimizer == "adam" else AdamW
+    return kind(train.lr, tuple(train.betas), train.eps, train.weight_decay)
 
 
 def clip_grad_norm(grads: list[np.ndarray], max_norm: float, eps: float = 1e-6) -> float:
