@@ -16,26 +16,25 @@ __version__ = "0.1.0"
 
 
 def build_model(config, *, dtype="float32", seed=None) -> Model:
-    """Build a model from a YAML path or a config dict (full config, or just its ``model:``).
+    """Build a model from a YAML path, a config dict (full config, or just its ``model:``) or a
+    RunConfig.
 
     A dict is checked exactly like a file, so bad values raise ConfigError, never a traceback.
     """
-    from cnncli.config import load_config
+    from cnncli.config import RunConfig, resolve_config
 
     if isinstance(config, dict):
         model_only = "model" not in config and ("layers" in config or "input_shape" in config)
-        cfg = load_config({"model": config} if model_only else config)
-    elif isinstance(config, (str, os.PathLike)):
-        cfg = load_config(config)
+        run = resolve_config({"model": config} if model_only else config)
+    elif isinstance(config, (str, os.PathLike, RunConfig)):
+        run = resolve_config(config)
     else:
         raise ConfigError(f"build_model needs a YAML path or a config dict, got "
                           f"{type(config).__name__} {config!r}")
     if _dtype_name(dtype) not in ("float32", "float64"):
         raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}", key="dtype")
-    if seed is None:
-        seed = cfg["seed"]
-    section = cfg["model"]
-    return model_from_entries(section["input_shape"], section["layers"], dtype=dtype, seed=seed)
+    seed = run.seed if seed is None else seed
+    return model_from_entries(run.model.input_shape, run.model.entries(), dtype=dtype, seed=seed)
 
 
 def _dtype_name(dtype) -> str | None:

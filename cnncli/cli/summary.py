@@ -47,7 +47,7 @@ def checked_from(path: str, input_shape=None):
         checked = check_data(ckpt.config, file=path, input_shape=input_shape)
         if input_shape is not None:
             _check_dense_inputs(checked, ckpt.state, path, input_shape,
-                                ckpt.config["model"]["input_shape"])
+                                ckpt.run.model.input_shape)
         return checked
     return check_config(path, input_shape=input_shape)
 

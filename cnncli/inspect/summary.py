@@ -85,9 +85,9 @@ def summarize(checked: CheckedConfig, *, batch_size: int = 1, dtype="float32") -
             activation_bytes=math.prod(out_shape) * itemsize,
             buffers=_buffer_count(layer, in_shape), entry=int(entry) + 1))
     trainable = sum(r.params for r in rows)
-    train = checked.config.get("train", {})
-    optimizer = train.get("optimizer", "sgd")
-    if optimizer == "sgd" and train.get("momentum", 0.0) > 0:
+    train = checked.run.train
+    optimizer = train.optimizer
+    if optimizer == "sgd" and train.momentum > 0:
         optimizer = "sgd+momentum"
     summary = Summary(
         input_shape=list(input_shape), layers=rows, dtype=str(np.dtype(dtype)),
