@@ -15,7 +15,7 @@ import click
 
 from cnncli.cli.app import main
 from cnncli.errors import CheckpointError, CnncliError
-from cnncli.training.checkpoint import atomic_write
+from cnncli.files import atomic_write
 
 
 def _pct(value) -> str:

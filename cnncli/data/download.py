@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnncli.errors import DataError
-from cnncli.training.checkpoint import new_file_mode
+from cnncli.files import new_file_mode
 
 TIMEOUT_SECONDS = 30
 CHUNK_BYTES = 1 << 20

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CnncliError
-from cnncli.training.checkpoint import make_folder
+from cnncli.files import make_folder
 
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)

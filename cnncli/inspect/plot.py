@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CnncliError, DataError
-from cnncli.training.checkpoint import make_folder
+from cnncli.files import make_folder
 
 METRICS_FILE = "metrics.csv"
 COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")

@@ -18,16 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncli.config.loader import dump_config
 from cnncli.errors import CheckpointError, CnncliError, ConfigError
+from cnncli.files import atomic_write, make_folder
 from cnncli.nn.model import model_from_entries
 from cnncli.parallel.processes import split_model
-from cnncli.training.checkpoint import (
-    atomic_write,
-    config_to_text,
-    load_checkpoint,
-    make_folder,
-    save_checkpoint,
-)
+from cnncli.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from cnncli.training.evaluate import evaluate, loss_and_accuracy
 from cnncli.training.optim import clip_grad_norm, make_optimizer
 from cnncli.training.schedules import make_schedule
@@ -298,7 +294,7 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
     else:
         _refuse_overwrite(run.run_dir, overwrite)
     make_folder(run.run_dir)
-    atomic_write(run.run_dir / "config.yaml", lambda f: f.write(config_to_text(cfg).encode()))
+    atomic_write(run.run_dir / "config.yaml", lambda f: f.write(dump_config(plain(cfg)).encode()))
     callbacks.on_start(run)
 
     def snapshot(epoch: int) -> dict:
