@@ -25,13 +25,12 @@ from cnncli.nn.model import model_from_entries
 from cnncli.parallel.processes import split_model
 from cnncli.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from cnncli.training.evaluate import evaluate, loss_and_accuracy
+from cnncli.training.metrics import METRIC_COLUMNS
 from cnncli.training.optim import clip_grad_norm, make_optimizer
 from cnncli.training.schedules import make_schedule
 
 # A lone final sample joins the batch before it: batch norm cannot train on one sample.
 MIN_LAST_BATCH = 2
-METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
-                  "seconds")
 
 
 class TrainingDiverged(CnncliError):
