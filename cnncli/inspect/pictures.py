@@ -123,13 +123,6 @@ def tile_grid(tiles: np.ndarray, columns: int, gap: int = 2,
     return out
 
 
-def tile_origin(index: int, columns: int, tile_hw: tuple[int, int], gap: int = 2):
-    """Top-left pixel (y, x) of tile ``index`` in a ``tile_grid`` image."""
-    h, w = tile_hw
-    row, col = divmod(index, columns)
-    return gap + row * (h + gap), gap + col * (w + gap)
-
-
 def canvas(height: int, width: int, color=BACKGROUND) -> np.ndarray:
     out = np.empty((int(height), int(width), 3), dtype=np.uint8)
     out[...] = color
