@@ -48,17 +48,6 @@ def _blas_limit(blas: int | None, threads: int | None):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _load_config(path: str) -> dict:
-    """A YAML config, or the config stored in a checkpoint (.npz) or a run directory."""
-    from cnncli.training.checkpoint import is_checkpoint, load_checkpoint
-
-    if is_checkpoint(path):
-        return load_checkpoint(path).config
-    from cnncli.config.loader import load_config
-
-    return load_config(path)
-
-
 @main.command()
 @click.argument("config", metavar="CONFIG_OR_CHECKPOINT")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
@@ -77,9 +66,10 @@ def bench(config, batch_size, steps, warmup, threads, blas_threads, as_json):
     """Time each layer's forward/backward, training steps and inference on synthetic data."""
     from cnncli import build_model
     from cnncli.inspect.bench import bench_model
+    from cnncli.inspect.sources import checked_source
     from cnncli.parallel import threads as cnncli_threads
 
-    cfg = _load_config(config)
+    cfg = checked_source(config).config
     before = cnncli_threads.get_threads()
     if threads is not None and blas_threads is None:
         blas_threads = 1

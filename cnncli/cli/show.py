@@ -8,7 +8,7 @@ import click
 
 from cnncli.cli.app import main
 from cnncli.errors import ConfigError
-from cnncli.inspect import pictures, plot, receptive, views
+from cnncli.inspect import pictures, plot, receptive, sources, views
 from cnncli.training.checkpoint import is_checkpoint
 
 # ---------------------------------------------------------------- plot
@@ -54,33 +54,6 @@ def plot_command(run_dirs, out, terminal):
 
 
 # ---------------------------------------------------------------- show
-
-def _load_checkpoint(path: Path):
-    from cnncli.training.checkpoint import load_checkpoint
-
-    return load_checkpoint(path)
-
-
-def _model_and_meta(path: Path):
-    """(built model, normalization, class names, untrained?) from a checkpoint or a config."""
-    if is_checkpoint(path):
-        ckpt = _load_checkpoint(path)
-        return ckpt.model(), ckpt.normalization, getattr(ckpt, "class_names", None), False
-    from cnncli import build_model
-
-    return build_model(str(path)), {}, None, True   # no training statistics: inputs as given
-
-
-def _layer_stack(path: Path):
-    """(named unbuilt layers, input shape) of a config or checkpoint: no weights allocated."""
-    from cnncli.config.loader import check_config, check_data
-
-    if is_checkpoint(path):
-        checked = check_data(_load_checkpoint(path).config, file=str(path))
-    else:
-        checked = check_config(path)
-    return checked.layers, tuple(checked.shapes[0])
-
 
 def _default_out(source: Path, stem: str) -> Path:
     """Beside a checkpoint (its run directory); in the current directory for a config."""
@@ -174,9 +147,9 @@ def _reject_unused_options(mode: str, at, background) -> None:
 
 
 def _show_filters(source: Path, layer_name, out):
-    model, _, _, untrained = _model_and_meta(source)
-    lines, image, name = views.filters_view(model, layer_name)
-    if untrained:
+    loaded = sources.model_source(source)
+    lines, image, name = views.filters_view(loaded.model, layer_name)
+    if not loaded.trained:
         lines.append("  (a config, not a checkpoint: these are the initial, untrained weights)")
     return lines, pictures.write_png(out or _default_out(source, f"filters_{name}"), image)
 
@@ -184,12 +157,14 @@ def _show_filters(source: Path, layer_name, out):
 def _show_features(source: Path, features_input: str, layer_name, index: int, out):
     from cnncli.data import load_inputs
 
-    model, normalization, class_names, untrained = _model_and_meta(source)
-    x, row_labels = load_inputs([features_input], model.input_shape, normalization)
+    loaded = sources.model_source(source)
+    x, row_labels = load_inputs([features_input], loaded.model.input_shape,
+                                loaded.normalization)
     _check_index(index, x, features_input)
     label = row_labels[index] if row_labels else features_input
-    lines, image = views.features_view(model, x[index], label, layer_name, class_names)
-    if untrained:
+    lines, image = views.features_view(loaded.model, x[index], label, layer_name,
+                                       loaded.class_names)
+    if not loaded.trained:
         lines.append("(a config, not a checkpoint: untrained weights)")
     stem = f"features_{layer_name}" if layer_name else "features"
     return lines, pictures.write_png(out or _default_out(source, stem), image)
@@ -202,7 +177,8 @@ def _check_index(index: int, x, path) -> None:
 
 
 def _show_receptive(source: Path, layer_name, at, background, row: int, out):
-    layers, input_shape = _layer_stack(source)
+    checked = sources.checked_source(source)
+    layers, input_shape = checked.layers, tuple(checked.shapes[0])
     index = (views.find_layer(layers, layer_name) if layer_name is not None
              else receptive.last_spatial_index(layers, input_shape))
     box = receptive.input_box(layers, input_shape, index, at)
@@ -210,9 +186,7 @@ def _show_receptive(source: Path, layer_name, at, background, row: int, out):
     if background is not None:
         from cnncli.data import load_inputs
 
-        normalization = (_load_checkpoint(source).normalization if is_checkpoint(source)
-                         else {})
-        x, _ = load_inputs([background], input_shape, normalization)
+        x, _ = load_inputs([background], input_shape, sources.source_normalization(source))
         _check_index(row, x, background)
         under = x[row]
     lines, image = views.receptive_view(box, under)
