@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
 
 import click
-from rich.console import Console
 
-from cnncli.cli.app import main
+from cnncli.cli.app import main, table_console
 from cnncli.config.loader import dump_config
 from cnncli.errors import ConfigError
 from cnncli.inspect.sources import checked_source
-
-
-def _console() -> Console:
-    # Not a terminal (pipe, file, test runner): wide enough that tables never wrap.
-    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
 
 
 def _parse_shape(text: str | None):
@@ -67,7 +60,7 @@ def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
         click.echo(summary_markdown(result), nl=False)
     else:
         title = f"{checked.config['name']}: input {'x'.join(map(str, result.input_shape))}"
-        print_summary(result, _console(), title=title)
+        print_summary(result, table_console(), title=title)
 
 
 @main.command("config")
@@ -94,7 +87,7 @@ def layers_command(as_json):
                 for k, v in e["hyperparameters"].items()}
         click.echo(json.dumps(entries, indent=2))
     else:
-        _console().print(layers_table(entries))
+        table_console().print(layers_table(entries))
 
 
 def _jsonable(value):

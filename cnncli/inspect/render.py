@@ -249,3 +249,49 @@ def predictions_csv(rows: list) -> str:
     for label, ranked in rows:
         writer.writerow([label] + [v for c, p in ranked for v in (c, f"{p:.6f}")])
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------- bench
+
+def _gflops(value) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def bench_table(result, title: str) -> Table:
+    """``cnncli bench``: each layer's forward and backward time, share and rate."""
+    layer_total = sum(t.forward_ms + t.backward_ms for t in result.layers) or 1.0
+    table = Table(title=title, title_justify="left")
+    for col in ("layer", "type", "output"):
+        table.add_column(col)
+    for col in ("forward ms", "backward ms", "share", "fwd GFLOP/s", "bwd GFLOP/s"):
+        table.add_column(col, justify="right")
+    for t in result.layers:
+        share = (t.forward_ms + t.backward_ms) / layer_total
+        table.add_row(t.name, t.type, "x".join(map(str, t.output_shape)),
+                      f"{t.forward_ms:.3f}", f"{t.backward_ms:.3f}", f"{100 * share:.1f}%",
+                      _gflops(t.forward_gflops), _gflops(t.backward_gflops))
+    return table
+
+
+def bench_lines(result) -> list[str]:
+    """``cnncli bench``: whole steps, inference, memory, the matmul ceiling and threads."""
+    threads = "default" if result.threads is None else str(result.threads)
+    lines = [
+        f"training step   {result.train_step_ms:8.2f} ms   {result.train_images_per_s:9.0f} "
+        f"images/s  (forward + loss + backward + SGD update; steps took "
+        f"{result.train_step_ms_min:.2f}-{result.train_step_ms_max:.2f} ms)",
+        f"inference       {result.infer_batch_ms:8.2f} ms   {result.infer_images_per_s:9.0f} "
+        "images/s",
+        f"peak RSS        {result.peak_rss_mb:8.1f} MB   (getrusage ru_maxrss, whole process)",
+        f"step NumPy peak {result.step_numpy_peak_mb:8.1f} MB   (tracemalloc, one training step)",
+    ]
+    if result.worker_peak_rss_mb is not None:
+        lines.insert(3, f"worker peak RSS {result.worker_peak_rss_mb:8.1f} MB   (the process "
+                        f"training each batch's second half)")
+    if result.matmul_peak_gflops:
+        every = result.matmul_peak_all_cores_gflops
+        lines.append(f"matmul peak     {result.matmul_peak_gflops:8.1f} GFLOP/s  (float32 "
+                     f"2048x2048, {threads} BLAS thread(s)"
+                     + (f"; {every:.1f} on every core)" if every else ")"))
+    lines.append(f"threads         {result.cnncli_threads} cnncli, {threads} BLAS")
+    return lines
