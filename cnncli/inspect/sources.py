@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from cnncli.config.loader import CheckedConfig, check_config, check_data
 from cnncli.errors import ShapeError
+from cnncli.inspect.walk import walk
 from cnncli.training.checkpoint import is_checkpoint, load_checkpoint
 
 
@@ -26,18 +27,17 @@ def checked_source(path, input_shape=None) -> CheckedConfig:
 
 def _check_dense_inputs(checked, state: dict, path, input_shape, trained_shape) -> None:
     """Trained dense weights fix their input size: an --input-shape must keep it."""
-    for layer, label, in_shape in zip(checked.layers, checked.labels, checked.shapes,
-                                      strict=False):
-        weight = state.get(f"{layer.name}.weight")
-        if layer.type_name != "dense" or weight is None or weight.ndim != 2:
+    for step in walk(checked.layers, checked.shapes[0], checked.shapes):
+        weight = state.get(f"{step.layer.name}.weight")
+        if step.layer.type_name != "dense" or weight is None or weight.ndim != 2:
             continue
-        features = math.prod(in_shape)
+        features = math.prod(step.in_shape)
         if weight.shape[1] != features:
             given = ",".join(map(str, input_shape))
             trained = ",".join(map(str, trained_shape))
             raise ShapeError(f"its input size changed: the checkpoint's weights take "
                              f"{weight.shape[1]} features, --input-shape {given} gives it "
-                             f"{features}", file=str(path), layer=label,
+                             f"{features}", file=str(path), layer=checked.labels[step.index],
                              hint=f"dense layers fix the input size; this model was trained "
                                   f"on {trained}")
 
