@@ -8,7 +8,7 @@ import click
 
 from cnncli.cli.app import main
 from cnncli.errors import ConfigError
-from cnncli.inspect import pictures, plot, receptive, sources, views
+from cnncli.inspect import pictures, plot, receptive
 from cnncli.training.checkpoint import is_checkpoint
 
 # ---------------------------------------------------------------- plot
@@ -147,6 +147,8 @@ def _reject_unused_options(mode: str, at, background) -> None:
 
 
 def _show_filters(source: Path, layer_name, out):
+    from cnncli.inspect import sources, views
+
     loaded = sources.model_source(source)
     lines, image, name = views.filters_view(loaded.model, layer_name)
     if not loaded.trained:
@@ -156,6 +158,7 @@ def _show_filters(source: Path, layer_name, out):
 
 def _show_features(source: Path, features_input: str, layer_name, index: int, out):
     from cnncli.data import load_inputs
+    from cnncli.inspect import sources, views
 
     loaded = sources.model_source(source)
     x, row_labels = load_inputs([features_input], loaded.model.input_shape,
@@ -177,6 +180,8 @@ def _check_index(index: int, x, path) -> None:
 
 
 def _show_receptive(source: Path, layer_name, at, background, row: int, out):
+    from cnncli.inspect import sources, views
+
     checked = sources.checked_source(source)
     layers, input_shape = checked.layers, tuple(checked.shapes[0])
     index = (views.find_layer(layers, layer_name) if layer_name is not None

@@ -14,13 +14,6 @@ import click
 from cnncli.cli.app import main
 from cnncli.errors import CheckpointError, CnncliError
 from cnncli.files import atomic_write
-from cnncli.inspect.render import (
-    metrics_table,
-    percent,
-    predictions_csv,
-    predictions_table,
-    report_tables,
-)
 
 
 def _console():
@@ -118,6 +111,8 @@ class _Progress:
             self.bar.update(1)
 
     def on_epoch_end(self, row, improved) -> None:
+        from cnncli.inspect.render import percent
+
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -180,6 +175,7 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
     With --resume, CONFIG may be omitted: the run's stored config is used.
     """
     from cnncli.data import download_dataset
+    from cnncli.inspect.render import metrics_table, percent
     from cnncli.training.trainer import TrainingInterrupted, train
 
     if config is None and resume is None:
@@ -246,6 +242,7 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
 def eval_command(checkpoint, data, split, as_json, top_k):
     """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from cnncli.data.checkpoint_split import checkpoint_split
+    from cnncli.inspect.render import percent, report_tables
     from cnncli.training.checkpoint import load_checkpoint
     from cnncli.training.evaluate import evaluate
 
@@ -281,6 +278,7 @@ def eval_command(checkpoint, data, split, as_json, top_k):
 def predict_command(checkpoint, inputs, top, out):
     """Predicted class and top probabilities for images, .npy or .npz INPUTS."""
     from cnncli.data import load_inputs
+    from cnncli.inspect.render import predictions_csv, predictions_table
     from cnncli.training.checkpoint import load_checkpoint
     from cnncli.training.evaluate import top_predictions
 
