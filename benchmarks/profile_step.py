@@ -24,14 +24,14 @@ from cnncli.training.trainer import train_step
 
 # (kind, module suffix, function names): cumulative time of these functions.
 KINDS = [
-    ("im2col", "cnncli/kernels.py", {"im2col"}),
-    ("col2im", "cnncli/kernels.py", {"col2im_add"}),
-    ("conv (matmul, bias, pad)", "cnncli/layers/conv.py", {"forward", "backward"}),
-    ("pooling", "cnncli/layers/pool.py", {"forward", "backward"}),
-    ("activations", "cnncli/layers/activation.py", {"forward", "backward"}),
-    ("dense", "cnncli/layers/dense.py", {"forward", "backward"}),
-    ("loss", "cnncli/losses.py", {"softmax_cross_entropy"}),
-    ("optimizer", "cnncli/optim.py", {"step"}),
+    ("im2col", "cnncli/nn/kernels.py", {"im2col"}),
+    ("col2im", "cnncli/nn/kernels.py", {"col2im_add"}),
+    ("conv (matmul, bias, pad)", "cnncli/nn/layers/conv.py", {"forward", "backward"}),
+    ("pooling", "cnncli/nn/layers/pool.py", {"forward", "backward"}),
+    ("activations", "cnncli/nn/layers/activation.py", {"forward", "backward"}),
+    ("dense", "cnncli/nn/layers/dense.py", {"forward", "backward"}),
+    ("loss", "cnncli/nn/losses.py", {"softmax_cross_entropy"}),
+    ("optimizer", "cnncli/training/optim.py", {"step"}),
 ]
 
 

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from cnncli import files
 from cnncli.errors import CheckpointError
 from cnncli.training import checkpoint as ckpt_mod
 from cnncli.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
@@ -99,7 +100,7 @@ def test_crash_mid_write_leaves_previous_file(tmp_path, monkeypatch, where):
     else:
         def no_replace(src, dst):
             raise Crash
-        monkeypatch.setattr(ckpt_mod.os, "replace", no_replace)
+        monkeypatch.setattr(files.os, "replace", no_replace)
     with pytest.raises(Crash):
         _save(path, seed=2)
     monkeypatch.undo()
@@ -195,7 +196,7 @@ def test_written_files_get_the_usual_umask_mode_not_mkstemps_0600(tmp_path, umas
     old = os.umask(umask)
     try:
         _save(tmp_path / "c.npz")
-        ckpt_mod.atomic_write(tmp_path / "metrics.csv", lambda f: f.write(b"epoch\n"))
+        files.atomic_write(tmp_path / "metrics.csv", lambda f: f.write(b"epoch\n"))
     finally:
         os.umask(old)
     for name in ("c.npz", "metrics.csv"):

@@ -77,8 +77,7 @@ def test_mnist_downloads_once_then_reads_the_cache(mirror, monkeypatch, tmp_path
     _use_sums(monkeypatch, "mnist", sums)
     cfg = DataConfig(**{"dataset": "mnist", "val_split": 0, "normalize": "none"})
     calls = []
-    monkeypatch.setattr(download, "progress", lambda *args: calls.append(args))
-    ds = load_dataset(cfg, (1, 28, 28), 10, seed=0)
+    ds = load_dataset(cfg, (1, 28, 28), 10, seed=0, progress=lambda *args: calls.append(args))
     np.testing.assert_array_equal(ds.x_train[:, 0], x)
     sizes = {f"{url.rsplit('/', 1)[1]}": (done, total) for url, done, total in calls}
     assert sizes == {name: ((www / "mnist" / name).stat().st_size,) * 2 for name in sums}
@@ -280,4 +279,3 @@ def test_cli_says_what_it_downloads_once(mirror, monkeypatch, tmp_path):
     assert "downloading" not in first.stdout  # stdout keeps the training lines only
     again = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "r2")])
     assert again.exit_code == 0 and "downloading" not in again.stderr  # read from the cache
-    assert download.progress is None  # the hook is removed afterwards

@@ -129,6 +129,13 @@ def test_upscale_is_nearest_neighbour():
     np.testing.assert_array_equal(big[2::3, 2::3], image)
 
 
+def tile_origin(index: int, columns: int, tile_hw, gap: int):
+    """Top-left pixel (y, x) of tile ``index`` in a grid: rows of ``columns`` tiles, ``gap``
+    pixels before every tile and row."""
+    row, col = divmod(index, columns)
+    return gap + row * (tile_hw[0] + gap), gap + col * (tile_hw[1] + gap)
+
+
 def test_tile_grid_places_tiles_row_major_with_gaps():
     n, h, w, gap = 5, 3, 4, 2
     tiles = np.zeros((n, h, w, 3), np.uint8)
@@ -136,10 +143,10 @@ def test_tile_grid_places_tiles_row_major_with_gaps():
     grid = pictures.tile_grid(tiles, columns=3, gap=gap)
     assert grid.shape == (2 * (h + gap) + gap, 3 * (w + gap) + gap, 3)
     for i in range(n):
-        y, x = pictures.tile_origin(i, 3, (h, w), gap)
+        y, x = tile_origin(i, 3, (h, w), gap)
         np.testing.assert_array_equal(grid[y:y + h, x:x + w], tiles[i])
         assert tuple(grid[y - 1, x]) == pictures.GAP_COLOR
-    y, x = pictures.tile_origin(5, 3, (h, w), gap)  # the empty sixth cell
+    y, x = tile_origin(5, 3, (h, w), gap)  # the empty sixth cell
     assert np.all(grid[y:y + h, x:x + w] == pictures.BACKGROUND)
 
 
@@ -178,7 +185,7 @@ def test_text_image_draws_ink_and_grows_with_length():
 # ---------------------------------------------------------------- filters and features
 
 def tile_colour(grid, info, index, columns):
-    y, x = pictures.tile_origin(index, columns, info["tile"], info["gap"])
+    y, x = tile_origin(index, columns, info["tile"], info["gap"])
     return grid[y, x], grid[y:y + info["tile"][0], x:x + info["tile"][1]]
 
 
@@ -227,7 +234,7 @@ def test_filter_grid_rgb_tiles_for_three_input_channels():
     assert tuple(tile[0, s]) == (255, 128, 128)
     assert tuple(tile[s, 0]) == (128, 128, 0)
     assert tuple(tile[0, 0]) == (128, 128, 128)
-    y, x = pictures.tile_origin(1, info["columns"], info["tile"], info["gap"])
+    y, x = tile_origin(1, info["columns"], info["tile"], info["gap"])
     assert tuple(grid[y - 1, x]) == pictures.WHITE   # borders stand out from grey zero weights
 
 

@@ -73,6 +73,14 @@ def as_flags(text: str) -> str:
     return text
 
 
+def table_console():
+    """The Rich console tables print on; not a terminal (pipe, file, test runner): wide enough
+    that tables never wrap."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+
+
 def _reopen_closed_streams() -> None:
     """``cnncli ... >&-`` starts Python with sys.stdout None: write to the null device instead
     of failing on the first print."""

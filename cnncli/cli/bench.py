@@ -6,11 +6,10 @@ import contextlib
 import json
 import os
 import sys
-from pathlib import Path
 
 import click
 
-from cnncli.cli.app import main
+from cnncli.cli.app import main, table_console
 from cnncli.errors import CnncliError
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -48,17 +47,6 @@ def _blas_limit(blas: int | None, threads: int | None):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _load_config(path: str) -> dict:
-    """A YAML config, or the config stored in a checkpoint (.npz) or a run directory."""
-    from cnncli.training.checkpoint import is_checkpoint, load_checkpoint
-
-    if is_checkpoint(path):
-        return load_checkpoint(path).config
-    from cnncli.config import load_config
-
-    return load_config(path)
-
-
 @main.command()
 @click.argument("config", metavar="CONFIG_OR_CHECKPOINT")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
@@ -77,9 +65,10 @@ def bench(config, batch_size, steps, warmup, threads, blas_threads, as_json):
     """Time each layer's forward/backward, training steps and inference on synthetic data."""
     from cnncli import build_model
     from cnncli.inspect.bench import bench_model
+    from cnncli.inspect.sources import checked_source
     from cnncli.parallel import threads as cnncli_threads
 
-    cfg = _load_config(config)
+    run = checked_source(config).run
     before = cnncli_threads.get_threads()
     if threads is not None and blas_threads is None:
         blas_threads = 1
@@ -87,58 +76,21 @@ def bench(config, batch_size, steps, warmup, threads, blas_threads, as_json):
         if threads is not None:
             cnncli_threads.set_threads(threads)
         try:
-            model = build_model(cfg)
+            model = build_model(run)
             result = bench_model(model, batch_size=batch_size, steps=steps, warmup=warmup)
         finally:
             cnncli_threads.set_threads(before)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        _print_result(result, title=f"{cfg.get('name') or Path(config).stem}: batch "
+        _print_result(result, title=f"{run.name}: batch "
                                     f"{batch_size}, median of {steps} steps")
 
 
-def _gflops(value) -> str:
-    return "" if value is None else f"{value:.1f}"
-
-
 def _print_result(result, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from cnncli.inspect.render import bench_lines, bench_table
 
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-    layer_total = sum(t.forward_ms + t.backward_ms for t in result.layers) or 1.0
-    table = Table(title=title, title_justify="left")
-    for col in ("layer", "type", "output"):
-        table.add_column(col)
-    for col in ("forward ms", "backward ms", "share", "fwd GFLOP/s", "bwd GFLOP/s"):
-        table.add_column(col, justify="right")
-    for t in result.layers:
-        share = (t.forward_ms + t.backward_ms) / layer_total
-        table.add_row(t.name, t.type, "x".join(map(str, t.output_shape)),
-                      f"{t.forward_ms:.3f}", f"{t.backward_ms:.3f}", f"{100 * share:.1f}%",
-                      _gflops(t.forward_gflops), _gflops(t.backward_gflops))
-    console.print(table)
-    for note in result.notes:
-        console.print(note)
-    threads = "default" if result.threads is None else str(result.threads)
-    lines = [
-        f"training step   {result.train_step_ms:8.2f} ms   {result.train_images_per_s:9.0f} "
-        f"images/s  (forward + loss + backward + SGD update; steps took "
-        f"{result.train_step_ms_min:.2f}-{result.train_step_ms_max:.2f} ms)",
-        f"inference       {result.infer_batch_ms:8.2f} ms   {result.infer_images_per_s:9.0f} "
-        "images/s",
-        f"peak RSS        {result.peak_rss_mb:8.1f} MB   (getrusage ru_maxrss, whole process)",
-        f"step NumPy peak {result.step_numpy_peak_mb:8.1f} MB   (tracemalloc, one training step)",
-    ]
-    if result.worker_peak_rss_mb is not None:
-        lines.insert(3, f"worker peak RSS {result.worker_peak_rss_mb:8.1f} MB   (the process "
-                        f"training each batch's second half)")
-    if result.matmul_peak_gflops:
-        every = result.matmul_peak_all_cores_gflops
-        lines.append(f"matmul peak     {result.matmul_peak_gflops:8.1f} GFLOP/s  (float32 "
-                     f"2048x2048, {threads} BLAS thread(s)"
-                     + (f"; {every:.1f} on every core)" if every else ")"))
-    lines.append(f"threads         {result.cnncli_threads} cnncli, {threads} BLAS")
-    for line in lines:
+    console = table_console()
+    console.print(bench_table(result, title))
+    for line in result.notes + bench_lines(result):
         console.print(line)

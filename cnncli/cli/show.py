@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 
 from cnncli.cli.app import main
-from cnncli.errors import ConfigError, ShapeError
+from cnncli.errors import ConfigError
 from cnncli.inspect import pictures, plot, receptive
 from cnncli.training.checkpoint import is_checkpoint
 
@@ -55,41 +54,6 @@ def plot_command(run_dirs, out, terminal):
 
 
 # ---------------------------------------------------------------- show
-
-def _load_checkpoint(path: Path):
-    from cnncli.training.checkpoint import load_checkpoint
-
-    return load_checkpoint(path)
-
-
-def _model_and_meta(path: Path):
-    """(built model, normalization, class names, untrained?) from a checkpoint or a config."""
-    if is_checkpoint(path):
-        ckpt = _load_checkpoint(path)
-        return ckpt.model(), ckpt.normalization, getattr(ckpt, "class_names", None), False
-    from cnncli import build_model
-
-    return build_model(str(path)), {}, None, True   # no training statistics: inputs as given
-
-
-def _layer_stack(path: Path):
-    """(named unbuilt layers, input shape) of a config or checkpoint: no weights allocated."""
-    from cnncli.config import check_config, check_data
-
-    if is_checkpoint(path):
-        checked = check_data(_load_checkpoint(path).config, file=str(path))
-    else:
-        checked = check_config(path)
-    return checked.layers, tuple(checked.shapes[0])
-
-
-def _find_layer(layers, name: str) -> int:
-    for i, layer in enumerate(layers):
-        if layer.name == name:
-            return i
-    names = ", ".join(layer.name for layer in layers)
-    raise ConfigError(f"no layer named {name!r}", key="layer", hint=f"layers: {names}")
-
 
 def _default_out(source: Path, stem: str) -> Path:
     """Beside a checkpoint (its run directory); in the current directory for a config."""
@@ -183,127 +147,30 @@ def _reject_unused_options(mode: str, at, background) -> None:
 
 
 def _show_filters(source: Path, layer_name, out):
-    model, _, _, untrained = _model_and_meta(source)
-    convs = [i for i, layer in enumerate(model.layers)
-             if "weight" in layer.params and layer.params["weight"].ndim == 4]
-    if layer_name is not None:
-        i = _find_layer(model.layers, layer_name)
-        if i not in convs:
-            raise ConfigError(f"layer {layer_name!r} ({model.layers[i].type_name}) has no conv "
-                              "kernels to show", key="layer",
-                              hint="conv layers: " + ", ".join(model.layers[j].name
-                                                              for j in convs))
-    elif not convs:
-        raise ConfigError("the model has no conv layer; --filters shows conv kernels")
-    else:
-        i = convs[0]
-    layer = model.layers[i]
-    weight = layer.params["weight"]
-    # RGB tiles only for the image's own 3 channels, not a grouped conv with 3 per group.
-    grid, info = pictures.filter_grid(weight, rgb=model.shapes[i][0] == 3 and weight.shape[1] == 3)
-    o, c, kh, kw = weight.shape
-    title = f"{layer.name} weight {o}x{c}x{kh}x{kw}"
-    if info["mode"] == "rgb":
-        scale_text = f"rgb, 0 = grey, +-{info['limit']:.3g}"
-        image = pictures.labelled(grid, f"{title}  {scale_text}")
-        meaning = (f"one RGB tile per output channel (channel weights -> red/green/blue; "
-                   f"0 = mid-grey, shared scale +-{info['limit']:.3g})")
-    else:
-        if c > 1:
-            title += "  rows: outputs, columns: inputs"
-        image = pictures.vstack([pictures.labelled(grid, title),
-                                 pictures.colorbar(info["limit"])], gap=6)
-        layout = ("rows = output channels, columns = input channels" if c > 1
-                  else "one tile per output channel")
-        meaning = (f"{layout}; blue negative, white 0, red positive, shared scale "
-                   f"+-{info['limit']:.3g}")
-    image = pictures.pad_border(image, 6)
-    lines = [f"{layer.name}: weight {list(weight.shape)}, {meaning}; "
-             f"{kh}x{kw} kernels enlarged {info['scale']}x"]
-    if info["outputs_shown"] < o or info["inputs_shown"] < c:
-        lines.append(f"  showing the first {info['outputs_shown']} outputs x "
-                     f"{info['inputs_shown']} inputs of {o} x {c}")
-    if untrained:
+    from cnncli.inspect import sources, views
+
+    loaded = sources.model_source(source)
+    lines, image, name = views.filters_view(loaded.model, layer_name)
+    if not loaded.trained:
         lines.append("  (a config, not a checkpoint: these are the initial, untrained weights)")
-    path = pictures.write_png(out or _default_out(source, f"filters_{layer.name}"), image)
-    return lines, path
-
-
-def _feature_groups(model):
-    """[(first, last)] layer index ranges: each conv/pool layer plus the position-wise layers
-    right after it (activation, batch norm, dropout), whose output the next layer sees."""
-    groups, shapes, layers = [], model.shapes, model.layers
-
-    def pointwise(j):
-        return (len(shapes[j]) == 3 and tuple(shapes[j + 1]) == tuple(shapes[j])
-                and layers[j].geometry(shapes[j]) is None)
-
-    for i, layer in enumerate(layers):
-        if len(shapes[i + 1]) != 3 or len(shapes[i]) != 3 or layer.geometry(shapes[i]) is None:
-            continue
-        last = i
-        while last + 1 < len(layers) and pointwise(last + 1):
-            last += 1
-        groups.append((i, last))
-    return groups
+    return lines, pictures.write_png(out or _default_out(source, f"filters_{name}"), image)
 
 
 def _show_features(source: Path, features_input: str, layer_name, index: int, out):
     from cnncli.data import load_inputs
-    from cnncli.nn.layers.base import from_internal, to_internal
+    from cnncli.inspect import sources, views
 
-    model, normalization, class_names, untrained = _model_and_meta(source)
-    x, row_labels = load_inputs([features_input], model.input_shape, normalization)
+    loaded = sources.model_source(source)
+    x, row_labels = load_inputs([features_input], loaded.model.input_shape,
+                                loaded.normalization)
     _check_index(index, x, features_input)
-    groups = _feature_groups(model)
-    if layer_name is not None:
-        i = _find_layer(model.layers, layer_name)
-        if len(model.shapes[i + 1]) != 3:
-            raise ShapeError(f"layer {layer_name!r} has a flat output "
-                             f"{list(model.shapes[i + 1])}; feature maps need a spatial layer",
-                             hint="pick a conv/pool layer")
-        last = next((b for a, b in groups if a == i), i)
-        groups = [(i, last)]
-    elif not groups:
-        raise ConfigError("the model has no conv or pool layer to show feature maps of")
-    wanted = {last: first for first, last in groups}
-    h = to_internal(np.asarray(x[index:index + 1], dtype=model.dtype))
-    panels = [pictures.labelled(pictures.input_picture(x[index]), "input")]
     label = row_labels[index] if row_labels else features_input
-    lines = [f"input {label}: shape {list(x.shape[1:])}"]
-    for j, layer in enumerate(model.layers):
-        h = layer.forward(h, train=False)
-        if j in wanted:
-            maps = from_internal(h)[0]
-            first = wanted[j]
-            name = "+".join(model.layers[k].name for k in range(first, j + 1))
-            grid, info = pictures.feature_grid(maps)
-            c, mh, mw = maps.shape
-            scale = (f"-{info['high']:.3g}..{info['high']:.3g}" if info["signed"]
-                     else f"0..{info['high']:.3g}")
-            bar = pictures.colorbar(info["high"], max(100, min(160, grid.shape[1] - 16)),
-                                    signed=info["signed"])
-            title = f"{name} {c}x{mh}x{mw}" + (f" (first {info['shown']})"
-                                                 if info["shown"] < c else "")
-            panels.append(pictures.vstack([pictures.labelled(grid, title), bar], gap=6))
-            lines.append(f"{name}: {c}x{mh}x{mw}, colour scale {scale} "
-                         f"({'blue<0<red' if info['signed'] else 'dark=0, bright=max'})"
-                         + (f", first {info['shown']} maps shown" if info["shown"] < c else ""))
-    logits = from_internal(h)[0] if h.ndim == 2 else None
-    if logits is not None and logits.ndim == 1:
-        z = np.exp(logits - logits.max())
-        p = z / z.sum()
-        k = int(np.argmax(p))
-        cls = class_names[k] if class_names and k < len(class_names) else str(k)
-        lines.append(f"prediction: {cls} (p={p[k]:.3f})")
-        panels[0] = pictures.vstack([panels[0], pictures.text_image(f"pred {cls}"),
-                                     pictures.text_image(f"p={p[k]:.2f}")], gap=4)
-    if untrained:
+    lines, image = views.features_view(loaded.model, x[index], label, layer_name,
+                                       loaded.class_names)
+    if not loaded.trained:
         lines.append("(a config, not a checkpoint: untrained weights)")
-    image = pictures.pad_border(pictures.wrap(panels, gap=16), 6)   # deep nets: several rows
     stem = f"features_{layer_name}" if layer_name else "features"
-    path = pictures.write_png(out or _default_out(source, stem), image)
-    return lines, path
+    return lines, pictures.write_png(out or _default_out(source, stem), image)
 
 
 def _check_index(index: int, x, path) -> None:
@@ -313,23 +180,20 @@ def _check_index(index: int, x, path) -> None:
 
 
 def _show_receptive(source: Path, layer_name, at, background, row: int, out):
-    layers, input_shape = _layer_stack(source)
-    index = (_find_layer(layers, layer_name) if layer_name is not None
+    from cnncli.inspect import sources, views
+
+    checked = sources.checked_source(source)
+    layers, input_shape = checked.layers, tuple(checked.shapes[0])
+    index = (views.find_layer(layers, layer_name) if layer_name is not None
              else receptive.last_spatial_index(layers, input_shape))
     box = receptive.input_box(layers, input_shape, index, at)
     under = None
     if background is not None:
         from cnncli.data import load_inputs
 
-        normalization = (_load_checkpoint(source).normalization if is_checkpoint(source)
-                         else {})
-        x, _ = load_inputs([background], input_shape, normalization)
+        x, _ = load_inputs([background], input_shape, sources.source_normalization(source))
         _check_index(row, x, background)
-        chw = np.asarray(x[row], dtype=np.float64)
-        under = pictures.grey_rgb(chw.transpose(1, 2, 0) if chw.shape[0] == 3 else chw[0])
-    image, _, _ = pictures.receptive_picture(box, under)
-    title = (f"{box.layer} unit ({box.unit[0]},{box.unit[1]}): rows {box.top}..{box.bottom} "
-             f"cols {box.left}..{box.right}")
-    image = pictures.pad_border(pictures.labelled(image, title), 6)
+        under = x[row]
+    lines, image = views.receptive_view(box, under)
     path = pictures.write_png(out or _default_out(source, f"receptive_field_{box.layer}"), image)
-    return box.describe(), path
+    return lines, path

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
-import sys
 
 import click
-from rich.console import Console
 
-from cnncli.cli.app import main
-from cnncli.config import check_config, check_data, dump_config
-from cnncli.errors import ConfigError, ShapeError
-
-
-def _console() -> Console:
-    # Not a terminal (pipe, file, test runner): wide enough that tables never wrap.
-    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+from cnncli.cli.app import main, table_console
+from cnncli.config import dump_config
+from cnncli.errors import ConfigError
+from cnncli.inspect.sources import checked_source
 
 
 def _parse_shape(text: str | None):
@@ -38,38 +31,6 @@ def _warn(warnings) -> None:
         click.echo(f"cnncli: warning: {line}", err=True)
 
 
-def checked_from(path: str, input_shape=None):
-    """Check a config file, or the config stored in a checkpoint (.npz or a run directory)."""
-    from cnncli.training.checkpoint import is_checkpoint, load_checkpoint
-
-    if is_checkpoint(path):
-        ckpt = load_checkpoint(path)
-        checked = check_data(ckpt.config, file=path, input_shape=input_shape)
-        if input_shape is not None:
-            _check_dense_inputs(checked, ckpt.state, path, input_shape,
-                                ckpt.run.model.input_shape)
-        return checked
-    return check_config(path, input_shape=input_shape)
-
-
-def _check_dense_inputs(checked, state: dict, path, input_shape, trained_shape) -> None:
-    """Trained dense weights fix their input size: an --input-shape must keep it."""
-    for layer, label, in_shape in zip(checked.layers, checked.labels, checked.shapes,
-                                      strict=False):
-        weight = state.get(f"{layer.name}.weight")
-        if layer.type_name != "dense" or weight is None or weight.ndim != 2:
-            continue
-        features = math.prod(in_shape)
-        if weight.shape[1] != features:
-            given = ",".join(map(str, input_shape))
-            trained = ",".join(map(str, trained_shape))
-            raise ShapeError(f"its input size changed: the checkpoint's weights take "
-                             f"{weight.shape[1]} features, --input-shape {given} gives it "
-                             f"{features}", file=path, layer=label,
-                             hint=f"dense layers fix the input size; this model was trained "
-                                  f"on {trained}")
-
-
 @main.command()
 @click.argument("config_or_checkpoint", metavar="CONFIG_OR_CHECKPOINT")
 @click.option("--input-shape", metavar="C,H,W", help="Override model.input_shape.")
@@ -87,7 +48,7 @@ def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
 
     if as_json and fmt not in ("table", "json"):
         raise click.UsageError(f"--json and --format {fmt} ask for two formats; give one")
-    checked = checked_from(config_or_checkpoint, _parse_shape(input_shape))
+    checked = checked_source(config_or_checkpoint, _parse_shape(input_shape))
     _warn(checked.warnings)
     result = summarize(checked, batch_size=batch_size, dtype=dtype)
     fmt = "json" if as_json else fmt
@@ -98,38 +59,17 @@ def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
     elif fmt == "markdown":
         click.echo(summary_markdown(result), nl=False)
     else:
-        title = f"{checked.config['name']}: input {'x'.join(map(str, result.input_shape))}"
-        print_summary(result, _console(), title=title)
+        title = f"{checked.run.name}: input {'x'.join(map(str, result.input_shape))}"
+        print_summary(result, table_console(), title=title)
 
 
 @main.command("config")
 @click.argument("config", metavar="CONFIG")
 def config_command(config):
     """Check a config and print it resolved (every default filled in) as YAML."""
-    checked = checked_from(config)
+    checked = checked_source(config)
     _warn(checked.warnings)
-    click.echo(dump_config(checked.config), nl=False)
-
-
-def layer_catalogue() -> list[dict]:
-    """Every registered layer type: aliases, hyperparameters with defaults, first doc paragraph."""
-    from cnncli.nn.layers.base import hyperparameters
-    from cnncli.nn.registry import ALIASES, LAYERS
-
-    out = []
-    for name in sorted(LAYERS):
-        cls = LAYERS[name]
-        doc = inspect.getdoc(cls) or ""
-        out.append({
-            "type": name,
-            "aliases": sorted(a for a, t in ALIASES.items() if t == name),
-            "hyperparameters": hyperparameters(cls),
-            "key_aliases": dict(getattr(cls, "aliases", {}) or {}),
-            "accepts_activation": bool(getattr(cls, "accepts_activation", False)),
-            "is_activation": bool(getattr(cls, "is_activation", False)),
-            "doc": " ".join(doc.split("\n\n")[0].split()),   # first paragraph, one line
-        })
-    return out
+    click.echo(dump_config(checked.run), nl=False)
 
 
 @main.command("layers")
@@ -137,8 +77,9 @@ def layer_catalogue() -> list[dict]:
 def layers_command(as_json):
     """List every layer type with its hyperparameters, defaults and aliases."""
     from cnncli.inspect.render import layers_table
+    from cnncli.nn.registry import catalogue
 
-    entries = layer_catalogue()
+    entries = catalogue()
     if as_json:
         for e in entries:
             e["hyperparameters"] = {
@@ -146,7 +87,7 @@ def layers_command(as_json):
                 for k, v in e["hyperparameters"].items()}
         click.echo(json.dumps(entries, indent=2))
     else:
-        _console().print(layers_table(entries))
+        table_console().print(layers_table(entries))
 
 
 def _jsonable(value):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import shlex
 import sys
@@ -15,15 +13,7 @@ import click
 
 from cnncli.cli.app import main
 from cnncli.errors import CheckpointError, CnncliError
-from cnncli.training.checkpoint import atomic_write
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def _num(value, fmt="{:.4f}") -> str:
-    return "-" if value is None else fmt.format(value)
+from cnncli.files import atomic_write
 
 
 def _console():
@@ -36,9 +26,8 @@ def _console():
 
 @contextlib.contextmanager
 def _download_progress(quiet: bool):
-    """Show first-use dataset downloads on stderr: a byte bar on a terminal, else one line."""
-    from cnncli.data import download
-
+    """A ``progress`` callback for first-use dataset downloads (None when quiet): a byte bar
+    on stderr on a terminal, else one line per file."""
     bars: dict[str, object] = {}
 
     def show(url: str, done: int, total: int | None) -> None:
@@ -60,12 +49,9 @@ def _download_progress(quiet: bool):
                 bar.close()
                 bars[url] = None
 
-    previous = download.progress
-    download.progress = None if quiet else show
     try:
-        yield
+        yield None if quiet else show
     finally:
-        download.progress = previous
         for bar in bars.values():
             if bar is not None:
                 bar.close()
@@ -125,6 +111,8 @@ class _Progress:
             self.bar.update(1)
 
     def on_epoch_end(self, row, improved) -> None:
+        from cnncli.inspect.render import percent
+
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -133,9 +121,9 @@ class _Progress:
         width = len(str(self.epochs))
         val = ""
         if row["val_loss"] is not None:
-            val = f"  val loss {row['val_loss']:.4f} acc {_pct(row['val_accuracy'])}"
+            val = f"  val loss {row['val_loss']:.4f} acc {percent(row['val_accuracy'])}"
         click.echo(f"epoch {row['epoch']:>{width}}/{self.epochs}  train loss "
-                   f"{row['train_loss']:.4f} acc {_pct(row['train_accuracy'])}{val}  "
+                   f"{row['train_loss']:.4f} acc {percent(row['train_accuracy'])}{val}  "
                    f"lr {row['lr']:.3g}  {row['seconds']:.1f}s{'  *' if improved else ''}")
 
     def close(self) -> None:
@@ -163,39 +151,6 @@ def _settings_text(train) -> str:
     return ", ".join(parts)
 
 
-def _summary_rows(rows: list[dict], best_epoch: int | None) -> list[dict | None]:
-    """All rows of a short run; else the first 3, the best and the last 5 (None = a gap)."""
-    if len(rows) <= 15:
-        return list(rows)
-    keep = {0, 1, 2, *range(len(rows) - 5, len(rows))}
-    if best_epoch is not None:
-        keep.add(best_epoch - 1)
-    out, previous = [], -1
-    for i in sorted(keep):
-        if i != previous + 1:
-            out.append(None)
-        out.append(rows[i])
-        previous = i
-    return out
-
-
-def _metrics_table(rows: list[dict], best_epoch: int | None = None):
-    from rich.table import Table
-
-    table = Table(title="training summary (* best)", title_justify="left")
-    for name in ("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "time"):
-        table.add_column(name, justify="right")
-    for row in _summary_rows(rows, best_epoch):
-        if row is None:
-            table.add_row(*["⋮"] * 7)
-            continue
-        mark = "*" if row["epoch"] == best_epoch else ""
-        table.add_row(f"{mark}{row['epoch']}", _num(row["train_loss"]), _pct(row["train_accuracy"]),
-                      _num(row.get("val_loss")), _pct(row.get("val_accuracy")),
-                      f"{row['lr']:.3g}", f"{row['seconds']:.1f}s")
-    return table
-
-
 @main.command("train")
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
@@ -217,6 +172,7 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
 
     With --resume, CONFIG may be omitted: the run's stored config is used.
     """
+    from cnncli.inspect.render import metrics_table, percent
     from cnncli.training.trainer import TrainingInterrupted, train
 
     if config is None and resume is None:
@@ -231,9 +187,10 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
         cfg = checked.run
     progress = _Progress(quiet, verbose)
     try:
-        with _download_progress(quiet):
+        with _download_progress(quiet) as show_download:
             run = train(cfg, out_dir=out, resume=resume, epochs=epochs, batch_size=batch_size,
-                        lr=lr, seed=seed, callbacks=progress, overwrite=overwrite)
+                        lr=lr, seed=seed, callbacks=progress, overwrite=overwrite,
+                        progress=show_download)
     except CnncliError as err:        # data.path missing, wrong input_shape: point at the key
         if config is None:
             raise
@@ -256,42 +213,18 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
     finally:
         progress.close()
     if not quiet and run.metrics:
-        _console().print(_metrics_table(run.metrics, run.best_epoch))
+        _console().print(metrics_table(run.metrics, run.best_epoch))
     if run.stopped_early:
         click.echo(f"early stopping after epoch {run.metrics[-1]['epoch']}")
     if run.best_epoch is not None:
-        click.echo(f"best {run.best_by} {_pct(run.best_metric)} at epoch {run.best_epoch}"
+        click.echo(f"best {run.best_by} {percent(run.best_metric)} at epoch {run.best_epoch}"
                    f" -> {run.best_path}")
     if run.test is not None:
-        click.echo(f"test accuracy {_pct(run.test['accuracy'])} (loss {run.test['loss']:.4f}, "
+        click.echo(f"test accuracy {percent(run.test['accuracy'])} (loss {run.test['loss']:.4f}, "
                    f"{run.test['num_samples']} images, best.npz)")
 
 
 # ---------------------------------------------------------------- eval
-
-def _report_tables(report: dict, class_names: list[str]):
-    from rich.table import Table
-
-    per_class = Table(title="per class", title_justify="left")
-    for name in ("class", "precision", "recall", "f1", "support"):
-        per_class.add_column(name, justify="right")
-    for row in report["per_class"]:
-        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
-                          f"{row['f1']:.3f}", str(row["support"]))
-    cm = report["confusion_matrix"]
-    if len(cm) > 30:
-        return [per_class]
-    matrix = Table()
-    matrix.add_column("true \\ pred", justify="right")
-    names = [row["class"] for row in report["per_class"]]
-    for name in names:
-        matrix.add_column(name, justify="right")
-    for i, (name, counts) in enumerate(zip(names, cm, strict=True)):
-        cells = [f"[bold]{c}[/bold]" if i == j and c else (str(c) if c else "[dim]·[/dim]")
-                 for j, c in enumerate(counts)]
-        matrix.add_row(name, *cells)
-    return [per_class, "confusion matrix (rows: true class, columns: predicted class)", matrix]
-
 
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
@@ -305,13 +238,14 @@ def _report_tables(report: dict, class_names: list[str]):
 def eval_command(checkpoint, data, split, as_json, top_k):
     """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from cnncli.data.checkpoint_split import checkpoint_split
+    from cnncli.inspect.render import percent, report_tables
     from cnncli.training.checkpoint import load_checkpoint
     from cnncli.training.evaluate import evaluate
 
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model()
-    with _download_progress(False):  # stderr: --json output stays clean
-        x, y = checkpoint_split(ckpt, model, data, split)
+    with _download_progress(False) as show_download:  # stderr: --json output stays clean
+        x, y = checkpoint_split(ckpt, model, data, split, progress=show_download)
     class_names = ckpt.class_names
     report = evaluate(model, x, y, class_names, top_k=top_k)
     report = {"checkpoint": str(ckpt.path), "split": split, **report}
@@ -321,10 +255,10 @@ def eval_command(checkpoint, data, split, as_json, top_k):
     console = _console()
     click.echo(f"{ckpt.path} (epoch {ckpt.epoch}) on the {split} split: "
                f"{report['num_samples']} images")
-    click.echo(f"loss {report['loss']:.4f}   accuracy {_pct(report['accuracy'])}   "
-               f"top-{report['top_k']} accuracy {_pct(report['top_k_accuracy'])}   "
+    click.echo(f"loss {report['loss']:.4f}   accuracy {percent(report['accuracy'])}   "
+               f"top-{report['top_k']} accuracy {percent(report['top_k_accuracy'])}   "
                f"macro F1 {report['macro_f1']:.3f}")
-    for table in _report_tables(report, class_names):
+    for table in report_tables(report):
         console.print(table)
 
 
@@ -340,8 +274,9 @@ def eval_command(checkpoint, data, split, as_json, top_k):
 def predict_command(checkpoint, inputs, top, out):
     """Predicted class and top probabilities for images, .npy or .npz INPUTS."""
     from cnncli.data import load_inputs
+    from cnncli.inspect.render import predictions_csv, predictions_table
     from cnncli.training.checkpoint import load_checkpoint
-    from cnncli.training.evaluate import softmax, top_k_indices
+    from cnncli.training.evaluate import top_predictions
 
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model()
@@ -349,39 +284,13 @@ def predict_command(checkpoint, inputs, top, out):
         raise CheckpointError(f"{ckpt.path} stores no normalisation statistics",
                               hint="use a checkpoint written by 'cnncli train'")
     x, labels = load_inputs(list(inputs), tuple(model.input_shape), ckpt.normalization)
-    logits = model.predict_logits(x)
-    probs = softmax(logits)
-    k = min(top, probs.shape[1])
-    best = top_k_indices(logits, k)
-    names = ckpt.class_names if len(ckpt.class_names) == probs.shape[1] else \
-        [str(i) for i in range(probs.shape[1])]
-    rows = [(label, [(names[c], float(probs[i, c])) for c in best[i]])
-            for i, label in enumerate(labels)]
+    rows = top_predictions(model, x, labels, ckpt.class_names, top)
     if out is not None:
-        header = ["input", "predicted", "probability"]
-        for r in range(2, k + 1):
-            header += [f"class_{r}", f"probability_{r}"]
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(header)
-        for label, ranked in rows:
-            writer.writerow([label] + [v for c, p in ranked for v in (c, f"{p:.6f}")])
+        text = predictions_csv(rows)
         try:  # creates missing parent folders, as train --out does
-            atomic_write(out, lambda f: f.write(buf.getvalue().encode("utf-8")))
+            atomic_write(out, lambda f: f.write(text.encode("utf-8")))
         except OSError as err:
             raise CnncliError(f"cannot write --out {out}: {err.strerror or err}") from None
         click.echo(f"wrote {len(rows)} predictions to {out}")
         return
-    from rich.table import Table
-
-    table = Table()
-    table.add_column("input")
-    table.add_column("predicted", justify="right")
-    table.add_column("probability", justify="right")
-    if k > 1:
-        table.add_column(f"next {k - 1}")
-    for label, ranked in rows:
-        rest = ", ".join(f"{c} {100 * p:.1f}%" for c, p in ranked[1:])
-        table.add_row(label, ranked[0][0], f"{100 * ranked[0][1]:.1f}%",
-                      *([rest] if k > 1 else []))
-    _console().print(table)
+    _console().print(predictions_table(rows))

@@ -20,7 +20,8 @@ from cnncli.data.transforms import (
 )
 from cnncli.errors import DataError
 
-__all__ = ["Dataset", "load_dataset", "normalize", "load_inputs", "iterate_batches"]
+__all__ = ["Dataset", "load_dataset", "download_dataset", "normalize", "load_inputs",
+           "iterate_batches"]
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 
@@ -41,14 +42,15 @@ class Dataset:
 
 def load_dataset(data_cfg: DataConfig, input_shape: tuple, num_classes: int, seed: int,
                  root: Path | None = None, normalization: dict | None = None, *,
-                 training: bool = False) -> Dataset:
+                 training: bool = False, progress: download.Progress | None = None) -> Dataset:
     """Read the source ``data_cfg`` names, check it fits the model, split and normalise it.
 
     ``normalization`` (e.g. a checkpoint's) is reused instead of fitting the training split.
     ``training``: data that names its classes must have two or more, each with an image.
+    ``progress`` is told about first-use downloads (see ``download.fetch``).
     """
     input_shape = _image_shape(input_shape)
-    raw = read_source(data_cfg, input_shape[0], root)
+    raw = read_source(data_cfg, input_shape[0], root, progress=progress)
     try:
         x_train, y_train, x_test, y_test = _checked_arrays(raw, data_cfg, input_shape,
                                                            num_classes)
@@ -131,7 +133,21 @@ def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
     return list(names)
 
 
-def read_source(data_cfg: DataConfig, channels: int, root: Path | None = None) -> sources.RawData:
+def download_dataset(data_cfg: DataConfig, root: Path | None = None, *,
+                     progress: download.Progress | None = None) -> dict[str, Path]:
+    """The cached files of the public dataset ``data_cfg`` names, downloading the missing
+    ones; {} for data that needs no download (``path``, or the bundled digits)."""
+    name = data_cfg.dataset or "digits"
+    if data_cfg.path is not None or name not in download.SOURCES:
+        return {}
+    cache = data_cfg.cache_dir
+    if cache and root is not None:
+        cache = Path(root) / Path(cache).expanduser()
+    return download.fetch(name, cache, progress=progress)
+
+
+def read_source(data_cfg: DataConfig, channels: int, root: Path | None = None, *,
+                progress: download.Progress | None = None) -> sources.RawData:
     """Raw arrays of the configured ``dataset`` or ``path``."""
     path = data_cfg.path
     if path is not None:
@@ -139,17 +155,15 @@ def read_source(data_cfg: DataConfig, channels: int, root: Path | None = None) -
     name = data_cfg.dataset or "digits"
     if name == "digits":
         return sources.read_digits()
-    cache = data_cfg.cache_dir
-    if cache and root is not None:
-        cache = Path(root) / Path(cache).expanduser()
     if name in ("mnist", "fashion-mnist"):
-        folder = next(iter(download.fetch(name, cache).values())).parent
-        raw = sources.read_idx_dir(folder)
+        files = download_dataset(data_cfg, root, progress=progress)
+        raw = sources.read_idx_dir(next(iter(files.values())).parent)
         raw.class_names = (sources.FASHION_CLASSES if name == "fashion-mnist"
                            else [str(i) for i in range(10)])
         return raw
     if name == "cifar10":
-        return sources.read_cifar10(download.fetch(name, cache)["cifar-10-binary.tar.gz"])
+        files = download_dataset(data_cfg, root, progress=progress)
+        return sources.read_cifar10(files["cifar-10-binary.tar.gz"])
     raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}",
                     key="dataset")
 

@@ -34,11 +34,12 @@ def _empty_split(split: str, sizes: dict) -> DataError:
                      hint=f"use split={others[0]}" if others else None)
 
 
-def checkpoint_split(ckpt, model, data: str | None, split: str):
+def checkpoint_split(ckpt, model, data: str | None, split: str, *, progress=None):
     """Images and labels of one split, normalised with the checkpoint's own statistics.
 
     The run's own data is re-split exactly as in training (same seed). Other data (``data``) is
-    read raw and normalised with the stored training statistics, never its own.
+    read raw and normalised with the stored training statistics, never its own. ``progress``
+    hears about first-use downloads (``download.fetch``).
     """
     cfg = _data_config(ckpt.run, data)
     seed = ckpt.run.seed
@@ -46,7 +47,8 @@ def checkpoint_split(ckpt, model, data: str | None, split: str):
     if data is None:
         try:
             ds = load_dataset(cfg, shape, num_classes, seed,
-                              normalization=ckpt.normalization or None)  # the stored stats
+                              normalization=ckpt.normalization or None,  # the stored stats
+                              progress=progress)
         except DataError as err:
             if err.key == "path" and not Path(str(cfg.path)).is_absolute():
                 err.message = f"the run's {err.message}"
@@ -59,7 +61,7 @@ def checkpoint_split(ckpt, model, data: str | None, split: str):
             raise _empty_split(split, {s: len(getattr(ds, f"y_{s}"))
                                        for s in ("test", "val", "train")})
         return x, y
-    raw = read_source(cfg, shape[0])
+    raw = read_source(cfg, shape[0], progress=progress)
     layout = raw.layout or cfg.layout
     if split == "test":
         if raw.x_test is None or len(raw.x_test) == 0:

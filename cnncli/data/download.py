@@ -11,13 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnncli.errors import DataError
-from cnncli.training.checkpoint import new_file_mode
+from cnncli.files import new_file_mode
 
 TIMEOUT_SECONDS = 30
 CHUNK_BYTES = 1 << 20
 
-# The CLI may set this to show progress: called with (url, bytes so far, total or None) per chunk.
-progress: Callable[[str, int, int | None], None] | None = None
+#: A download's progress: called with (url, bytes so far, total or None) after each chunk.
+Progress = Callable[[str, int, int | None], None]
 
 # dataset -> (base URL, {file name: "algorithm:hexdigest"}).
 # SHA-256 of the files as published (the same files whose md5 the authors and torchvision list:
@@ -77,8 +77,9 @@ def digest_of(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def fetch(dataset: str, cache_dir=None) -> dict[str, Path]:
-    """Every file of ``dataset`` in the cache, downloading and verifying the missing ones."""
+def fetch(dataset: str, cache_dir=None, *, progress: Progress | None = None) -> dict[str, Path]:
+    """Every file of ``dataset`` in the cache, downloading and verifying the missing ones
+    (``progress`` hears about each download's chunks)."""
     if dataset not in SOURCES:
         raise DataError(f"no download source for dataset {dataset!r}", key="dataset")
     folder = cache_root(cache_dir) / dataset
@@ -88,7 +89,7 @@ def fetch(dataset: str, cache_dir=None) -> dict[str, Path]:
                if not _verified(paths[name], checksum)]
     for i, name in enumerate(missing):
         try:
-            download(file_url(dataset, name), paths[name], files[name])
+            download(file_url(dataset, name), paths[name], files[name], progress=progress)
         except DataError as err:
             if len(missing) > i + 1:  # say up front everything an offline user must fetch
                 err.hint = (f"{dataset} also needs {', '.join(missing[i + 1:])} in that folder, "
@@ -102,7 +103,8 @@ def _verified(path: Path, checksum: str) -> bool:
     return path.is_file() and digest_of(path, algorithm) == expected
 
 
-def download(url: str, dest: Path, checksum: str) -> None:
+def download(url: str, dest: Path, checksum: str, *,
+             progress: Progress | None = None) -> None:
     """Stream ``url`` into ``dest`` via a temp file; verify, fsync, then rename into place."""
     algorithm, expected = checksum.split(":", 1)
     by_hand = f"download it yourself and save it as {dest}"

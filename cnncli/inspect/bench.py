@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from cnncli.errors import ConfigError
+from cnncli.inspect.walk import walk
 from cnncli.nn.losses import softmax_cross_entropy
 from cnncli.parallel import threads
 from cnncli.parallel.processes import split_model
@@ -157,7 +158,7 @@ def _time_inference(model, x, steps: int, warmup: int) -> list[float]:
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        model.forward(x, train=False)
+        model.predict_logits(x, batch_size=len(x))  # as eval and predict run it
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
@@ -231,16 +232,17 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
     infer_times = _time_inference(model, x, steps, warmup)
 
     layers = []
-    for k, layer in enumerate(model.layers):
+    for step in walk(model.layers, model.input_shape, model.shapes):
+        k, layer = step.index, step.layer
         f_ms, b_ms = _median_ms(fwd[k]), _median_ms(bwd[k])
         # Rates only for layers that multiply by weights (conv, dense); a pool's "MACs" are
         # comparisons, not arithmetic the GFLOP/s ceiling is about.
-        macs = layer.macs(model.shapes[k]) * batch_size if "weight" in layer.params else 0
+        macs = layer.macs(step.in_shape) * batch_size if "weight" in layer.params else 0
         # Backward multiplies twice (weights and input) except where dx is skipped.
         bwd_flops = 2 * macs * (2 if k > 0 else 1)
         layers.append(LayerTiming(
             name=layer.name, type=layer.type_name, forward_ms=f_ms, backward_ms=b_ms,
-            output_shape=list(model.shapes[k + 1]),
+            output_shape=list(step.out_shape),
             forward_gflops=_rate(2 * macs, f_ms), backward_gflops=_rate(bwd_flops, b_ms)))
 
     notes = [f"{model.layers[k].name} runs after {model.layers[model.run_order[pos - 1]].name}"

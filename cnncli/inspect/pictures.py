@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CnncliError
-from cnncli.training.checkpoint import make_folder
+from cnncli.files import make_folder
 
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
@@ -123,41 +123,36 @@ def tile_grid(tiles: np.ndarray, columns: int, gap: int = 2,
     return out
 
 
-def tile_origin(index: int, columns: int, tile_hw: tuple[int, int], gap: int = 2):
-    """Top-left pixel (y, x) of tile ``index`` in a ``tile_grid`` image."""
-    h, w = tile_hw
-    row, col = divmod(index, columns)
-    return gap + row * (h + gap), gap + col * (w + gap)
-
-
 def canvas(height: int, width: int, color=BACKGROUND) -> np.ndarray:
     out = np.empty((int(height), int(width), 3), dtype=np.uint8)
     out[...] = color
     return out
 
 
+def _stack(images: list[np.ndarray], axis: int, gap: int, color) -> np.ndarray:
+    """Images one after another along ``axis`` (0 down, 1 across), aligned at the start of
+    the other axis, ``gap`` pixels apart on a background of ``color``."""
+    size = [0, 0]
+    size[axis] = sum(im.shape[axis] for im in images) + gap * (len(images) - 1)
+    size[1 - axis] = max(im.shape[1 - axis] for im in images)
+    out = canvas(*size, color)
+    at = 0
+    for im in images:
+        place = [slice(0, im.shape[0]), slice(0, im.shape[1])]
+        place[axis] = slice(at, at + im.shape[axis])
+        out[tuple(place)] = im
+        at += im.shape[axis] + gap
+    return out
+
+
 def hstack(images: list[np.ndarray], gap: int = 12, color=BACKGROUND) -> np.ndarray:
     """Images side by side, top-aligned, on a background of ``color``."""
-    height = max(im.shape[0] for im in images)
-    width = sum(im.shape[1] for im in images) + gap * (len(images) - 1)
-    out = canvas(height, width, color)
-    x = 0
-    for im in images:
-        out[:im.shape[0], x:x + im.shape[1]] = im
-        x += im.shape[1] + gap
-    return out
+    return _stack(images, 1, gap, color)
 
 
 def vstack(images: list[np.ndarray], gap: int = 4, color=BACKGROUND) -> np.ndarray:
     """Images one under another, left-aligned."""
-    width = max(im.shape[1] for im in images)
-    height = sum(im.shape[0] for im in images) + gap * (len(images) - 1)
-    out = canvas(height, width, color)
-    y = 0
-    for im in images:
-        out[y:y + im.shape[0], :im.shape[1]] = im
-        y += im.shape[0] + gap
-    return out
+    return _stack(images, 0, gap, color)
 
 
 def wrap(images: list[np.ndarray], max_width: int = 1600, gap: int = 16) -> np.ndarray:

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CnncliError, DataError
-from cnncli.training.checkpoint import make_folder
+from cnncli.files import make_folder
+from cnncli.training.metrics import METRIC_COLUMNS, METRICS_FILE
 
-METRICS_FILE = "metrics.csv"
-COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 PLOT_HINT = "pip install 'cnncli[plot]'"
 
 
@@ -54,13 +53,13 @@ def read_metrics(run_dir) -> Run:
         raise DataError(f"{csv_path}: cannot read metrics: {err}") from None
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise DataError(f"{csv_path}: empty file, expected a header "
-                        f"{','.join(COLUMNS)}")
+                        f"{','.join(METRIC_COLUMNS)}")
     header = [cell.strip() for cell in rows[0]]
     needed = ("epoch", "train_loss")
     missing = [c for c in needed if c not in header]
     if missing:
         raise DataError(f"{csv_path}:1: header has no {missing[0]!r} column (got "
-                        f"{','.join(header)!r}); expected {','.join(COLUMNS)}")
+                        f"{','.join(header)!r}); expected {','.join(METRIC_COLUMNS)}")
     body = [(i, row) for i, row in enumerate(rows[1:], start=2) if any(c.strip() for c in row)]
     if not body:
         raise DataError(f"{csv_path}: no epochs recorded yet", hint="train for an epoch first")
@@ -79,7 +78,7 @@ def read_metrics(run_dir) -> Run:
                 raise DataError(f"{csv_path}:{line}: {header[c]} is not a number: "
                                 f"{cell!r}") from None
     columns = {key: table[:, header.index(key)] if key in header
-               else np.full(len(body), np.nan) for key in COLUMNS}
+               else np.full(len(body), np.nan) for key in METRIC_COLUMNS}
     if not np.all(np.isfinite(columns["epoch"])):
         raise DataError(f"{csv_path}: every row needs an epoch number")
     return Run(name=name, path=csv_path, columns=columns)

@@ -1,8 +1,8 @@
 """The exact input box one output unit of a layer sees, from each layer's ``geometry()``.
 
-Walking back from output unit ``i`` through a layer with kernel k, stride s, left padding p and
-dilation d, its inputs are ``i*s - p .. i*s - p + d*(k-1)``; an interval [a, b] maps to
-[a*s - p, b*s - p + d*(k-1)]. Layers whose geometry is ``None`` map each position to itself.
+Output unit ``i`` of a layer with kernel k, stride s, left padding p and dilation d sees its
+inputs ``i*s - p .. i*s - p + d*(k-1)``; composed over the layers this is the ``Field`` that
+``walk.fields`` steps. Layers whose geometry is ``None`` map each position to itself.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnncli.errors import ConfigError, ShapeError
+from cnncli.inspect.walk import fields, walk
 
 
 @dataclass(frozen=True)
@@ -64,31 +65,13 @@ class ReceptiveBox:
         return lines
 
 
-def layer_geometry(layer, in_shape, out_shape):
-    """``layer.geometry`` or, for a global pool without one ((C, H, W) -> (C, 1, 1)), one window
-    covering the whole input (stride = its size, as the summary counts the jump)."""
-    geometry = layer.geometry(in_shape) if len(in_shape) == 3 else None
-    if (geometry is None and len(in_shape) == 3 and len(out_shape) == 3
-            and tuple(out_shape[1:]) == (1, 1) and tuple(in_shape[1:]) != (1, 1)):
-        return (in_shape[1], in_shape[2]), (in_shape[1], in_shape[2]), (0, 0), (1, 1)
-    return geometry
-
-
-def spatial_shapes(layers, input_shape) -> list[tuple[int, ...]]:
-    """Per-sample shapes before each layer and after the last (no weights allocated)."""
-    shapes = [tuple(input_shape)]
-    for layer in layers:
-        shapes.append(tuple(layer.output_shape(shapes[-1])))
-    return shapes
-
-
 def input_box(layers, input_shape, index: int, unit=None) -> ReceptiveBox:
     """The input box of output ``unit`` (y, x) of ``layers[index]``; default: the centre unit."""
-    shapes = spatial_shapes(layers[:index + 1], input_shape)
-    out_shape = shapes[index + 1]
-    target = layers[index]
+    steps = walk(layers[:index + 1], input_shape)
+    target = steps[index]
+    out_shape = target.out_shape
     if len(out_shape) != 3:
-        raise ShapeError(f"layer {target.name!r} has a flat output {list(out_shape)}; "
+        raise ShapeError(f"layer {target.layer.name!r} has a flat output {list(out_shape)}; "
                          "a receptive field needs a spatial layer",
                          hint="pick a conv/pool layer before flatten")
     oh, ow = out_shape[1], out_shape[2]
@@ -96,39 +79,25 @@ def input_box(layers, input_shape, index: int, unit=None) -> ReceptiveBox:
         unit = ((oh - 1) // 2, (ow - 1) // 2)
     y, x = (int(v) for v in unit)
     if not (0 <= y < oh and 0 <= x < ow):
-        raise ConfigError(f"at={y},{x} is outside the {oh}x{ow} output of layer {target.name!r}",
-                          key="at", hint=f"use 0..{oh - 1},0..{ow - 1}")
-    spans = [[y, y], [x, x]]
-    jump = [1, 1]
-    for i in range(index, -1, -1):
-        layer, in_shape = layers[i], shapes[i]
-        geometry = layer_geometry(layer, in_shape, shapes[i + 1])
-        if geometry is None:
-            if tuple(shapes[i + 1]) != tuple(in_shape) or len(in_shape) != 3:
-                raise ShapeError(f"layer {layer.name!r} reshapes its input, so units after it "
-                                 "have no input box")
-            continue
-        for axis in range(2):
-            k, s, p, d = (int(part[axis]) for part in geometry)
-            lo, hi = spans[axis]
-            spans[axis] = [lo * s - p, hi * s - p + d * (k - 1)]
-            jump[axis] *= s
-    return ReceptiveBox(layer=target.name, unit=(y, x), output_shape=tuple(out_shape),
+        raise ConfigError(f"at={y},{x} is outside the {oh}x{ow} output of layer "
+                          f"{target.layer.name!r}", key="at",
+                          hint=f"use 0..{oh - 1},0..{ow - 1}")
+    field = fields(steps)[index]
+    if field is None:
+        blocker = next(step for step in reversed(steps) if not step.followable)
+        raise ShapeError(f"layer {blocker.layer.name!r} reshapes its input, so units after it "
+                         "have no input box")
+    top, left = (start + i * jump for start, i, jump in zip(field.start, (y, x), field.jump,
+                                                             strict=True))
+    return ReceptiveBox(layer=target.layer.name, unit=(y, x), output_shape=tuple(out_shape),
                         input_hw=(int(input_shape[1]), int(input_shape[2])),
-                        top=spans[0][0], bottom=spans[0][1], left=spans[1][0],
-                        right=spans[1][1], jump=(jump[0], jump[1]))
+                        top=top, bottom=top + field.size[0] - 1, left=left,
+                        right=left + field.size[1] - 1, jump=field.jump)
 
 
 def last_spatial_index(layers, input_shape) -> int:
     """Index of the last layer with a (C, H, W) output that is reached by spatial layers only."""
-    shapes = spatial_shapes(layers, input_shape)
-    last = None
-    for i, layer in enumerate(layers):
-        if len(shapes[i + 1]) != 3:
-            break
-        if layer_geometry(layer, shapes[i], shapes[i + 1]) is None and shapes[i + 1] != shapes[i]:
-            break
-        last = i
-    if last is None:
+    reached = [i for i, field in enumerate(fields(walk(layers, input_shape))) if field is not None]
+    if not reached:
         raise ShapeError("the model has no spatial layer to take a receptive field of")
-    return last
+    return reached[-1]

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnncli.inspect.summary import Summary, format_bytes, format_count
+from cnncli.training.metrics import METRIC_COLUMNS
 
 SUMMARY_COLUMNS = ("name", "type", "description", "output_shape", "params", "macs",
                    "receptive_field", "jump", "activation_bytes")
@@ -140,3 +141,157 @@ def layers_table(entries: list[dict]) -> Table:
         table.add_row(e["type"], ", ".join(e["aliases"]), escape("\n".join(hp)),
                       escape(e["doc"]))
     return table
+
+
+# ---------------------------------------------------------------- train, eval, predict
+
+def percent(value) -> str:
+    """0.9312 -> '93.12%'; None -> '-'."""
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def number(value, fmt="{:.4f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+#: Heading and cell text of each metrics.csv column in the training summary.
+METRIC_CELLS = {
+    "epoch": ("epoch", str),
+    "train_loss": ("train loss", number),
+    "train_accuracy": ("train acc", percent),
+    "val_loss": ("val loss", number),
+    "val_accuracy": ("val acc", percent),
+    "lr": ("lr", "{:.3g}".format),
+    "seconds": ("time", "{:.1f}s".format),
+}
+
+
+def summary_rows(rows: list[dict], best_epoch: int | None) -> list[dict | None]:
+    """All rows of a short run; else the first 3, the best and the last 5 (None = a gap)."""
+    if len(rows) <= 15:
+        return list(rows)
+    keep = {0, 1, 2, *range(len(rows) - 5, len(rows))}
+    if best_epoch is not None:
+        keep.add(best_epoch - 1)
+    out, previous = [], -1
+    for i in sorted(keep):
+        if i != previous + 1:
+            out.append(None)
+        out.append(rows[i])
+        previous = i
+    return out
+
+
+def metrics_table(rows: list[dict], best_epoch: int | None = None) -> Table:
+    """The training summary: one row per epoch (a gap row where a long run is cut)."""
+    table = Table(title="training summary (* best)", title_justify="left")
+    for column in METRIC_COLUMNS:
+        table.add_column(METRIC_CELLS[column][0], justify="right")
+    for row in summary_rows(rows, best_epoch):
+        if row is None:
+            table.add_row(*["⋮"] * len(METRIC_COLUMNS))
+            continue
+        cells = [METRIC_CELLS[column][1](row.get(column)) for column in METRIC_COLUMNS]
+        if row["epoch"] == best_epoch:
+            cells[0] = f"*{cells[0]}"
+        table.add_row(*cells)
+    return table
+
+
+def report_tables(report: dict) -> list:
+    """``cnncli eval``: the per-class table, then the confusion matrix (up to 30 classes)."""
+    per_class = Table(title="per class", title_justify="left")
+    for name in ("class", "precision", "recall", "f1", "support"):
+        per_class.add_column(name, justify="right")
+    for row in report["per_class"]:
+        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                          f"{row['f1']:.3f}", str(row["support"]))
+    cm = report["confusion_matrix"]
+    if len(cm) > 30:
+        return [per_class]
+    matrix = Table()
+    matrix.add_column("true \\ pred", justify="right")
+    names = [row["class"] for row in report["per_class"]]
+    for name in names:
+        matrix.add_column(name, justify="right")
+    for i, (name, counts) in enumerate(zip(names, cm, strict=True)):
+        cells = [f"[bold]{c}[/bold]" if i == j and c else (str(c) if c else "[dim]·[/dim]")
+                 for j, c in enumerate(counts)]
+        matrix.add_row(name, *cells)
+    return [per_class, "confusion matrix (rows: true class, columns: predicted class)", matrix]
+
+
+def predictions_table(rows: list) -> Table:
+    """``cnncli predict``: input, predicted class and probability, then the runners-up."""
+    k = max((len(ranked) for _, ranked in rows), default=1)
+    table = Table()
+    table.add_column("input")
+    table.add_column("predicted", justify="right")
+    table.add_column("probability", justify="right")
+    if k > 1:
+        table.add_column(f"next {k - 1}")
+    for label, ranked in rows:
+        rest = ", ".join(f"{c} {100 * p:.1f}%" for c, p in ranked[1:])
+        table.add_row(label, ranked[0][0], f"{100 * ranked[0][1]:.1f}%",
+                      *([rest] if k > 1 else []))
+    return table
+
+
+def predictions_csv(rows: list) -> str:
+    """``cnncli predict --out``: input, predicted, probability, class_2, probability_2, ..."""
+    k = max((len(ranked) for _, ranked in rows), default=1)
+    header = ["input", "predicted", "probability"]
+    for r in range(2, k + 1):
+        header += [f"class_{r}", f"probability_{r}"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for label, ranked in rows:
+        writer.writerow([label] + [v for c, p in ranked for v in (c, f"{p:.6f}")])
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- bench
+
+def _gflops(value) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def bench_table(result, title: str) -> Table:
+    """``cnncli bench``: each layer's forward and backward time, share and rate."""
+    layer_total = sum(t.forward_ms + t.backward_ms for t in result.layers) or 1.0
+    table = Table(title=title, title_justify="left")
+    for col in ("layer", "type", "output"):
+        table.add_column(col)
+    for col in ("forward ms", "backward ms", "share", "fwd GFLOP/s", "bwd GFLOP/s"):
+        table.add_column(col, justify="right")
+    for t in result.layers:
+        share = (t.forward_ms + t.backward_ms) / layer_total
+        table.add_row(t.name, t.type, "x".join(map(str, t.output_shape)),
+                      f"{t.forward_ms:.3f}", f"{t.backward_ms:.3f}", f"{100 * share:.1f}%",
+                      _gflops(t.forward_gflops), _gflops(t.backward_gflops))
+    return table
+
+
+def bench_lines(result) -> list[str]:
+    """``cnncli bench``: whole steps, inference, memory, the matmul ceiling and threads."""
+    threads = "default" if result.threads is None else str(result.threads)
+    lines = [
+        f"training step   {result.train_step_ms:8.2f} ms   {result.train_images_per_s:9.0f} "
+        f"images/s  (forward + loss + backward + SGD update; steps took "
+        f"{result.train_step_ms_min:.2f}-{result.train_step_ms_max:.2f} ms)",
+        f"inference       {result.infer_batch_ms:8.2f} ms   {result.infer_images_per_s:9.0f} "
+        "images/s",
+        f"peak RSS        {result.peak_rss_mb:8.1f} MB   (getrusage ru_maxrss, whole process)",
+        f"step NumPy peak {result.step_numpy_peak_mb:8.1f} MB   (tracemalloc, one training step)",
+    ]
+    if result.worker_peak_rss_mb is not None:
+        lines.insert(3, f"worker peak RSS {result.worker_peak_rss_mb:8.1f} MB   (the process "
+                        f"training each batch's second half)")
+    if result.matmul_peak_gflops:
+        every = result.matmul_peak_all_cores_gflops
+        lines.append(f"matmul peak     {result.matmul_peak_gflops:8.1f} GFLOP/s  (float32 "
+                     f"2048x2048, {threads} BLAS thread(s)"
+                     + (f"; {every:.1f} on every core)" if every else ")"))
+    lines.append(f"threads         {result.cnncli_threads} cnncli, {threads} BLAS")
+    return lines

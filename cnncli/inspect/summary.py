@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from cnncli.config import CheckedConfig
+from cnncli.inspect.walk import Step, fields, walk
 
 
 @dataclass
@@ -71,13 +72,13 @@ OPTIMIZER_SLOTS = {"sgd": 0, "sgd+momentum": 1, "adam": 2, "adamw": 2}
 def summarize(checked: CheckedConfig, *, batch_size: int = 1, dtype="float32") -> Summary:
     """Summarise a checked config: per-layer rows, totals and a memory estimate."""
     itemsize = np.dtype(dtype).itemsize
-    shapes = checked.shapes
-    input_shape = shapes[0]
-    fields = receptive_fields(checked.layers, shapes)
-    rows = []
+    input_shape = checked.shapes[0]
+    steps = walk(checked.layers, input_shape, checked.shapes)
     entries = checked.entry_index or range(len(checked.layers))
-    for layer, in_shape, out_shape, (rf, jump), entry in zip(
-            checked.layers, shapes, shapes[1:], fields, entries, strict=False):
+    rows = []
+    fields_after = receptive_fields(checked.layers, checked.shapes)
+    for step, (rf, jump), entry in zip(steps, fields_after, entries, strict=False):
+        layer, in_shape, out_shape = step.layer, step.in_shape, step.out_shape
         rows.append(LayerRow(
             name=layer.name, type=layer.type_name, description=layer.describe() or "",
             output_shape=[int(s) for s in out_shape], params=int(layer.num_params(in_shape)),
@@ -94,40 +95,29 @@ def summarize(checked: CheckedConfig, *, batch_size: int = 1, dtype="float32") -
         batch_size=int(batch_size), optimizer=optimizer, total_params=trainable,
         trainable_params=trainable, non_trainable_params=0,
         buffers=sum(r.buffers for r in rows), total_macs=sum(r.macs for r in rows))
-    summary.memory = memory_estimate(checked, rows, batch_size, itemsize, optimizer)
+    summary.memory = memory_estimate(steps, rows, batch_size, itemsize, optimizer)
     return summary
 
 
 def receptive_fields(layers, shapes) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """(receptive field [rh, rw], jump [jh, jw]) in input pixels after each layer.
 
-    r_out = r_in + (k_eff - 1) * j_in and j_out = j_in * s with k_eff = d(k-1)+1. Layers
-    without geometry keep r and j unless they shrink the map (a global pool): then they act
-    like one window over the whole map. Flat outputs (flatten, dense) see the whole input:
-    they report the input's [H, W] for both, or the receptive field and jump before them
-    where those are larger.
+    r_out = r_in + (k_eff - 1) * j_in and j_out = j_in * s with k_eff = d(k-1)+1 (``Field``).
+    A global pool without geometry acts like one window over the whole map. Flat outputs
+    (flatten, dense) see the whole input: they report the input's [H, W] for both, or the
+    receptive field and jump before them where those are larger (padding can make the
+    windows before them reach past the border).
     """
     input_shape = shapes[0]
     full = (tuple(input_shape[1:3]) if len(input_shape) == 3 else (1, int(input_shape[0])))
     r, j = (1, 1), (1, 1)
     out = []
-    for layer, in_shape, out_shape in zip(layers, shapes, shapes[1:], strict=False):
-        if len(out_shape) != 3 or len(in_shape) != 3:
-            # A flat unit sees the whole input, and never less than the windows before it
-            # (padding can make those reach past the border).
+    for seen in fields(walk(layers, input_shape, shapes)):
+        if seen is None:
             r = (max(r[0], full[0]), max(r[1], full[1]))
             j = (max(j[0], full[0]), max(j[1], full[1]))
         else:
-            geom = layer.geometry(in_shape)
-            if geom is not None:
-                (kh, kw), (sh, sw), _, (dh, dw) = geom
-                keff = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
-                r = (r[0] + (keff[0] - 1) * j[0], r[1] + (keff[1] - 1) * j[1])
-                j = (j[0] * sh, j[1] * sw)
-            elif tuple(out_shape[1:]) != tuple(in_shape[1:]):
-                kh, kw = in_shape[1], in_shape[2]
-                r = (r[0] + (kh - 1) * j[0], r[1] + (kw - 1) * j[1])
-                j = (j[0] * kh, j[1] * kw)
+            r, j = seen.size, seen.jump
         out.append((tuple(int(v) for v in r), tuple(int(v) for v in j)))
     return out
 
@@ -140,7 +130,7 @@ def _buffer_count(layer, in_shape) -> int:
     return 2 * int(channels) + 1
 
 
-def memory_estimate(checked: CheckedConfig, rows, batch_size: int, itemsize: int,
+def memory_estimate(steps: list[Step], rows, batch_size: int, itemsize: int,
                     optimizer: str) -> dict:
     """Bytes for one training step at ``batch_size`` (an estimate; see docs/summary.md).
 
@@ -153,18 +143,16 @@ def memory_estimate(checked: CheckedConfig, rows, batch_size: int, itemsize: int
     params = n_params * itemsize
     grads = params
     opt_state = OPTIMIZER_SLOTS.get(optimizer, 2) * params
-    per_sample_inputs = math.prod(checked.shapes[0]) * itemsize
+    per_sample_inputs = math.prod(steps[0].in_shape) * itemsize if steps else 0
     forward = batch_size * (per_sample_inputs + sum(r.activation_bytes for r in rows))
     largest = max([per_sample_inputs] + [r.activation_bytes for r in rows])
     backward = 2 * batch_size * largest
     workspace = 0
-    for layer, in_shape, row in zip(checked.layers, checked.shapes, rows, strict=False):
-        if row.params and len(in_shape) == 3 and len(row.output_shape) == 3:
-            geom = layer.geometry(in_shape)
-            if geom is not None:
-                (kh, kw) = geom[0]
-                cols = in_shape[0] * kh * kw * row.output_shape[1] * row.output_shape[2]
-                workspace += batch_size * cols * itemsize
+    for step, row in zip(steps, rows, strict=False):
+        if row.params and step.spatial and step.geometry is not None:
+            kh, kw = step.geometry[0]
+            cols = step.in_shape[0] * kh * kw * row.output_shape[1] * row.output_shape[2]
+            workspace += batch_size * cols * itemsize
     total = params + grads + opt_state + forward + backward + workspace
     return {"params_bytes": params, "grads_bytes": grads, "optimizer_bytes": opt_state,
             "forward_activations_bytes": forward, "backward_peak_bytes": backward,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 
 from cnncli.errors import ConfigError
 
@@ -41,3 +42,24 @@ def canonical_type(name) -> str:
 
 def layer_class(name: str) -> type:
     return LAYERS[canonical_type(name)]
+
+
+def catalogue() -> list[dict]:
+    """Every registered layer type: aliases, hyperparameters with defaults, first doc paragraph."""
+    # Here, not at the top: importing the layers package registers each layer in this module.
+    from cnncli.nn.layers.base import hyperparameters
+
+    out = []
+    for name in sorted(LAYERS):
+        cls = LAYERS[name]
+        doc = inspect.getdoc(cls) or ""
+        out.append({
+            "type": name,
+            "aliases": sorted(a for a, t in ALIASES.items() if t == name),
+            "hyperparameters": hyperparameters(cls),
+            "key_aliases": dict(getattr(cls, "aliases", {}) or {}),
+            "accepts_activation": bool(getattr(cls, "accepts_activation", False)),
+            "is_activation": bool(getattr(cls, "is_activation", False)),
+            "doc": " ".join(doc.split("\n\n")[0].split()),   # first paragraph, one line
+        })
+    return out

@@ -9,11 +9,8 @@ Writes are atomic: temp file in the same directory, fsync, ``os.replace``, fsync
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -22,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cnncli.config import RunConfig, check_data
+from cnncli.config import RunConfig, check_data, dump_config
 from cnncli.errors import CheckpointError, CnncliError
+from cnncli.files import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -39,10 +37,6 @@ def plain(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
-
-
-def config_to_text(config: dict) -> str:
-    return yaml.safe_dump(plain(config), sort_keys=False, default_flow_style=None, width=100)
 
 
 @dataclass
@@ -121,7 +115,7 @@ def save_checkpoint(path, *, config: dict, model_state: dict, optimizer_state: d
     arrays: dict[str, np.ndarray] = {
         "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
         "cnncli_version": np.array(__version__),
-        "config": np.array(config_to_text(config)),
+        "config": np.array(dump_config(plain(config))),
         "epoch": np.array(int(epoch), dtype=np.int64),
         "step": np.array(int(step), dtype=np.int64),
         "rng_state": np.array(json.dumps(plain(rng_state or {}))),
@@ -139,50 +133,6 @@ def save_checkpoint(path, *, config: dict, model_state: dict, optimizer_state: d
     path = Path(path)
     atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
-
-
-def new_file_mode() -> int:
-    """The mode ``open()`` would give a new file (0o666 minus the umask); mkstemp uses 0o600."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def make_folder(folder: Path) -> None:
-    """``mkdir -p``; a file in the way is named (mkdir alone says 'File exists')."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), folder)
-        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder",
-                                 str(folder)) from None
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, then swap it in durably."""
-    make_folder(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, new_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # platforms without directory fds (Windows)
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _read_all(path: Path) -> dict[str, np.ndarray]:

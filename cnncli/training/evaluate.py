@@ -5,24 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.errors import DataError
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float64 (stable: the row max is subtracted first)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    return np.exp(log_softmax(logits))
+from cnncli.nn.inference import probabilities
+from cnncli.nn.losses import log_softmax
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of the true class (no label smoothing)."""
     if len(labels) == 0:
         return float("nan")
-    return float(-log_softmax(logits)[np.arange(len(labels)), labels].mean())
+    logp = log_softmax(np.asarray(logits, dtype=np.float64), axis=1)
+    return float(-logp[np.arange(len(labels)), labels].mean())
 
 
 def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
@@ -82,6 +74,19 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
                        "support": int(support[i])} for i in range(num_classes)],
         "confusion_matrix": cm.tolist(),
     }
+
+
+def top_predictions(model, x: np.ndarray, labels: list[str], class_names: list[str],
+                    top: int, batch_size: int = 256) -> list[tuple[str, list[tuple[str, float]]]]:
+    """``cnncli predict``: per input its label and its ``top`` (class name, probability),
+    most likely first. Class names that do not fit the model's output become 0, 1, ..."""
+    logits = model.predict_logits(x, batch_size=batch_size)
+    probs = probabilities(logits)
+    best = top_k_indices(logits, min(top, probs.shape[1]))
+    names = list(class_names) if len(class_names) == probs.shape[1] else \
+        [str(i) for i in range(probs.shape[1])]
+    return [(label, [(names[c], float(probs[i, c])) for c in best[i]])
+            for i, label in enumerate(labels)]
 
 
 def loss_and_accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256):

@@ -1,4 +1,8 @@
-"""The per-epoch metrics of a run: their columns (one definition) and metrics.csv."""
+"""The per-epoch metrics a run records: the columns of metrics.csv, in order, and the file.
+
+The trainer writes them, ``cnncli plot`` reads them and the training summary table shows
+them; all three take the names from here.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ import csv
 import io
 from pathlib import Path
 
-from cnncli.training.checkpoint import atomic_write
+from cnncli.files import atomic_write
 
-#: The columns of metrics.csv, in order; every reader and writer of epoch rows uses these.
+METRICS_FILE = "metrics.csv"
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                   "seconds")
 

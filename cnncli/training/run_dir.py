@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CheckpointError, ConfigError
-from cnncli.training.checkpoint import atomic_write, make_folder, save_checkpoint
+from cnncli.files import atomic_write, make_folder
+from cnncli.training.checkpoint import save_checkpoint
 from cnncli.training.metrics import write_metrics_csv
 
 MARKER = ".cnncli-run"

@@ -123,7 +123,7 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, run_dir, *, resume_from=None, reporter=None,
-                 root=None, overwrite: bool = False):
+                 root=None, overwrite: bool = False, progress=None):
         from cnncli.data import load_dataset
 
         self.config = config
@@ -135,7 +135,7 @@ class Trainer:
                                    seed=config.seed)
         num_classes = _class_count(model)
         self.data = load_dataset(config.data, tuple(model.input_shape), num_classes, config.seed,
-                                 root=root, training=True)
+                                 root=root, training=True, progress=progress)
         self.has_val = len(self.data.y_val) > 0
         early = config.train.early_stopping
         if early is not None and not self.has_val:
@@ -301,7 +301,7 @@ def _class_count(model) -> int:
 
 def train(config, *, out_dir=None, resume=None, epochs=None, batch_size=None, lr=None,
           seed=None, callbacks: Callbacks | None = None, root=None,
-          overwrite: bool = False) -> Run:
+          overwrite: bool = False, progress=None) -> Run:
     """Train the model a config describes (a RunConfig, a resolved dict, or None to resume with
     the checkpoint's own); returns the finished Run.
 
@@ -309,6 +309,7 @@ def train(config, *, out_dir=None, resume=None, epochs=None, batch_size=None, lr
     train.epochs (``epochs`` may raise it). ``epochs``, ``batch_size``, ``lr`` and ``seed``
     override the config and are checked like it. A run directory that already holds another
     run is refused unless ``overwrite``, which deletes that run's checkpoints and metrics.
+    ``progress(url, done, total)`` hears about first-use downloads.
     """
     ckpt = load_checkpoint(resolve_resume_path(resume)) if resume is not None else None
     if config is None and ckpt is None:
@@ -320,7 +321,7 @@ def train(config, *, out_dir=None, resume=None, epochs=None, batch_size=None, lr
     if out_dir is None:
         out_dir = ckpt.path.parent if ckpt is not None else Path("runs") / config.name
     trainer = Trainer(config, out_dir, resume_from=ckpt, reporter=callbacks, root=root,
-                      overwrite=overwrite)
+                      overwrite=overwrite, progress=progress)
     return trainer.fit()
 
 
