@@ -72,8 +72,22 @@ def check_number(name: str, value, *, low=None, high=None, low_open=False, high_
     if not (ok and in_range(value, low, high, low_open=low_open, high_open=high_open)):
         rng = describe_range(low, high, low_open=low_open, high_open=high_open)
         raise ConfigError(f"{name} must be a finite number{rng}{_null_text(null)}, "
-                          f"got {shown(value)}", key=key or name)
+                          f"got {shown(value)}", key=key or name, hint=_number_text_hint(value))
     return float(value)
+
+
+def _number_text_hint(value) -> str | None:
+    """YAML 1.1 reads 1e-3 (no dot in the mantissa) as text; say how to write it."""
+    if not isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    mantissa, _, exponent = value.lower().partition("e")
+    if exponent and "." not in mantissa and math.isfinite(number):
+        return f"YAML reads {value} as text; write {mantissa}.0e{exponent}"
+    return None
 
 
 def check_bool(name: str, value, *, key=None) -> bool:

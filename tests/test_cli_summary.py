@@ -55,13 +55,17 @@ def test_summary_json_schema():
     assert run("summary", DIGITS, "--format", "json").stdout == result.stdout
 
 
-def test_table_shows_names_with_brackets_verbatim(tmp_path):
+@pytest.mark.parametrize("name", ["[bold]x[/bold]", "../x", "a/b", "a\\\\b", "a..b", ".hidden"])
+def test_layer_name_with_markup_or_path_characters_is_refused_at_its_line(tmp_path, name):
+    """Names become file names (show's pictures) and state-dict keys: issue 12, case 1."""
     path = tmp_path / "net.yaml"
     path.write_text("model:\n  input_shape: [1, 4, 4]\n  layers:\n"
-                    "    - {type: flatten, name: '[bold]x[/bold]'}\n"
+                    f"    - {{type: flatten, name: '{name}'}}\n"
                     "    - {type: dense, units: 2}\n")
     result = run("summary", str(path))
-    assert result.exit_code == 0 and "[bold]x[/bold]" in result.stdout
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"cnncli: error: {path}:4:") and "name must be" in \
+        result.stderr
 
 
 def test_summary_csv_and_markdown():

@@ -403,7 +403,8 @@ def _check_layers(checked: CheckedConfig, ck: Checker) -> None:
         drop = _dropped(layer, shape)
         if drop and i not in warned:
             warned.add(i)
-            checked.warnings.append(f"{checked.where(epath + ('type',))}{label}: {drop}")
+            checked.warnings.append(f"{checked.where(_warning_path(ck, epath))}{label}: "
+                                    f"{drop}")
         checked.shapes.append(out)
         shape = out
 
@@ -433,8 +434,25 @@ def _entry_label(i: int, entry) -> str:
     return layer_label(i + 1, text("name"), text("type"))
 
 
+def _warning_path(ck: Checker, epath) -> tuple:
+    """Where a layer's warning points: its ``type:``, unless a merge key (``<<: *conv``) brought
+    that in from an anchor's earlier line; then the entry's own ``stride:`` or the entry."""
+    type_line = find_position(ck.locations, epath + ("type",))[0]
+    entry_line = find_position(ck.locations, epath)[0]
+    if type_line is None or entry_line is None or type_line >= entry_line:
+        return epath + ("type",)
+    stride_line = find_position(ck.locations, epath + ("stride",))[0]
+    return epath + ("stride",) if stride_line is not None and stride_line >= entry_line \
+        else epath
+
+
 def _dropped(layer, shape) -> str | None:
-    """Text for rows/columns a strided window never reaches, or None."""
+    """Text for input rows/columns that no window reaches, or None.
+
+    The last ``(size + 2p - d(k-1) - 1) mod s`` padded rows are never covered; only those
+    beyond the padding at the end are real pixels (a ResNet stem's 7x7/2 conv with padding 3
+    on 224 leaves out a row of zero padding only, and gets no warning).
+    """
     if len(shape) != 3 or getattr(layer, "ceil_mode", False):
         return None
     try:
@@ -447,14 +465,14 @@ def _dropped(layer, shape) -> str | None:
     parts = []
     for size, k, s, p, d, axis in ((shape[1], kh, sh, ph, dh, "row"),
                                    (shape[2], kw, sw, pw, dw, "column")):
-        left = (size + 2 * p - d * (k - 1) - 1) % s
-        if left:
-            parts.append(f"{left} {axis}{'s' if left > 1 else ''}")
+        real = (size + 2 * p - d * (k - 1) - 1) % s - p
+        if real > 0:
+            parts.append(f"{real} {axis}{'s' if real > 1 else ''}")
     if not parts:
         return None
     return (f"input {shape[1]}x{shape[2]} with kernel {kh}x{kw}, stride {sh}x{sw}, padding "
-            f"{ph}x{pw} drops the last {' and '.join(parts)} "
-            "(size + 2*padding - dilation*(kernel-1) - 1 is not divisible by the stride)")
+            f"{ph}x{pw} drops the last {' and '.join(parts)} of input pixels "
+            "((size + 2*padding - dilation*(kernel-1) - 1) mod stride is more than the padding)")
 
 
 def _locate_layer_error(err: ConfigError, ck: Checker, epath, entry, label) -> ConfigError:

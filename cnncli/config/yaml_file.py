@@ -153,6 +153,14 @@ class _Builder:
         return out
 
     def scalar(self, node):
+        if (node.style is None and ":" in node.value
+                and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")):
+            # YAML 1.1 reads 1:10 as the base-60 number 70: never what a config means.
+            raise ConfigError(f"{node.value!r} is read by YAML as a base-60 number "
+                              f"({self.loader.construct_object(node)}); write a plain number",
+                              file=self.file, line=node.start_mark.line + 1,
+                              column=node.start_mark.column + 1,
+                              hint=f"quote it ('{node.value}') if it is meant as text")
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as err:

@@ -50,7 +50,7 @@ def make_layers(entry: dict) -> list[Layer]:
         raise ConfigError("layer has no 'type:' key", hint="e.g. type: conv2d")
     cls = registry.layer_class(entry["type"])
     allowed = hyperparameters(cls)
-    kwargs, activation = {}, None
+    kwargs, activation, written_as = {}, None, {}
     for key, value in entry.items():
         if key == "type":
             continue
@@ -65,9 +65,9 @@ def make_layers(entry: dict) -> list[Layer]:
             hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(options)
             raise ConfigError(f"unknown key {key!r} for {cls.type_name}", key=key, hint=hint)
         if target in kwargs:
-            raise ConfigError(f"{key!r} and {target!r} are the same setting; give one",
-                              key=key)
-        kwargs[target] = value
+            raise ConfigError(f"{written_as[target]!r} and {key!r} are the same setting "
+                              f"({target}); give one", key=key)
+        kwargs[target], written_as[target] = value, key
     missing = [k for k, d in allowed.items() if d is _EMPTY and k not in kwargs]
     if missing:
         raise ConfigError(f"{cls.type_name} needs {missing[0]!r}", key="type")

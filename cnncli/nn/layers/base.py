@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 
 import numpy as np
 
@@ -33,6 +34,11 @@ def from_internal(y: np.ndarray) -> np.ndarray:
     """Internal batch-last layout -> NCHW (or N, F)."""
     axes = (y.ndim - 1,) + tuple(range(y.ndim - 1))
     return np.ascontiguousarray(np.transpose(y, axes))
+
+
+#: A layer name: it becomes state-dict keys and picture file names, so no path separators,
+#: control characters or '..' (dots only separate the parts of a block prefix).
+LAYER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_][A-Za-z0-9_-]*)*")
 
 
 # ---------------------------------------------------------------- validators
@@ -107,8 +113,10 @@ class Layer:
             cls.backward = _checking_dy_shape(cls.__dict__["backward"])
 
     def __init__(self, name: str | None = None):
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ConfigError(f"name must be a non-empty string, got {name!r}", key="name")
+        if name is not None and (not isinstance(name, str) or not LAYER_NAME.fullmatch(name)):
+            raise ConfigError(f"name must be letters, digits, _ and - (dots only between "
+                              f"parts, as in stage1.conv1), got {shown(name)}", key="name",
+                              hint="names become parameter keys and file names")
         self.name = name
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
