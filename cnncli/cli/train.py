@@ -151,13 +151,20 @@ def _settings_text(train) -> str:
     return ", ".join(parts)
 
 
+def _run_dir_option(ctx, param, value):
+    """--out '' would mean the current folder: refuse it rather than guess."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is an empty path; give a folder, e.g. --out runs/NAME")
+    return None if value is None else Path(value)
+
+
 @main.command("train")
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override train.lr.")
 @click.option("--seed", type=int, help="Override seed.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=click.Path(file_okay=False), callback=_run_dir_option,
               help="Run directory (default: runs/<name>/).")
 @click.option("--resume", "resume", type=click.Path(exists=True, path_type=Path),
               metavar="RUN_DIR_OR_CKPT", help="Continue a run from its last.npz.")

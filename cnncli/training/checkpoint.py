@@ -173,6 +173,8 @@ def _int(arrays, key, path) -> int:
     if value.shape != () or value.dtype.kind not in "iu":
         raise CheckpointError(f"{path} is not a readable cnncli checkpoint ({key} is "
                               f"{value.dtype} {value.shape}, expected one integer)")
+    if int(value) < 0:
+        raise CheckpointError(f"{path} is damaged: {key} is {int(value)}, a negative count")
     return int(value)
 
 
