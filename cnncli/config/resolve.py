@@ -19,10 +19,13 @@ import yaml
 
 from cnncli.checks import MAX_INT, is_int, shown
 from cnncli.config.schema import (
+    BETA,
     DATASETS,
     DEFAULT_LR,
     DEFAULT_WEIGHT_DECAY,
+    POSITIVE_INT,
     SEED_RULE,
+    STRING,
     AugmentConfig,
     DataConfig,
     EarlyStoppingConfig,
@@ -33,6 +36,7 @@ from cnncli.config.schema import (
     ScheduleConfig,
     TrainConfig,
     frozen_mapping,
+    plain,
 )
 from cnncli.config.yaml_file import (
     find_position,
@@ -148,19 +152,13 @@ def _run(data, ck: Checker, default_name: str) -> RunConfig:
     ck.mapping((), data, ("name", "seed", "model", "data", "train"), required=("model",))
     name = data.get("name", default_name)
     if "name" in data:
-        ck.apply(Rule(lambda n, v: _string(n, v), ""), ("name",), name)
+        ck.apply(STRING, ("name",), name)
     if not isinstance(name, str) or not RUN_NAME_RE.match(name) or len(name) > 100:
         raise ck.error(("name",), f"name must be a plain run name (letters, digits, . _ -), "
                                   f"got {shown(name)}", hint="it names the runs/<name>/ folder")
     seed = ck.apply(SEED_RULE, ("seed",), data.get("seed", 0))
     return RunConfig(name=name, seed=seed, model=_model(data["model"], ck),
                      data=_data(data.get("data", {}), ck), train=_train(data.get("train", {}), ck))
-
-
-def _string(name, value):
-    from cnncli.checks import check_string
-
-    return check_string(name, value)
 
 
 def _model(section, ck: Checker) -> ModelConfig:
@@ -170,7 +168,7 @@ def _model(section, ck: Checker) -> ModelConfig:
     spath = path + ("input_shape",)
     if not isinstance(shape, list) or len(shape) not in (1, 3):
         raise ck.error(spath, f"model.input_shape must be [C, H, W] (or [F]), got {shown(shape)}")
-    dims = tuple(ck.apply(INPUT_DIM_RULE, spath + (i,), v) for i, v in enumerate(shape))
+    dims = tuple(ck.apply(POSITIVE_INT, spath + (i,), v) for i, v in enumerate(shape))
     if math.prod(dims) > MAX_INT:
         raise ck.error(spath, f"model.input_shape {list(dims)} has {math.prod(dims)} values per "
                               "sample; that is too large")
@@ -188,15 +186,6 @@ def _model(section, ck: Checker) -> ModelConfig:
             raise err.located(layer=_entry_label(i, entry)) from None
     # The entries are checked and resolved into LayerSpecs with the layers (_check_layers).
     return ModelConfig(input_shape=dims, layers=tuple(layers))
-
-
-INPUT_DIM_RULE = Rule(lambda n, v: _int_at_least_1(n, v), "int >= 1")
-
-
-def _int_at_least_1(name, value):
-    from cnncli.checks import check_int
-
-    return check_int(name, value, low=1)
 
 
 def _no_huge_ints(ck: Checker, path, value) -> None:
@@ -241,8 +230,7 @@ def _data_path(src, ck: Checker, path):
     if isinstance(src, list):
         if not src or len(src) > 2:
             raise ck.error(path, f"data.path must be a path or a pair of paths, got {shown(src)}")
-        string = Rule(lambda n, v: _string(n, v), "")
-        return tuple(ck.apply(string, path + (i,), item) for i, item in enumerate(src))
+        return tuple(ck.apply(STRING, path + (i,), item) for i, item in enumerate(src))
     return ck.apply(_field_rule(DataConfig, "cache_dir"), path, src)  # a string or null
 
 
@@ -279,19 +267,10 @@ def _train(section, ck: Checker) -> TrainConfig:
     return TrainConfig(**values)
 
 
-BETA_RULE = Rule(lambda n, v: _beta(n, v), "number in [0, 1)")
-
-
-def _beta(name, value):
-    from cnncli.checks import check_number
-
-    return check_number(name, value, low=0, high=1, high_open=True)
-
-
 def _betas(betas, ck: Checker, path) -> tuple[float, float]:
     if not isinstance(betas, list) or len(betas) != 2:
         raise ck.error(path, f"train.betas must be [beta1, beta2], got {shown(betas)}")
-    return tuple(ck.apply(BETA_RULE, path + (i,), b) for i, b in enumerate(betas))
+    return tuple(ck.apply(BETA, path + (i,), b) for i, b in enumerate(betas))
 
 
 def _schedule(spec, ck: Checker, epochs: int) -> ScheduleConfig:
@@ -337,7 +316,7 @@ def _milestones(ms, ck: Checker, path) -> tuple[int, ...]:
     if not isinstance(ms, list) or not ms:
         raise ck.error(mpath, f"lr_schedule multistep needs milestones: a list of epochs, "
                               f"got {shown(ms)}", hint="e.g. milestones: [10, 20]")
-    out = tuple(ck.apply(INPUT_DIM_RULE, mpath + (i,), m) for i, m in enumerate(ms))
+    out = tuple(ck.apply(POSITIVE_INT, mpath + (i,), m) for i, m in enumerate(ms))
     if list(out) != sorted(set(out)):
         raise ck.error(mpath, f"milestones must increase, got {ms}")
     return out
@@ -547,12 +526,4 @@ def dump_config(cfg) -> str:
     ``load_config_text`` reads it back."""
     if isinstance(cfg, RunConfig):
         cfg = cfg.to_dict()
-    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None, width=100)
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    return yaml.safe_dump(plain(cfg), sort_keys=False, default_flow_style=None, width=100)

@@ -70,7 +70,10 @@ def choice_rule(options, *, null=False) -> Rule:
 
 
 BOOL = Rule(check_bool, "bool")
+STRING = Rule(check_string, "string")
 STRING_OR_NULL = Rule(lambda n, v: check_string(n, v, null=True), "string or null")
+POSITIVE_INT = int_rule(1)
+BETA = number_rule(0, 1, high_open=True)
 
 
 def setting(default, rule: Rule | None, doc: str, *, default_doc: str | None = None,
@@ -197,7 +200,7 @@ class LayerSpec:
         out = {"type": self.type}
         if self.name is not None:
             out["name"] = self.name
-        out.update({k: _plain(v) for k, v in self.params.items()})
+        out.update({k: plain(v) for k, v in self.params.items()})
         if self.activation is not None:
             out["activation"] = self.activation
         return out
@@ -251,11 +254,11 @@ def frozen_mapping(values: dict) -> Mapping:
     return MappingProxyType(dict(values))
 
 
-def _plain(value):
+def plain(value):
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -267,5 +270,5 @@ def _section_dict(section) -> dict:
             value = value.to_dict()
         elif dataclasses.is_dataclass(value):
             value = _section_dict(value)
-        out[f.name] = _plain(value)
+        out[f.name] = plain(value)
     return out
