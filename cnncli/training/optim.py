@@ -2,7 +2,9 @@
 
 An optimizer keeps per-parameter state keyed by parameter name; ``step(params)`` takes
 the (name, value, grad) triples of ``Model.parameters()`` and updates values in place.
-The learning rate is the attribute ``lr`` (the schedule sets it once per epoch).
+The learning rate is the attribute ``lr`` (the schedule sets it once per epoch). Parameters
+of the layers in ``frozen`` (layer names) get no update and no state, as with PyTorch's
+``requires_grad=False``.
 """
 
 from __future__ import annotations
@@ -27,10 +29,17 @@ class Optimizer:
         self.weight_decay = float(weight_decay)
         self.steps = 0
         self.state: dict[str, dict[str, np.ndarray]] = {}
+        self.frozen: frozenset[str] = frozenset()
+
+    def freeze(self, layers: Iterable[str]) -> None:
+        """Leave the parameters of these layers (``<layer>.<param>``) untouched from now on."""
+        self.frozen = frozenset(layers)
 
     def step(self, params: Params) -> None:
         self.steps += 1
         for name, value, grad in params:
+            if self.frozen and name.rsplit(".", 1)[0] in self.frozen:
+                continue
             self._update(name, value, grad, self.state.setdefault(name, {}))
 
     def _update(self, name, value, grad, state) -> None:
@@ -131,7 +140,14 @@ DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001}
 
 
 def make_optimizer(train_cfg: dict, lr: float | None = None) -> Optimizer:
-    """Build the optimizer a resolved ``train:`` section asks for (``lr`` overrides it)."""
+    """Build the optimizer a resolved ``train:`` section asks for (``lr`` overrides it); the
+    layers ``train.init_from.freeze`` names are frozen."""
+    optimizer = _make_optimizer(train_cfg, lr)
+    optimizer.freeze((train_cfg.get("init_from") or {}).get("freeze") or ())
+    return optimizer
+
+
+def _make_optimizer(train_cfg: dict, lr: float | None) -> Optimizer:
     kind = train_cfg.get("optimizer", "sgd")
     if kind not in DEFAULT_LR:
         raise ConfigError(f"optimizer must be one of sgd, adam, adamw; got {kind!r}",
