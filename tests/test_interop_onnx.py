@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-def run_onnx(path, x) -> np.ndarray:
+def run_onnx(path, x, names=("input", "logits")) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"input": x})[0]
+    return session.run([names[1]], {names[0]: x})[0]
 
 
 def cnncli_logits(ckpt_path, raw) -> np.ndarray:
@@ -164,3 +164,118 @@ def test_random_layer_stacks_match_onnx_runtime_and_import_back(tmp_path_factory
         return  # a padded ceil_mode average pool: exported exactly, not imported (yet)
     imported = import_onnx(folder / "m.onnx", folder / "back")
     assert np.array_equal(load_checkpoint(imported.checkpoint_path).model().forward(x), expected)
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_import_round_trips_and_eval_predict_summary_accept_it(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "run" / "last.npz", small_config(EVERY_LAYER))
+    export(tmp_path / "run", "--format", "onnx")
+    result = cli("import", tmp_path / "run" / "last.onnx", "-o", tmp_path / "back")
+    assert result.exit_code == 0, result.output
+    assert result.output == (f"imported 18 layers -> {tmp_path / 'back' / 'config.yaml'}, "
+                             f"{tmp_path / 'back' / 'last.npz'}\n")
+    back = load_checkpoint(tmp_path / "back")
+    original = load_checkpoint(ckpt)
+    raw = raw_batch((3, 9, 9))
+    assert np.array_equal(cnncli_logits(tmp_path / "back", raw), cnncli_logits(ckpt, raw))
+    assert back.class_names == original.class_names
+    assert np.array_equal(back.normalization["mean"], original.normalization["mean"])
+    assert cli("summary", tmp_path / "back" / "config.yaml").exit_code == 0
+    np.save(tmp_path / "x.npy", raw[:2])
+    predicted = cli("predict", tmp_path / "back", tmp_path / "x.npy", "--top-k", "1")
+    assert predicted.exit_code == 0 and "class" in predicted.output
+
+
+def _graph_file(path, nodes, inits, in_shape=(1, 2, 4, 4), out_shape=(1, 2, 4, 4)):
+    """A hand-made graph from x to y; float64 weights are stored as float32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def stored(v):
+        return np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64 else v
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
+        [numpy_helper.from_array(stored(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_foreign_matmul_reshape_models_import(tmp_path):
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(32, 3)), rng.normal(size=3)
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["flat"], name="flat"),
+             helper.make_node("MatMul", ["flat", "w"], ["mm"], name="fc"),
+             helper.make_node("Add", ["mm", "b"], ["y"], name="fc_bias")]
+    inits = {"w": w, "b": b, "shape": np.array([0, -1], np.int64)}
+    path = _graph_file(tmp_path / "m.onnx", nodes, inits, (2, 2, 4, 4), (2, 3))
+    assert cli("import", path, "-o", tmp_path / "out").exit_code == 0
+    x = rng.normal(size=(2, 2, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(load_checkpoint(tmp_path / "out").model().forward(x),
+                               run_onnx(path, x, ("x", "y")), atol=1e-5)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.write_bytes(b"\x08\x07garbage that is no protobuf" * 3), "not a readable ONNX"),
+    (lambda p: p.write_bytes(b""), "not a readable ONNX"),
+])
+def test_foreign_or_empty_files_are_one_line_and_write_nothing(tmp_path, make, words):
+    path = tmp_path / "bad.onnx"
+    make(path)
+    result = cli("import", path, "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.output.startswith("cnncli: error: ") and words in result.output
+    assert len(result.output.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_export_is_refused(tmp_path):
+    make_checkpoint(tmp_path / "last.npz", shipped_config(ROOT / "configs/digits.yaml"))
+    export(tmp_path / "last.npz", "--format", "onnx")
+    blob = (tmp_path / "last.onnx").read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(blob[:len(blob) // 2])
+    result = cli("import", tmp_path / "cut.onnx", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "cut.onnx is not a readable ONNX model" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_branches_and_unknown_operators_name_the_node(tmp_path):
+    from onnx import helper
+
+    add = [helper.make_node("Relu", ["x"], ["r"], name="r"),
+           helper.make_node("Add", ["x", "r"], ["y"], name="skip")]
+    result = cli("import", _graph_file(tmp_path / "a.onnx", add, {}), "-o", tmp_path / "o1")
+    assert result.exit_code == 2
+    assert "node 'skip' (Add) joins branches; branching networks are not in cnncli yet" \
+        in result.output
+    lrn = [helper.make_node("LRN", ["x"], ["y"], name="norm", size=3)]
+    result = cli("import", _graph_file(tmp_path / "b.onnx", lrn, {}), "-o", tmp_path / "o2")
+    assert result.exit_code == 2
+    assert "node 'norm' (LRN) is not supported; cnncli imports Conv, MaxPool" in result.output
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_missing_onnx_extra_names_the_install(tmp_path, monkeypatch):
+    import sys
+
+    make_checkpoint(tmp_path / "last.npz", shipped_config(ROOT / "configs/digits.yaml"))
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    result = cli("export", tmp_path / "last.npz", "--format", "onnx")
+    assert result.exit_code == 2
+    assert result.output == ("cnncli: error: this command needs the onnx package (pip install "
+                             "'cnncli[onnx]')\n")
+    assert cli("import", tmp_path / "x.onnx").exit_code == 2
+    assert not (tmp_path / "last.onnx").exists()
+
+
+def test_bad_opset_is_refused_before_writing(tmp_path):
+    make_checkpoint(tmp_path / "last.npz", shipped_config(ROOT / "configs/digits.yaml"))
+    result = cli("export", tmp_path / "last.npz", "--format", "onnx", "--opset", "7")
+    assert result.exit_code == 2 and "--opset 7 is outside" in result.output
+    assert not (tmp_path / "last.onnx").exists()
