@@ -297,12 +297,12 @@ def _initial_weights(cfg, init_from, freeze, reinit, resume, seed, quiet):
     if resume is not None or cfg is None:
         raise click.UsageError("--init-from starts a new run from a CONFIG; it does not combine "
                                "with --resume")
-    if "init_weights" not in inspect.signature(train).parameters:
-        raise CnncliError("--init-from needs the training loop's init_weights hook, which this "
-                          "build of cnncli lacks")
     model = model_from_entries(cfg["model"]["input_shape"], cfg["model"]["layers"],
                                seed=cfg.get("seed", 0) if seed is None else seed)
     report = apply_initial_weights(model, init_from, reinit=reinit, freeze=freeze)
+    if "init_weights" not in inspect.signature(train).parameters:
+        raise CnncliError("--init-from needs the training loop's init_weights hook, which this "
+                          "build of cnncli lacks")
     if not quiet:
         _console().print(_init_table(report))
     cfg = copy.deepcopy(cfg)

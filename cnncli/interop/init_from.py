@@ -91,8 +91,9 @@ def apply_initial_weights(model, source, reinit=(), freeze=()) -> InitReport:
             elif np.shape(new) != value.shape:
                 if layer.name not in reinit:
                     raise CheckpointError(
-                        f"{source}: {name} has shape {list(np.shape(new))} but the model's is "
-                        f"{list(value.shape)}", layer=f"layer '{layer.name}' ({layer.type_name})",
+                        f"{name} has shape {list(np.shape(new))} but the model's is "
+                        f"{list(value.shape)}", file=source,
+                        layer=f"layer '{layer.name}' ({layer.type_name})",
                         hint=f"pass --reinit {layer.name} to start that layer afresh")
                 report.mismatched.append(name)
             elif layer.name in reinit:
