@@ -113,3 +113,66 @@ def test_cli_checks_init_from_before_writing_anything(tmp_path):
     assert not run.exists()
     result = CliRunner().invoke(main, ["train", str(config), "--freeze", "conv"])
     assert result.exit_code == 2 and "--freeze and --reinit need --init-from" in result.output
+
+
+def _train_with_hook(monkeypatch):
+    """trainer.train as the lead will extend it: ``init_weights(model)`` once, on a fresh run,
+    after the model is built and before the first checkpoint snapshot. Emulated here through
+    on_start, which runs at that point; drop this once trainer.train takes init_weights."""
+    from cnncli.training import trainer
+
+    original = trainer.train
+
+    def train(config, *, init_weights=None, callbacks=None, **kwargs):
+        class Hooked(type(callbacks)):
+            def on_start(self, run):
+                init_weights(run.model)
+                super().on_start(run)
+
+        hooked = callbacks
+        if init_weights is not None:
+            hooked = Hooked.__new__(Hooked)
+            hooked.__dict__ = callbacks.__dict__
+        return original(config, callbacks=hooked, **kwargs)
+
+    monkeypatch.setattr(trainer, "train", train)
+
+
+def test_cli_loads_freezes_reinitialises_and_records(tmp_path, monkeypatch):
+    import yaml
+
+    _train_with_hook(monkeypatch)
+    source = make_checkpoint(tmp_path / "src" / "last.npz", shipped_config_digits())
+    raw = shipped_config_digits()
+    raw["train"]["epochs"] = 1
+    raw["model"]["layers"][-1]["units"] = 10  # same shape: loaded unless --reinit
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(config), "--init-from", str(source),
+                                       "--freeze", "conv1", "--reinit", "out", "--out",
+                                       str(run)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == (f"initial weights from {source}: 6 loaded, 0 new, 2 re-initialised "
+                        "parameters; frozen: conv1")
+    assert any("conv1.weight" in line and "loaded" in line and "frozen" in line
+               for line in lines)
+    assert any("out.weight" in line and "re-initialised" in line for line in lines)
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["train"]["init_from"]
+    assert recorded == {"source": str(source), "freeze": ["conv1"], "reinit": ["out"]}
+    before, after = load_checkpoint(source).state, load_checkpoint(run / "last.npz").state
+    assert np.array_equal(after["conv1.weight"], before["conv1.weight"])
+    assert np.array_equal(after["conv1.bias"], before["conv1.bias"])
+    assert not np.array_equal(after["conv2.weight"], before["conv2.weight"])
+    assert not any(k.endswith("conv1.weight") for k in load_checkpoint(run / "last.npz")
+                   .optimizer_state)
+
+
+def shipped_config_digits() -> dict:
+    from pathlib import Path
+
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parent.parent / "configs/digits.yaml")
+                          .read_text())

@@ -304,6 +304,10 @@ def _initial_weights(cfg, init_from, freeze, reinit, resume, seed, quiet):
         raise CnncliError("--init-from needs the training loop's init_weights hook, which this "
                           "build of cnncli lacks")
     if not quiet:
+        counts = [f"{len(report.loaded)} loaded", f"{len(report.fresh)} new",
+                  f"{len(report.reinit) + len(report.mismatched)} re-initialised"]
+        click.echo(f"initial weights from {init_from}: {', '.join(counts)} parameters"
+                   + (f"; frozen: {', '.join(report.frozen)}" if report.frozen else ""))
         _console().print(_init_table(report))
     cfg = copy.deepcopy(cfg)
     cfg["train"]["init_from"] = record(init_from, report.frozen, reinit)
@@ -315,7 +319,7 @@ def _init_table(report):
     from rich.table import Table
 
     frozen = set(report.frozen)
-    table = Table(title=f"initial weights from {report.source}", title_justify="left")
+    table = Table()
     for name in ("parameter", "weights", "trained"):
         table.add_column(name)
     for name, what in report.rows():

@@ -108,7 +108,7 @@ def apply_initial_weights(model, source, reinit=(), freeze=()) -> InitReport:
         raise CheckpointError(f"{source}: none of its parameters ({sample}, ...) matches the "
                               f"model's ({', '.join(sorted(expected)[:3])}, ...); it is for "
                               "another architecture",
-                              hint="give layers the names the source uses (name: in the config)")
+                              hint="name the layers as the source does, with name: in the config")
     for value, new in updates:
         value[...] = new
     return report
