@@ -12,6 +12,22 @@ from cnncli.nn.model import model_from_entries
 from cnncli.training.checkpoint import save_checkpoint
 
 STANDARDIZE = {"mode": "standardize", "scale": np.float32(255.0)}
+#: Every layer type and the awkward settings (ceil_mode, same padding, groups, dilation, names
+#: that are no Python identifiers, dense on a (C, 1, 1) input), for a (3, 9, 9) input.
+EVERY_LAYER = [
+    {"type": "conv2d", "name": "conv-1", "filters": 4, "kernel_size": 2, "padding": "same",
+     "activation": "relu"},
+    {"type": "batchnorm2d", "name": "bn1", "momentum": 0.2},
+    {"type": "maxpool2d", "kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+    {"type": "avgpool2d", "kernel_size": 2, "stride": 1, "padding": 1, "ceil_mode": True,
+     "count_include_pad": False},
+    {"type": "lppool2d", "norm_type": 2, "kernel_size": 2, "ceil_mode": True},
+    {"type": "gelu"}, {"type": "gelu", "approximate": "tanh"}, {"type": "elu", "alpha": 0.5},
+    {"type": "leaky_relu", "negative_slope": 0.2},
+    {"type": "conv2d", "filters": 4, "kernel_size": 1, "groups": 2, "dilation": 2},
+    {"type": "global_max_pool2d"}, {"type": "global_avg_pool2d"},
+    {"type": "dropout", "p": 0.3}, {"type": "dense", "units": 6}, {"type": "batchnorm1d"},
+    {"type": "tanh"}, {"type": "sigmoid"}, {"type": "dense", "name": "class", "units": 3}]
 
 
 def randomize(model, seed: int = 0) -> None:

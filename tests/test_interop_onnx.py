@@ -9,7 +9,14 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from interop_models import make_checkpoint, randomize, raw_batch, shipped_config, small_config
+from interop_models import (
+    EVERY_LAYER,
+    make_checkpoint,
+    randomize,
+    raw_batch,
+    shipped_config,
+    small_config,
+)
 
 from cnncli.cli import main
 from cnncli.data import normalize
@@ -65,20 +72,6 @@ def test_without_normalization_the_graph_takes_normalised_input(tmp_path):
                                atol=1e-4, rtol=0)
 
 
-EVERY_LAYER = [
-    {"type": "conv2d", "name": "c1", "filters": 4, "kernel_size": 2, "padding": "same",
-     "activation": "relu"},
-    {"type": "batchnorm2d", "name": "bn1", "momentum": 0.2},
-    {"type": "maxpool2d", "kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
-    {"type": "avgpool2d", "kernel_size": 2, "stride": 1, "padding": 1, "ceil_mode": True,
-     "count_include_pad": False},
-    {"type": "lppool2d", "norm_type": 2, "kernel_size": 2, "ceil_mode": True},
-    {"type": "gelu"}, {"type": "gelu", "approximate": "tanh"}, {"type": "elu", "alpha": 0.5},
-    {"type": "leaky_relu", "negative_slope": 0.2},
-    {"type": "conv2d", "filters": 4, "kernel_size": 1, "groups": 2, "dilation": 2},
-    {"type": "global_max_pool2d"}, {"type": "flatten"}, {"type": "dropout", "p": 0.3},
-    {"type": "dense", "units": 6}, {"type": "batchnorm1d"}, {"type": "tanh"},
-    {"type": "sigmoid"}, {"type": "dense", "name": "out", "units": 3}]
 
 
 @pytest.mark.parametrize("opset", [13, 17, 20])
@@ -175,7 +168,7 @@ def test_import_round_trips_and_eval_predict_summary_accept_it(tmp_path):
     export(tmp_path / "run", "--format", "onnx")
     result = cli("import", tmp_path / "run" / "last.onnx", "-o", tmp_path / "back")
     assert result.exit_code == 0, result.output
-    assert result.output == (f"imported 18 layers -> {tmp_path / 'back' / 'config.yaml'}, "
+    assert result.output == (f"imported 19 layers -> {tmp_path / 'back' / 'config.yaml'}, "
                              f"{tmp_path / 'back' / 'last.npz'}\n")
     back = load_checkpoint(tmp_path / "back")
     original = load_checkpoint(ckpt)

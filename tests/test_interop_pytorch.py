@@ -10,27 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from interop_models import make_checkpoint, raw_batch, shipped_config, small_config
+from interop_models import EVERY_LAYER, make_checkpoint, raw_batch, shipped_config, small_config
 
 from cnncli.cli import main
 from cnncli.data import normalize
 from cnncli.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-EVERY_LAYER = [
-    {"type": "conv2d", "name": "conv-1", "filters": 4, "kernel_size": 2, "padding": "same",
-     "activation": "relu"},
-    {"type": "batchnorm2d", "name": "bn1", "momentum": 0.2},
-    {"type": "maxpool2d", "kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
-    {"type": "avgpool2d", "kernel_size": 2, "stride": 1, "padding": 1, "ceil_mode": True,
-     "count_include_pad": False},
-    {"type": "lppool2d", "norm_type": 2, "kernel_size": 2, "ceil_mode": True},
-    {"type": "gelu"}, {"type": "gelu", "approximate": "tanh"}, {"type": "elu", "alpha": 0.5},
-    {"type": "leaky_relu", "negative_slope": 0.2},
-    {"type": "conv2d", "filters": 4, "kernel_size": 1, "groups": 2, "dilation": 2},
-    {"type": "global_max_pool2d"}, {"type": "global_avg_pool2d"},
-    {"type": "dropout", "p": 0.3}, {"type": "dense", "units": 6}, {"type": "batchnorm1d"},
-    {"type": "tanh"}, {"type": "sigmoid"}, {"type": "dense", "name": "class", "units": 3}]
 
 
 def load_module(folder: Path):
