@@ -143,41 +143,19 @@ def _gelu(g: _Graph, layer, shape) -> None:
     g.node("Mul", [x, cdf], name)
 
 
-def _window(layer, shape) -> tuple[dict, list[int]]:
-    """Pool attributes, and the extra bottom/right padding that ceil_mode needs. ONNX's
-    ceil_mode keeps a last window that starts in the right padding, PyTorch's drops it; where
-    that changes the output size, the pool runs in floor mode over just enough extra padding
-    to reach PyTorch's last window."""
+def _window(layer, shape) -> dict:
+    """Pool attributes. ONNX's ceil_mode keeps a last window that starts in the right padding;
+    PyTorch's drops it, and then its output is floor mode's (a window can only start there
+    when the span does not divide by the stride), so such a pool exports in floor mode."""
     (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
     (ph, pw), (dh, dw) = layer.padding, getattr(layer, "dilation", (1, 1))
-    _, out_h, out_w = layer.output_shape(shape)
-    extra, floor = [], False
-    for size, k, s, p, d, out in ((shape[1], kh, sh, ph, dh, out_h), (shape[2], kw, sw, pw, dw,
-                                                                      out_w)):
-        span = size + 2 * p - d * (k - 1) - 1
-        onnx_out = (-(-span // s) if layer.ceil_mode else span // s) + 1
-        floor = floor or onnx_out != out
-        extra.append(max(0, (out - 1) * s - span))
-    ceil = int(layer.ceil_mode and not floor)
-    extra = extra if floor else [0, 0]
-    attrs = {"kernel_shape": [kh, kw], "strides": [sh, sw], "ceil_mode": ceil,
-             "pads": [ph, pw, ph + extra[0], pw + extra[1]]}
-    return attrs, extra
-
-
-def _average(g: _Graph, layer, shape, name: str, count_include_pad: bool) -> str:
-    """AveragePool with PyTorch's divisors. Extra ceil_mode padding must not count: then the
-    layer's own padding becomes a Pad node and the pool counts only what it covers."""
-    attrs, extra = _window(layer, shape)
-    if count_include_pad and any(extra) and any(layer.padding):
-        ph, pw = layer.padding
-        pads = g.const(f"{name}.pads", np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64))
-        g.node("Pad", [g.x, pads], f"{name}_pad")
-        attrs["pads"] = [0, 0, extra[0], extra[1]]
-        count_include_pad = False
-    elif any(extra):
-        count_include_pad = False  # the extra padding is outside PyTorch's divisor
-    return g.node("AveragePool", [g.x], name, count_include_pad=int(count_include_pad), **attrs)
+    out = layer.output_shape(shape)[1:]
+    spans = [size + 2 * p - d * (k - 1) - 1
+             for size, k, p, d in ((shape[1], kh, ph, dh), (shape[2], kw, pw, dw))]
+    ceil = layer.ceil_mode and all(-(-span // s) + 1 == o
+                                   for span, s, o in zip(spans, (sh, sw), out, strict=True))
+    return {"kernel_shape": [kh, kw], "strides": [sh, sw], "ceil_mode": int(ceil),
+            "pads": [ph, pw, ph, pw]}
 
 
 def _lppool(g: _Graph, layer, shape) -> None:
@@ -186,7 +164,8 @@ def _lppool(g: _Graph, layer, shape) -> None:
     name, p = layer.name, layer.norm_type
     area = layer.kernel_size[0] * layer.kernel_size[1]
     g.node("Pow", [g.x, g.scalar(f"{name}.p", p)], f"{name}_pow")
-    mean = _average(g, layer, shape, f"{name}_mean", True)
+    mean = g.node("AveragePool", [g.x], f"{name}_mean", count_include_pad=1,
+                  **_window(layer, shape))
     scaled = g.node("Mul", [mean, g.scalar(f"{name}.area", area)], f"{name}_sum")
     g.node("Pow", [scaled, g.scalar(f"{name}.inv_p", 1.0 / p)], name)
 
@@ -200,11 +179,12 @@ def _simple(op: str, **attr_of_layer):
 
 def _maxpool(g: _Graph, layer, shape) -> None:
     g.node("MaxPool", [g.x], layer.name, dilations=list(layer.dilation),
-           **_window(layer, shape)[0])
+           **_window(layer, shape))
 
 
 def _avgpool(g: _Graph, layer, shape) -> None:
-    _average(g, layer, shape, layer.name, layer.count_include_pad)
+    g.node("AveragePool", [g.x], layer.name, count_include_pad=int(layer.count_include_pad),
+           **_window(layer, shape))
 
 
 def _flatten(g: _Graph, layer, shape) -> None:

@@ -204,23 +204,6 @@ class _Chain:
                 return "same"
         raise self.fail(node, f"has asymmetric pads {pads}; cnncli pads both sides equally")
 
-    def _pool_padding(self, node, a, kernel, strides, dilations):
-        """(padding, ceil_mode) of a pool. Extra bottom/right padding in floor mode is how
-        ``cnncli export`` writes a ceil_mode pool whose last window PyTorch drops."""
-        from cnncli.nn.layers.base import conv_output_size
-
-        pads = list(a.get("pads", [0, 0, 0, 0]))
-        ceil = bool(a.get("ceil_mode", 0))
-        if ceil or pads[:2] == pads[2:] or len(pads) != 4:
-            return self._padding(node, a, kernel, strides, dilations), ceil
-        size = self.current_shape()[1:]
-        if all(e >= b and conv_output_size(n, k, s, b, b, d, True)
-               == conv_output_size(n, k, s, b, e, d, False)
-               for n, k, s, b, e, d in zip(size, kernel, strides, pads[:2], pads[2:],
-                                           dilations, strict=True)):
-            return _pair(pads[:2]), True
-        raise self.fail(node, f"has asymmetric pads {pads}; cnncli pads both sides equally")
-
     def _Gemm(self, node, i):
         a = self.attrs(node)
         if a.get("transA", 0):
@@ -303,9 +286,9 @@ class _Chain:
             raise self.fail(node, f"pools over kernel_shape {kernel}; only 2-D pools import")
         strides = list(a.get("strides", [1, 1]))  # ONNX's default stride is 1, not kernel
         dilations = list(a.get("dilations", [1, 1]))
-        padding, ceil_mode = self._pool_padding(node, a, kernel, strides, dilations)
-        hyper = {"kernel_size": _pair(kernel), "stride": _pair(strides), "padding": padding,
-                 "ceil_mode": ceil_mode, **extra}
+        hyper = {"kernel_size": _pair(kernel), "stride": _pair(strides),
+                 "padding": self._padding(node, a, kernel, strides, dilations),
+                 "ceil_mode": bool(a.get("ceil_mode", 0)), **extra}
         if type_name == "maxpool2d":
             hyper["dilation"] = _pair(dilations)
         elif dilations != [1, 1]:
@@ -339,12 +322,11 @@ class _Chain:
                 abs(float(self.const(root, 1).item()) * p - 1) > 1e-6:
             raise self.fail(node, "starts a Pow/AveragePool/Mul/Pow chain that is not an "
                                   "LP pool")
-        strides = list(a.get("strides", [1, 1]))
-        padding, ceil_mode = self._pool_padding(pool, a, kernel, strides, [1, 1])
-        if padding != 0:
+        if any(a.get("pads", [0])):
             raise self.fail(pool, "pads an LP pool; cnncli's lppool2d has no padding")
         self.add(root, "lppool2d", norm_type=_tidy(p), kernel_size=_pair(kernel),
-                 stride=_pair(strides), ceil_mode=ceil_mode)
+                 stride=_pair(list(a.get("strides", [1, 1]))),
+                 ceil_mode=bool(a.get("ceil_mode", 0)))
         self.advance(root, 4)
         return i + 4
 
