@@ -105,14 +105,15 @@ def test_a_ceil_mode_pool_whose_last_window_pytorch_drops_runs_in_floor_mode(tmp
     assert np.array_equal(cnncli_logits(back.checkpoint_path, raw), cnncli_logits(ckpt, raw))
 
 
-def test_batch_norm_without_running_statistics_uses_the_batch(tmp_path):
+@pytest.mark.parametrize("opset", [17, 20])  # ReduceMean's axes: an attribute, then an input
+def test_batch_norm_without_running_statistics_uses_the_batch(tmp_path, opset):
     layers = [{"type": "conv2d", "filters": 3, "kernel_size": 3},
               {"type": "batchnorm2d", "track_running_stats": False},
               {"type": "global_avg_pool2d"}, {"type": "flatten"},
               {"type": "batchnorm1d", "affine": False, "track_running_stats": False},
               {"type": "dense", "units": 2}]
     ckpt = make_checkpoint(tmp_path / "last.npz", small_config(layers))
-    export(ckpt, "--format", "onnx", "--opset", 17)
+    export(ckpt, "--format", "onnx", "--opset", opset)
     raw = raw_batch((3, 9, 9), n=5)
     np.testing.assert_allclose(run_onnx(tmp_path / "last.onnx", raw), cnncli_logits(ckpt, raw),
                                atol=1e-4, rtol=0)

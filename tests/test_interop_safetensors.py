@@ -98,3 +98,21 @@ def test_layer_names_that_are_not_identifiers_are_renamed_and_recorded(tmp_path)
     assert sorted(tensors) == ["conv_1.bias", "conv_1.weight", "layer_class.bias",
                                "layer_class.weight"]
     assert json.loads(meta["cnncli.layer_names"])["conv_1"] == "conv-1"
+
+
+def test_export_refusals_are_one_line_and_write_nothing(tmp_path):
+    make_checkpoint(tmp_path / "last.npz", BN_NET)
+
+    def export(*args):
+        return CliRunner().invoke(main, ["export", *map(str, args)])
+
+    missing = export(tmp_path / "nope.npz", "--format", "safetensors")
+    assert missing.exit_code == 2 and "no checkpoint at" in missing.output
+    opset = export(tmp_path / "last.npz", "--format", "safetensors", "--opset", "17")
+    assert opset.exit_code == 2 and "--opset applies to --format onnx" in opset.output
+    (tmp_path / "afile").write_text("x")
+    folder = export(tmp_path / "last.npz", "--format", "pytorch", "-o", tmp_path / "afile")
+    assert folder.exit_code == 2 and "afile is a file" in folder.output
+    for result in (missing, opset, folder):
+        assert len(result.output.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "last.npz"]

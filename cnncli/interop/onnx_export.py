@@ -29,7 +29,6 @@ class _Graph:
         self.helper, self.numpy_helper, self.opset = helper, numpy_helper, opset
         self.nodes, self.initializers = [], []
         self.x = "input"
-        self._count = 0
 
     def const(self, name: str, value) -> str:
         arr = np.asarray(value)

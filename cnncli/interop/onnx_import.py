@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,6 @@ class Imported:
     normalization: dict
     class_names: list[str]
     layers: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 class _Chain:
