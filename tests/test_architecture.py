@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnncli"
 #: top-level modules (errors.py, files.py, ...) are the bottom layer: small helpers everything
 #: may use. The package root ("": ``cnncli/__init__.py``, the public API) builds models from
 #: nn, config and parallel; ``__main__`` runs the CLI.
-LAYERS = (("nn",), ("config",), ("data",), ("parallel",), ("",), ("training",), ("inspect",),
-          ("cli", "__main__"))
+LAYERS = (("nn",), ("config",), ("data",), ("parallel",), ("",), ("training",), ("interop",),
+          ("inspect",), ("cli", "__main__"))
 
 
 def _module_name(path: Path) -> str:

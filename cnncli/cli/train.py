@@ -171,10 +171,18 @@ def _run_dir_option(ctx, param, value):
 @click.option("--overwrite", is_flag=True,
               help="Replace a run already in the run directory (its checkpoints and metrics "
                    "are deleted first); without it such a directory is refused.")
+@click.option("--init-from", "init_from", type=click.Path(exists=True, path_type=Path),
+              metavar="CKPT_OR_SAFETENSORS",
+              help="Start from these weights, matched by parameter name (a new run).")
+@click.option("--freeze", multiple=True, metavar="LAYER",
+              help="With --init-from: give this layer no updates (repeatable).")
+@click.option("--reinit", multiple=True, metavar="LAYER",
+              help="With --init-from: keep this layer's fresh weights, even if its shape "
+                   "differs from the source's (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print the training settings.")
 def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, quiet,
-                  verbose):
+                  verbose, init_from, freeze, reinit):
     """Train the model CONFIG describes; write config.yaml, metrics.csv, last.npz, best.npz.
 
     With --resume, CONFIG may be omitted: the run's stored config is used.
@@ -192,12 +200,16 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
         for line in checked.warnings:     # strides that drop rows: once per layer
             click.echo(f"cnncli: warning: {line}", err=True)
         cfg = checked.run
+    extra = {}
+    if init_from is not None or freeze or reinit:
+        cfg, extra["init_weights"] = _initial_weights(cfg, init_from, freeze, reinit, resume,
+                                                      seed, quiet)
     progress = _Progress(quiet, verbose)
     try:
         with _download_progress(quiet) as show_download:
             run = train(cfg, out_dir=out, resume=resume, epochs=epochs, batch_size=batch_size,
                         lr=lr, seed=seed, callbacks=progress, overwrite=overwrite,
-                        progress=show_download)
+                        progress=show_download, **extra)
     except CnncliError as err:        # data.path missing, wrong input_shape: point at the key
         if config is None:
             raise
@@ -229,6 +241,48 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
     if run.test is not None:
         click.echo(f"test accuracy {percent(run.test['accuracy'])} (loss {run.test['loss']:.4f}, "
                    f"{run.test['num_samples']} images, best.npz)")
+
+
+def _initial_weights(cfg, init_from, freeze, reinit, resume, seed, quiet):
+    """Check --init-from against the model now (nothing is written on a mismatch), print what
+    it loads, record it in the config (train.init_from: the optimizer freezes from there) and
+    return (config, the call that loads the weights into the trainer's fresh model)."""
+    import dataclasses
+
+    from cnncli.config import InitFromConfig
+    from cnncli.interop.init_from import apply_initial_weights, record
+    from cnncli.nn.model import model_from_entries
+
+    if init_from is None:
+        raise click.UsageError("--freeze and --reinit need --init-from")
+    if resume is not None or cfg is None:
+        raise click.UsageError("--init-from starts a new run from a CONFIG; it does not combine "
+                               "with --resume")
+    model = model_from_entries(cfg.model.input_shape, cfg.model.entries(),
+                               seed=cfg.seed if seed is None else seed)
+    report = apply_initial_weights(model, init_from, reinit=reinit, freeze=freeze)
+    if not quiet:
+        counts = [f"{len(report.loaded)} loaded", f"{len(report.fresh)} new",
+                  f"{len(report.reinit) + len(report.mismatched)} re-initialised"]
+        click.echo(f"initial weights from {init_from}: {', '.join(counts)} parameters"
+                   + (f"; frozen: {', '.join(report.frozen)}" if report.frozen else ""))
+        _console().print(_init_table(report))
+    cfg = cfg.replace(train=dataclasses.replace(
+        cfg.train, init_from=InitFromConfig(**record(init_from, report.frozen, reinit))))
+    return cfg, lambda fresh: apply_initial_weights(fresh, init_from, reinit=reinit,
+                                                    freeze=freeze)
+
+
+def _init_table(report):
+    from rich.table import Table
+
+    frozen = set(report.frozen)
+    table = Table()
+    for name in ("parameter", "weights", "trained"):
+        table.add_column(name)
+    for name, what in report.rows():
+        table.add_row(name, what, "frozen" if name.rsplit(".", 1)[0] in frozen else "yes")
+    return table
 
 
 # ---------------------------------------------------------------- eval
@@ -271,15 +325,46 @@ def eval_command(checkpoint, data, split, as_json, top_k):
 
 # ---------------------------------------------------------------- predict
 
+def _expand_inputs(inputs) -> list[str]:
+    """Folders become their image files and globs their matches, each sorted by name."""
+    import glob
+
+    from cnncli.data.sources import is_image
+    from cnncli.errors import DataError
+
+    paths = []
+    for text in inputs:
+        p = Path(text)
+        if p.is_dir():
+            found = sorted(str(q) for q in p.iterdir() if q.is_file() and is_image(q))
+            if not found:
+                raise DataError(f"input folder {text!r} holds no image files (.png, .jpg, ...)")
+            paths.extend(found)
+        elif not p.exists() and glob.has_magic(text):
+            found = sorted(q for q in glob.glob(text) if Path(q).is_file())
+            if not found:
+                raise DataError(f"no file matches {text!r}")
+            paths.extend(found)
+        else:
+            paths.append(text)
+    return paths
+
+
 @main.command("predict")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--top", "top", type=click.IntRange(min=1), default=3, show_default=True,
-              help="How many classes to list per input.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the predictions to this CSV instead of a table.")
-def predict_command(checkpoint, inputs, top, out):
-    """Predicted class and top probabilities for images, .npy or .npz INPUTS."""
+@click.option("--top", "--top-k", "top", type=click.IntRange(min=1), default=3,
+              show_default=True, help="How many classes to list per input.")
+@click.option("--out", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the predictions to this file instead of a table: JSON for a .json "
+                   "name, else CSV.")
+@click.option("--resize", type=click.Choice(["fit", "crop", "none"]), default="fit",
+              show_default=True,
+              help="Image files of another size: stretch to the model's input (fit), scale "
+                   "and cut the centre (crop), or refuse (none).")
+def predict_command(checkpoint, inputs, top, out, resize):
+    """Predicted class and top probabilities for images, .npy or .npz INPUTS (files, folders of
+    images, or quoted globs such as 'photos/*.png')."""
     from cnncli.data import load_inputs
     from cnncli.inspect.render import predictions_csv, predictions_table
     from cnncli.training.checkpoint import load_checkpoint
@@ -290,8 +375,19 @@ def predict_command(checkpoint, inputs, top, out):
     if not ckpt.normalization:
         raise CheckpointError(f"{ckpt.path} stores no normalisation statistics",
                               hint="use a checkpoint written by 'cnncli train'")
-    x, labels = load_inputs(list(inputs), tuple(model.input_shape), ckpt.normalization)
+    x, labels = load_inputs(_expand_inputs(inputs), tuple(model.input_shape),
+                            ckpt.normalization, resize=resize)
     rows = top_predictions(model, x, labels, ckpt.class_names, top)
+    if out is not None and out.suffix.lower() == ".json":
+        text = json.dumps([{"input": label, "predicted": ranked[0][0],
+                            "top": [{"class": c, "probability": p} for c, p in ranked]}
+                           for label, ranked in rows], indent=2) + "\n"
+        try:
+            atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+        except OSError as err:
+            raise CnncliError(f"cannot write --out {out}: {err.strerror or err}") from None
+        click.echo(f"wrote {len(rows)} predictions to {out}")
+        return
     if out is not None:
         text = predictions_csv(rows)
         try:  # creates missing parent folders, as train --out does

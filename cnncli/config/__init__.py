@@ -15,6 +15,7 @@ from cnncli.config.schema import (
     AugmentConfig,
     DataConfig,
     EarlyStoppingConfig,
+    InitFromConfig,
     LayerSpec,
     ModelConfig,
     RunConfig,
@@ -23,7 +24,8 @@ from cnncli.config.schema import (
 )
 from cnncli.config.yaml_file import parse_yaml, read_config_text
 
-__all__ = ["AugmentConfig", "CheckedConfig", "DataConfig", "EarlyStoppingConfig", "LayerSpec",
+__all__ = ["AugmentConfig", "CheckedConfig", "DataConfig", "EarlyStoppingConfig", "InitFromConfig",
+           "LayerSpec",
            "ModelConfig", "RunConfig", "ScheduleConfig", "TrainConfig", "check_config",
            "check_data", "check_text", "dump_config", "load_config", "load_config_text",
            "parse_yaml", "read_config_text", "resolve_config"]

@@ -29,6 +29,7 @@ from cnncli.config.schema import (
     AugmentConfig,
     DataConfig,
     EarlyStoppingConfig,
+    InitFromConfig,
     LayerSpec,
     ModelConfig,
     Rule,
@@ -264,7 +265,21 @@ def _train(section, ck: Checker) -> TrainConfig:
         es = ck.mapping(epath, section["early_stopping"], _field_names(EarlyStoppingConfig))
         values["early_stopping"] = EarlyStoppingConfig(**ck.fields(EarlyStoppingConfig, epath,
                                                                    es))
+    if section.get("init_from") is not None:
+        values["init_from"] = _init_from(section["init_from"], ck, path + ("init_from",))
     return TrainConfig(**values)
+
+
+def _init_from(section, ck: Checker, path) -> InitFromConfig:
+    ck.mapping(path, section, _field_names(InitFromConfig), required=("source",))
+    values = ck.fields(InitFromConfig, path, section)
+    for key in ("freeze", "reinit"):
+        names = section.get(key, [])
+        if not isinstance(names, list):
+            raise ck.error(path + (key,), f"train.init_from.{key} must be a list of layer "
+                                          f"names, got {shown(names)}")
+        values[key] = tuple(ck.apply(STRING, path + (key, i), n) for i, n in enumerate(names))
+    return InitFromConfig(**values)
 
 
 def _betas(betas, ck: Checker, path) -> tuple[float, float]:

@@ -160,6 +160,15 @@ class EarlyStoppingConfig:
 
 
 @dataclass(frozen=True)
+class InitFromConfig:
+    """``train.init_from``: the weights a run started from (``cnncli train --init-from``)."""
+
+    source: str = setting(None, STRING, "a checkpoint, run directory or .safetensors file")
+    freeze: tuple[str, ...] = setting((), None, "layers that get no updates")
+    reinit: tuple[str, ...] = setting((), None, "layers initialised afresh, not loaded")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = setting(10, int_rule(1, 1_000_000), "passes over the training set")
     batch_size: int = setting(64, int_rule(1, 1_000_000), "samples per step")
@@ -185,6 +194,10 @@ class TrainConfig:
         "these defaults; metric `val_accuracy` or `val_loss`)", type_doc="mapping or null")
     label_smoothing: float = setting(0.0, number_rule(0, 1, high_open=True),
                                      "as torch.nn.CrossEntropyLoss")
+    init_from: InitFromConfig | None = setting(
+        None, None, "the weights the run started from (`cnncli train --init-from`): "
+        "`{source: PATH, freeze: [layer, ...], reinit: [layer, ...]}`; frozen layers get no "
+        "updates", type_doc="mapping or null")
 
 
 @dataclass(frozen=True)

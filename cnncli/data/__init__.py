@@ -206,9 +206,10 @@ def read_path(path, channels: int, root: Path | None = None) -> sources.RawData:
 
 # ---------------------------------------------------------------- predict inputs
 
-def load_inputs(paths: list[str], input_shape, normalization: dict
+def load_inputs(paths: list[str], input_shape, normalization: dict, resize: str = "fit"
                 ) -> tuple[np.ndarray, list[str]]:
-    """Images, .npy or .npz files -> normalised float32 NCHW and one label per row.
+    """Images, .npy or .npz files -> normalised float32 NCHW and one label per row. Images of
+    another size are stretched (``fit``), scaled and centre-cropped (``crop``) or refused.
 
     Labels are file names ("digit.png", "batch.npy[3]"); full paths if two names clash.
     """
@@ -223,7 +224,8 @@ def load_inputs(paths: list[str], input_shape, normalization: dict
         if not p.is_file():
             raise DataError(f"input {text!r} does not exist or is not a file")
         if sources.is_image(p):
-            img = sources.read_image(p, input_shape[0], size=input_shape[1:])[None]
+            img = sources.read_image(p, input_shape[0], size=input_shape[1:],
+                                     resize=resize)[None]
             batches.append(normalize(img, _image_normalization(normalization)))
             labels.append(label)
             continue

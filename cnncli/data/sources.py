@@ -210,13 +210,21 @@ def pil_mode(channels: int) -> str:
     return modes[channels]
 
 
-def read_image(path: Path, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
-    """One image as uint8 (C, H, W); resized (bilinear) to ``size`` = (H, W) when given."""
+def read_image(path: Path, channels: int, size: tuple[int, int] | None = None,
+               resize: str = "fit") -> np.ndarray:
+    """One image as uint8 (C, H, W), brought to ``size`` = (H, W) when given: stretched
+    (bilinear, ``fit``), scaled to cover it and centre-cropped (``crop``), or refused."""
     Image = _pillow()
     try:
         with Image.open(path) as img:
             img = img.convert(pil_mode(channels))
             if size is not None and img.size != (size[1], size[0]):
+                if resize == "none":
+                    raise DataError(f"{path} is {img.size[0]}x{img.size[1]} (WxH) but the model "
+                                    f"takes {size[1]}x{size[0]} images",
+                                    hint="use --resize fit or --resize crop")
+                if resize == "crop":
+                    img = _cover(img, size, Image.BILINEAR)
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     except DataError:
@@ -224,6 +232,16 @@ def read_image(path: Path, channels: int, size: tuple[int, int] | None = None) -
     except Exception as err:  # pillow raises many types for a bad file
         raise DataError(f"cannot read image {path}: {err}") from None
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+
+
+def _cover(img, size: tuple[int, int], resample):
+    """Scale ``img`` so that it covers (H, W), keeping its aspect ratio, then cut the centre."""
+    (h, w), (iw, ih) = size, img.size
+    scale = max(h / ih, w / iw)
+    sw, sh = max(w, round(iw * scale)), max(h, round(ih * scale))
+    img = img.resize((sw, sh), resample)
+    left, top = (sw - w) // 2, (sh - h) // 2
+    return img.crop((left, top, left + w, top + h))
 
 
 def is_image(path: Path) -> bool:

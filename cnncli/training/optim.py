@@ -2,7 +2,9 @@
 
 An optimizer keeps per-parameter state keyed by parameter name; ``step(params)`` takes
 the (name, value, grad) triples of ``Model.parameters()`` and updates values in place.
-The learning rate is the attribute ``lr`` (the schedule sets it once per epoch).
+The learning rate is the attribute ``lr`` (the schedule sets it once per epoch). Parameters
+of the layers in ``frozen`` (layer names) get no update and no state, as with PyTorch's
+``requires_grad=False``.
 """
 
 from __future__ import annotations
@@ -28,10 +30,17 @@ class Optimizer:
         self.weight_decay = float(weight_decay)
         self.steps = 0
         self.state: dict[str, dict[str, np.ndarray]] = {}
+        self.frozen: frozenset[str] = frozenset()
+
+    def freeze(self, layers: Iterable[str]) -> None:
+        """Leave the parameters of these layers (``<layer>.<param>``) untouched from now on."""
+        self.frozen = frozenset(layers)
 
     def step(self, params: Params) -> None:
         self.steps += 1
         for name, value, grad in params:
+            if self.frozen and name.rsplit(".", 1)[0] in self.frozen:
+                continue
             self._update(name, value, grad, self.state.setdefault(name, {}))
 
     def _update(self, name, value, grad, state) -> None:
@@ -129,12 +138,17 @@ class AdamW(Adam):
 
 
 def make_optimizer(train: TrainConfig) -> Optimizer:
-    """The optimizer a resolved ``train:`` section asks for."""
+    """The optimizer a resolved ``train:`` section asks for; the layers
+    ``train.init_from.freeze`` names are frozen."""
     if train.optimizer == "sgd":
-        return SGD(train.lr, momentum=train.momentum, nesterov=train.nesterov,
-                   weight_decay=train.weight_decay)
-    kind = Adam if train.optimizer == "adam" else AdamW
-    return kind(train.lr, tuple(train.betas), train.eps, train.weight_decay)
+        optimizer = SGD(train.lr, momentum=train.momentum, nesterov=train.nesterov,
+                        weight_decay=train.weight_decay)
+    else:
+        kind = Adam if train.optimizer == "adam" else AdamW
+        optimizer = kind(train.lr, tuple(train.betas), train.eps, train.weight_decay)
+    if train.init_from is not None:
+        optimizer.freeze(train.init_from.freeze)
+    return optimizer
 
 
 def clip_grad_norm(grads: list[np.ndarray], max_norm: float, eps: float = 1e-6) -> float:

@@ -123,7 +123,7 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, run_dir, *, resume_from=None, reporter=None,
-                 root=None, overwrite: bool = False, progress=None):
+                 root=None, overwrite: bool = False, progress=None, init_weights=None):
         from cnncli.data import load_dataset
 
         self.config = config
@@ -133,6 +133,8 @@ class Trainer:
         self.dir = RunDirectory(Path(run_dir))
         model = model_from_entries(config.model.input_shape, config.model.entries(),
                                    seed=config.seed)
+        if init_weights is not None and resume_from is None:
+            init_weights(model)  # weights trained elsewhere (train.init_from)
         num_classes = _class_count(model)
         self.data = load_dataset(config.data, tuple(model.input_shape), num_classes, config.seed,
                                  root=root, training=True, progress=progress)
@@ -301,7 +303,7 @@ def _class_count(model) -> int:
 
 def train(config, *, out_dir=None, resume=None, epochs=None, batch_size=None, lr=None,
           seed=None, callbacks: Callbacks | None = None, root=None,
-          overwrite: bool = False, progress=None) -> Run:
+          overwrite: bool = False, progress=None, init_weights=None) -> Run:
     """Train the model a config describes (a RunConfig, a resolved dict, or None to resume with
     the checkpoint's own); returns the finished Run.
 
@@ -309,7 +311,8 @@ def train(config, *, out_dir=None, resume=None, epochs=None, batch_size=None, lr
     train.epochs (``epochs`` may raise it). ``epochs``, ``batch_size``, ``lr`` and ``seed``
     override the config and are checked like it. A run directory that already holds another
     run is refused unless ``overwrite``, which deletes that run's checkpoints and metrics.
-    ``progress(url, done, total)`` hears about first-use downloads.
+    ``progress(url, done, total)`` hears about first-use downloads; ``init_weights(model)``
+    loads a fresh run's starting weights (``interop.init_from``).
     """
     ckpt = load_checkpoint(resolve_resume_path(resume)) if resume is not None else None
     if config is None and ckpt is None:
@@ -321,7 +324,7 @@ def train(config, *, out_dir=None, resume=None, epochs=None, batch_size=None, lr
     if out_dir is None:
         out_dir = ckpt.path.parent if ckpt is not None else Path("runs") / config.name
     trainer = Trainer(config, out_dir, resume_from=ckpt, reporter=callbacks, root=root,
-                      overwrite=overwrite, progress=progress)
+                      overwrite=overwrite, progress=progress, init_weights=init_weights)
     return trainer.fit()
 
 
