@@ -3,6 +3,7 @@ written outside the folder the user chose, and no traceback or Python warning re
 
 import os
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -84,3 +85,162 @@ def test_plot_default_png_does_not_follow_a_symlink_out_of_the_run(tmp_path):
     os.symlink(tmp_path / "elsewhere.png", run / "curves.png")
     assert_one_line_error(run_cli("plot", run), 2, "leads outside")
     assert not (tmp_path / "elsewhere.png").exists()
+
+
+# ---------------------------------------------------------------- 2. sizes claimed by headers
+
+def npy_bytes(shape, descr="<f4", data=b"\0" * 64):
+    """A .npy file whose header claims ``shape`` whatever ``data`` really holds."""
+    header = repr({"descr": descr, "fortran_order": False, "shape": tuple(shape)}).encode()
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + data
+
+
+def lying_npz(path, **members):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, blob in members.items():
+            zf.writestr(name, blob)
+    return path
+
+
+TERA = (10**6, 10**6, 10**3)   # 4 * 10**15 bytes of float32
+
+
+def train_config(folder, data_path, input_shape=(1, 4, 4)):
+    import yaml
+
+    config = {"name": "t", "seed": 0,
+              "model": {"input_shape": list(input_shape),
+                        "layers": [{"type": "flatten"}, {"type": "dense", "units": 3}]},
+              "data": {"path": str(data_path), "normalize": "none"},
+              "train": {"epochs": 1, "batch_size": 4}}
+    path = folder / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_npz_member_whose_header_claims_petabytes_is_one_line(tmp_path):
+    data = lying_npz(tmp_path / "d.npz", **{"x_train.npy": npy_bytes(TERA),
+                                            "y_train.npy": npy_bytes((3,), "<i8", b"\0" * 24)})
+    result = run_cli("train", train_config(tmp_path, data), "--out", tmp_path / "run")
+    assert_one_line_error(result, 2, "corrupt file", "x_train.npy's header claims "
+                          "4,000,000,000,000,000 bytes", "the file has 64 bytes")
+
+
+def test_npy_input_with_a_lying_header_is_one_line(tmp_path):
+    ckpt = hostile_checkpoint(tmp_path / "run", "conv")
+    (tmp_path / "x.npy").write_bytes(npy_bytes(TERA))
+    result = run_cli("predict", ckpt, tmp_path / "x.npy")
+    assert_one_line_error(result, 2, "x.npy's header claims 4,000,000,000,000,000 bytes")
+
+
+def test_checkpoint_member_whose_header_claims_petabytes_is_one_line(tmp_path):
+    import zipfile
+
+    ckpt = hostile_checkpoint(tmp_path / "run", "conv")
+    with zipfile.ZipFile(ckpt) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    members["params/fc.weight.npy"] = npy_bytes(TERA)
+    lying_npz(ckpt, **members)
+    for command in (["eval", ckpt], ["summary", ckpt], ["train", "--resume", ckpt]):
+        result = run_cli(*command)
+        assert_one_line_error(result, 2, "params/fc.weight.npy's header claims")
+
+
+def test_zip_member_claiming_more_than_deflate_can_hold_is_one_line(tmp_path):
+    import zipfile
+
+    path = tmp_path / "d.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x_train.npy", npy_bytes((4,), data=b"\0" * 16))
+    blob = bytearray(path.read_bytes())
+    # file_size in the central directory and local header: 2**31 bytes from a few bytes
+    for sig, offset in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):
+        at = blob.index(sig) + offset
+        blob[at:at + 4] = (2**31).to_bytes(4, "little")
+    path.write_bytes(bytes(blob))
+    result = run_cli("train", train_config(tmp_path, path), "--out", tmp_path / "run")
+    assert_one_line_error(result, 2, "x_train.npy claims 2,147,483,648 bytes")
+
+
+def idx_bytes(code, shape, data=b""):
+    return bytes([0, 0, code, len(shape)]) + b"".join(int(d).to_bytes(4, "big")
+                                                      for d in shape) + data
+
+
+def test_idx_header_with_overflowing_sizes_is_one_line(tmp_path):
+    # 2**32-1 cubed times 8 bytes wraps around int64; the header must still be compared
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(0x0E, [2**32 - 1] * 3,
+                                                                 b"\0" * 64))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(0x08, [3], b"\0\1\2"))
+    result = run_cli("train", train_config(tmp_path, tmp_path), "--out", tmp_path / "run")
+    assert_one_line_error(result, 2, "corrupt file: IDX header claims (4294967295, "
+                          "4294967295, 4294967295)", "the file has 64 bytes")
+
+
+def test_idx_header_with_255_dimensions_is_one_line(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(0x08, [1] * 255))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(0x08, [1], b"\0"))
+    result = run_cli("train", train_config(tmp_path, tmp_path), "--out", tmp_path / "run")
+    assert_one_line_error(result, 2, "corrupt IDX header: 255 dimensions")
+
+
+def test_gzipped_idx_claiming_more_than_it_can_hold_is_refused_before_decompressing(tmp_path):
+    import gzip
+
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(0x08, [10**9, 100, 100], b"\0" * 1000)))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(0x08, [1], b"\0"))
+    result = run_cli("train", train_config(tmp_path, tmp_path), "--out", tmp_path / "run")
+    assert_one_line_error(result, 2, "= 10,000,000,000,000 bytes, more than",
+                          "compressed bytes can hold")
+
+
+def png_claiming(path, width, height):
+    """A PNG whose header claims width x height but whose data is a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("side", [10_000, 100_000])
+def test_png_claiming_gigapixels_is_refused_before_decoding(tmp_path, side):
+    pytest.importorskip("PIL")
+    ckpt = hostile_checkpoint(tmp_path / "run", "conv")
+    bomb = png_claiming(tmp_path / "bomb.png", side, side)
+    result = run_cli("predict", ckpt, bomb)
+    assert_one_line_error(result, 2, "bomb.png is too large to read", "decompression bomb")
+
+
+def test_weights_are_drawn_in_float32_without_a_float64_copy():
+    import math
+    import tracemalloc
+
+    from cnncli.nn.layers.init import init_weight
+
+    for scheme in ("default", "he_normal"):
+        shape = (512, 1024)
+        tracemalloc.start()
+        w = init_weight(np.random.default_rng(0), shape, 1024, 512, scheme, np.float32)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert w.dtype == np.float32 and w.shape == shape
+        assert peak < 1.5 * w.nbytes      # a float64 draw first would be 3x
+        if scheme == "default":
+            assert np.abs(w).max() <= 1 / math.sqrt(1024)
+        assert abs(float(w.std()) - (1 / math.sqrt(3 * 1024) if scheme == "default"
+                                     else math.sqrt(2 / 1024))) < 0.01 * w.std()
+    # float64 weights are exactly NumPy's uniform draw (seeded float64 runs are unchanged)
+    w64 = init_weight(np.random.default_rng(5), (7, 9), 9, 7, "default", np.float64)
+    np.testing.assert_array_equal(w64, np.random.default_rng(5).uniform(-1 / 3, 1 / 3, (7, 9)))

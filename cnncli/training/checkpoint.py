@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from cnncli import arrayfiles
 from cnncli.errors import CheckpointError, CnncliError
 
 FORMAT_VERSION = 1
@@ -184,14 +185,13 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
     if not magic.startswith((b"PK", b"\x93NUMPY")):
         raise CheckpointError(f"{path} is not a cnncli checkpoint (not an .npz file)",
                               hint="pass a .npz written by 'cnncli train' or its run directory")
+    if magic == b"\x93NUMPY":
+        raise CheckpointError(f"{path} is a single .npy array, not a cnncli checkpoint")
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"{path} is a single .npy array, not a cnncli checkpoint")
-        with data:
-            return {k: data[k] for k in data.files}
-    except CheckpointError:
-        raise
+        return arrayfiles.read_npz(path)
+    except arrayfiles.CorruptArrayFile as err:
+        raise CheckpointError(f"{path} is not a readable cnncli checkpoint ({err})",
+                              hint="use another checkpoint, e.g. best.npz or last.npz") from None
     except (OSError, ValueError, EOFError, KeyError, NotImplementedError, RuntimeError,
             struct.error, zipfile.BadZipFile, zlib.error) as err:
         raise CheckpointError(f"{path} is truncated or corrupt ({type(err).__name__}: "
