@@ -244,3 +244,101 @@ def test_weights_are_drawn_in_float32_without_a_float64_copy():
     # float64 weights are exactly NumPy's uniform draw (seeded float64 runs are unchanged)
     w64 = init_weight(np.random.default_rng(5), (7, 9), 9, 7, "default", np.float64)
     np.testing.assert_array_equal(w64, np.random.default_rng(5).uniform(-1 / 3, 1 / 3, (7, 9)))
+
+
+# ---------------------------------------------------------------- 3. checkpoint metadata
+
+TINY = """name: tiny
+seed: 0
+model:
+  input_shape: [1, 8, 8]
+  layers:
+    - {type: conv2d, name: conv1, out_channels: 2, kernel_size: 3, padding: 1, activation: relu}
+    - {type: maxpool2d, name: pool, kernel_size: 2}
+    - {type: flatten}
+    - {type: dense, name: out, units: 10}
+data: {dataset: digits, val_split: 0.1, normalize: scale}
+train: {epochs: 1, batch_size: 256, optimizer: adam, lr: 0.003}
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A real one-epoch run on the bundled digits (Adam state, RNG states, metrics)."""
+    folder = tmp_path_factory.mktemp("trained")
+    (folder / "tiny.yaml").write_text(TINY)
+    result = run_cli("train", folder / "tiny.yaml", "--out", folder / "run", "-q")
+    assert result.exit_code == 0, result.output
+    return folder / "run" / "last.npz"
+
+
+def rewritten(source, target, changes):
+    """A copy of checkpoint ``source`` with members replaced (None deletes one)."""
+    arrays = dict(np.load(source, allow_pickle=False))
+    for key, value in changes.items():
+        if value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = np.asarray(value)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(target, **arrays)
+    return target
+
+
+BAD_METADATA = {
+    "rng_state": ({"rng_state": '{"batches": {"bit_generator": "PCG64", "state": 5}}'},
+                  "rng_state['batches'] is not a generator state"),
+    "rng_state_kind": ({"rng_state": '{"batches": {"bit_generator": "MT19937"}}'},
+                       "rng_state['batches'] is not a generator state"),
+    "metrics_type": ({"metrics": '{"epoch": 1}'}, "metrics is not a list"),
+    "metrics_row": ({"metrics": '["x"]'}, "metrics row 1 is not a mapping"),
+    "metrics_value": ({"metrics": '[{"epoch": 1, "train_loss": "low"}]'},
+                      "metrics row 1: train_loss is 'low'"),
+    "run_state_type": ({"run_state": "[1]"}, "run_state is not a mapping"),
+    "run_state_value": ({"run_state": '{"bad_epochs": -1}'}, "run_state bad_epochs is -1"),
+    "optim_steps_negative": ({"optim/steps": -1}, "optim/steps is -1"),
+    "optim_steps_missing": ({"optim/steps": None}, "optim/steps is missing"),
+    "optim_slot_shape": ({"optim/exp_avg/out.bias": np.zeros(3, np.float32)},
+                         "optim/exp_avg/out.bias belongs to no stored parameter"),
+    "param_strings": ({"params/out.bias": np.array(["a"] * 10)},
+                      "params/out.bias is <U1, expected numbers"),
+    "class_names_numbers": ({"class_names": np.arange(10)}, "class_names is int64"),
+    "format_version": ({"format_version": 0}, "format_version is 0"),
+    "epoch_negative": ({"epoch": -3}, "epoch -3 and step"),
+    "version_type": ({"cnncli_version": 5}, "cnncli_version is int64"),
+    "json_syntax": ({"run_state": "{"}, "run_state is not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_METADATA))
+def test_malformed_checkpoint_metadata_is_one_line_naming_the_key(trained, tmp_path, case):
+    changes, message = BAD_METADATA[case]
+    path = rewritten(trained, tmp_path / "bad" / "last.npz", changes)
+    for command in (["train", "--resume", path, "--epochs", "2", "-q"], ["eval", path]):
+        assert_one_line_error(run_cli(*command), 2, message)
+
+
+def test_adam_state_missing_one_slot_is_one_line(trained, tmp_path):
+    path = rewritten(trained, tmp_path / "bad" / "last.npz", {"optim/exp_avg_sq/out.bias": None})
+    assert_one_line_error(run_cli("train", "--resume", path, "--epochs", "2", "-q"), 2,
+                          "adam state of out.bias holds exp_avg, expected exp_avg, exp_avg_sq")
+
+
+def test_checkpoint_member_that_is_not_npy_is_one_line(trained, tmp_path):
+    import shutil
+    import zipfile
+
+    path = tmp_path / "run" / "last.npz"
+    path.parent.mkdir()
+    shutil.copy(trained, path)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("notes.txt", "hello")
+    for command in (["eval", path], ["summary", path], ["show", path, "--filters"]):
+        assert_one_line_error(run_cli(*command), 2, "member 'notes.txt' is not a .npy array")
+
+
+def test_resumed_rows_without_some_columns_still_print_the_table(trained, tmp_path):
+    path = rewritten(trained, tmp_path / "run" / "last.npz", {"metrics": '[{"epoch": 1}]'})
+    result = run_cli("train", "--resume", path, "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert "training summary" in result.output

@@ -192,9 +192,11 @@ def _metrics_table(rows: list[dict], best_epoch: int | None = None):
             table.add_row(*["⋮"] * 7)
             continue
         mark = "*" if row["epoch"] == best_epoch else ""
-        table.add_row(f"{mark}{row['epoch']}", _num(row["train_loss"]), _pct(row["train_accuracy"]),
-                      _num(row.get("val_loss")), _pct(row.get("val_accuracy")),
-                      f"{row['lr']:.3g}", f"{row['seconds']:.1f}s")
+        # .get: rows resumed from a checkpoint may lack columns (each is checked on load)
+        table.add_row(f"{mark}{row['epoch']}", _num(row.get("train_loss")),
+                      _pct(row.get("train_accuracy")), _num(row.get("val_loss")),
+                      _pct(row.get("val_accuracy")), _num(row.get("lr"), "{:.3g}"),
+                      _num(row.get("seconds"), "{:.1f}s"))
     return table
 
 
