@@ -342,3 +342,69 @@ def test_resumed_rows_without_some_columns_still_print_the_table(trained, tmp_pa
     result = run_cli("train", "--resume", path, "--epochs", "2")
     assert result.exit_code == 0, result.output
     assert "training summary" in result.output
+
+
+# ---------------------------------------------------------------- 3. streams and Ctrl-C
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def run_program(*args, **popen):
+    """The real program in a subprocess (streams and signals are its own)."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.argv[0] = 'cnncli'; from cnncli.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO,
+                          stderr=subprocess.PIPE, text=True, timeout=120, **popen)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_on_a_full_device_is_one_line_exit_1():
+    for args in (["summary", "configs/digits.yaml"], ["layers"], ["--help"]):
+        with open("/dev/full", "w") as full:
+            result = run_program(*args, stdout=full)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == ("cnncli: error: cannot write to standard output: No space "
+                                 "left on device\n")
+
+
+def test_stdout_closed_by_the_reader_exits_141_quietly():
+    read, write = os.pipe()
+    os.close(read)                 # `| head -1` after head has gone
+    try:
+        result = run_program("layers", stdout=write)
+    finally:
+        os.close(write)
+    assert result.returncode == 141 and result.stderr == ""
+
+
+def test_ctrl_c_while_importing_is_one_line_exit_130():
+    import subprocess
+    import sys
+
+    code = ("import builtins, sys\n"
+            "sys.argv = ['cnncli', 'layers']\n"
+            "real = builtins.__import__\n"
+            "def interrupting(name, *args, **kwargs):\n"
+            "    if name == 'yaml':\n"     # a Ctrl-C that lands while the package imports
+            "        raise KeyboardInterrupt\n"
+            "    return real(name, *args, **kwargs)\n"
+            "builtins.__import__ = interrupting\n"
+            "from cnncli.cli import main\n"
+            "main()\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 130
+    assert result.stderr == "\ncnncli: interrupted\n"
+
+
+def test_ctrl_c_while_parsing_is_one_line_exit_130(monkeypatch):
+    import click
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(click.Group, "make_context", interrupt)
+    result = run_cli("layers")
+    assert result.exit_code == 130 and result.stderr == "\ncnncli: interrupted\n"
