@@ -408,3 +408,47 @@ def test_ctrl_c_while_parsing_is_one_line_exit_130(monkeypatch):
     monkeypatch.setattr(click.Group, "make_context", interrupt)
     result = run_cli("layers")
     assert result.exit_code == 130 and result.stderr == "\ncnncli: interrupted\n"
+
+
+# ---------------------------------------------------------------- 3. plot of a diverged run
+
+DIVERGED = ("epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds\n"
+            "1,1e308,0.1,inf,0.1,0.01,1\n2,-1e308,0.2,nan,0.2,0.01,1\n3,0.5,0.3,0.4,0.3,0.01,1\n")
+
+
+def diverged_run(folder):
+    folder.mkdir()
+    (folder / "metrics.csv").write_text(DIVERGED)
+    return folder
+
+
+def assert_skips_said_once(result):
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("cnncli:") <= 1 and "Traceback" not in result.output
+    assert ("run: 3 inf or huge values not drawn (train_loss at epoch 1, train_loss at "
+            "epoch 2, val_loss at epoch 1)") in result.stdout
+
+
+def test_plot_of_metrics_with_inf_skips_them_and_says_so_with_matplotlib(tmp_path):
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    run = diverged_run(tmp_path / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")    # matplotlib overflowing its axes would warn first
+        result = run_cli("plot", run)
+    assert_skips_said_once(result)
+    assert (run / "curves.png").stat().st_size > 1000
+
+
+def test_plot_of_metrics_with_inf_skips_them_and_says_so_without_matplotlib(tmp_path,
+                                                                           monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    result = run_cli("plot", diverged_run(tmp_path / "run"))
+    assert_skips_said_once(result)
+    assert "run train loss" in result.stdout and "0.5" in result.stdout
+    assert_skips_said_once(run_cli("plot", tmp_path / "run", "--terminal"))
