@@ -452,3 +452,51 @@ def test_plot_of_metrics_with_inf_skips_them_and_says_so_without_matplotlib(tmp_
     assert_skips_said_once(result)
     assert "run train loss" in result.stdout and "0.5" in result.stdout
     assert_skips_said_once(run_cli("plot", tmp_path / "run", "--terminal"))
+
+
+# ---------------------------------------------------------------- 4. no Python warnings
+
+def test_normal_paths_are_clean_with_warnings_as_errors(tmp_path):
+    """PYTHONWARNINGS=error turns any warning that would leak to stderr into a failure."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    Image.fromarray(np.tile(np.arange(8, dtype=np.uint8) * 30, (8, 1))).save(tmp_path / "d.png")
+    run, ckpt = tmp_path / "run", tmp_path / "run" / "best.npz"
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    commands = [["train", "tiny.yaml", "--out", run], ["eval", ckpt], ["predict", ckpt, "d.png"],
+                ["summary", "tiny.yaml"], ["summary", ckpt], ["layers"],
+                ["show", ckpt, "--filters"], ["show", ckpt, "--features", "d.png"],
+                ["show", ckpt, "--receptive-field", "--input", "d.png"],
+                ["plot", run], ["plot", run, "--terminal"],
+                ["train", "--resume", run, "--epochs", "2", "-q"]]
+    for command in commands:
+        result = subprocess.run([sys.executable, "-m", "cnncli", *map(str, command)],
+                                cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, (command, result.stderr)
+        noise = [line for line in result.stderr.splitlines()
+                 if not line.startswith("cnncli: matplotlib is not installed")]
+        assert noise == [], (command, result.stderr)
+
+
+def test_data_beyond_float32_is_one_line_not_a_learning_rate_hint(tmp_path):
+    x = np.full((6, 4, 4), 1e300)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(6) % 3)
+    result = run_cli("train", train_config(tmp_path, tmp_path / "d.npz"), "--out",
+                     tmp_path / "run")
+    assert_one_line_error(result, 2, "x_train image 0 holds 1e+300, beyond the float32 range")
+    assert "lr" not in result.stderr
+
+
+def test_a_checkpoint_whose_scores_overflow_is_one_line_not_nan(trained, tmp_path):
+    huge = {key: np.full(value.shape, 3e38, np.float32)
+            for key, value in np.load(trained).items() if key.startswith("params/")}
+    path = rewritten(trained, tmp_path / "run" / "last.npz", huge)
+    np.save(tmp_path / "x.npy", np.full((2, 1, 8, 8), 16, np.float32))
+    for command in (["eval", path], ["predict", path, tmp_path / "x.npy"]):
+        assert_one_line_error(run_cli(*command), 2, "class scores overflow to inf or NaN")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import warnings
 
 import click
 from click.exceptions import NoArgsIsHelpError
@@ -58,6 +59,9 @@ class _GuardedOutput:
         return getattr(self._stream, name)
 
 
+_FLOAT_WARNINGS = r"(overflow|invalid value|divide by zero|underflow) encountered"
+
+
 def _interrupted():
     click.echo("\ncnncli: interrupted", err=True)
     sys.exit(130)
@@ -72,7 +76,11 @@ class _Group(click.Group):
         sys.stdout = _GuardedOutput(stdout)
         try:
             try:
-                return super().main(*args, **kwargs)
+                with warnings.catch_warnings():
+                    # NumPy's float warnings (overflow in a layer of a damaged model, say): the
+                    # library checks its results for inf/NaN and says what went wrong itself.
+                    warnings.filterwarnings("ignore", _FLOAT_WARNINGS, RuntimeWarning)
+                    return super().main(*args, **kwargs)
             finally:
                 sys.stdout.flush()  # fail here, not in the interpreter's last flush
         except _OutputFailed as err:

@@ -291,7 +291,7 @@ def _show_features(source: Path, features_input: str, layer_name, index: int, ou
                          f"({'blue<0<red' if info['signed'] else 'dark=0, bright=max'})"
                          + (f", first {info['shown']} maps shown" if info["shown"] < c else ""))
     logits = from_internal(h)[0] if h.ndim == 2 else None
-    if logits is not None and logits.ndim == 1:
+    if logits is not None and logits.ndim == 1 and np.isfinite(logits).all():
         z = np.exp(logits - logits.max())
         p = z / z.sum()
         k = int(np.argmax(p))

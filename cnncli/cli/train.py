@@ -345,7 +345,7 @@ def predict_command(checkpoint, inputs, top, out):
     """Predicted class and top probabilities for images, .npy or .npz INPUTS."""
     from cnncli.data import load_inputs
     from cnncli.training.checkpoint import load_checkpoint
-    from cnncli.training.evaluate import softmax, top_k_indices
+    from cnncli.training.evaluate import check_logits, softmax, top_k_indices
 
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model()
@@ -353,7 +353,7 @@ def predict_command(checkpoint, inputs, top, out):
         raise CheckpointError(f"{ckpt.path} stores no normalisation statistics",
                               hint="use a checkpoint written by 'cnncli train'")
     x, labels = load_inputs(list(inputs), tuple(model.input_shape), ckpt.normalization)
-    logits = model.predict_logits(x)
+    logits = check_logits(model.predict_logits(x))
     probs = softmax(logits)
     k = min(top, probs.shape[1])
     best = top_k_indices(logits, k)

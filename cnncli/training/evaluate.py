@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.errors import DataError
+from cnncli.errors import CheckpointError, DataError
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -92,7 +92,19 @@ def loss_and_accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256
     return cross_entropy(logits, y), float((logits.argmax(axis=1) == y).mean())
 
 
+def check_logits(logits: np.ndarray) -> np.ndarray:
+    """Scores that overflowed to inf or NaN would print as NaN loss and arbitrary classes."""
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise CheckpointError(f"the model's class scores overflow to inf or NaN for "
+                              f"{int(bad.sum())} of {len(logits)} inputs (first: input "
+                              f"{int(np.flatnonzero(bad)[0])})",
+                              hint="its weights are far too large for these inputs: a damaged "
+                                   "or diverged checkpoint; use an earlier one")
+    return logits
+
+
 def evaluate(model, x: np.ndarray, y: np.ndarray, class_names: list[str], top_k: int = 5,
              batch_size: int = 256) -> dict:
-    return classification_report(model.predict_logits(x, batch_size=batch_size), y,
-                                 class_names, top_k)
+    return classification_report(check_logits(model.predict_logits(x, batch_size=batch_size)),
+                                 y, class_names, top_k)
