@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 
 #: Deflate cannot expand data by more than about 1032:1, so a zip member claiming more than
 #: this many times its compressed size is lying.
 MAX_DEFLATE_RATIO = 1100
+
+
+#: What reading a damaged .npz or .npy can raise besides CorruptArrayFile (a bad zip directory,
+#: an unknown compression method, a truncated member, a bad checksum, ...).
+READ_ERRORS = (OSError, EOFError, ValueError, KeyError, NotImplementedError, RuntimeError,
+               struct.error, zipfile.BadZipFile, zlib.error)
 
 
 class CorruptArrayFile(ValueError):
@@ -34,7 +42,13 @@ def _header(fp):
 
 def _checked_header(fp, size: int, what: str):
     """Read the header and check the data it claims fits in the ``size`` bytes of the member."""
-    shape, fortran, dtype = _header(fp)
+    try:
+        shape, fortran, dtype = _header(fp)
+    except CorruptArrayFile:
+        raise
+    except Exception as err:  # NumPy parses the header text: a damaged one fails in many ways
+        raise CorruptArrayFile(f"corrupt file: {what} has an unreadable .npy header "
+                               f"({type(err).__name__})") from None
     if dtype.hasobject:   # NumPy's own words, which the callers turn into their message
         raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
     claimed = math.prod(shape) * dtype.itemsize   # Python ints: no overflow
@@ -50,7 +64,8 @@ def read_npy(path) -> np.ndarray:
     with open(path, "rb") as fp:
         _checked_header(fp, os.fstat(fp.fileno()).st_size, os.path.basename(path))
         fp.seek(0)
-        return np.lib.format.read_array(fp, allow_pickle=False)
+        return _valid_text(np.lib.format.read_array(fp, allow_pickle=False),
+                           os.path.basename(path))
 
 
 def read_npz(path) -> dict[str, np.ndarray]:
@@ -74,5 +89,16 @@ def read_npz(path) -> dict[str, np.ndarray]:
             with zf.open(info) as fp:
                 _checked_header(fp, info.file_size, name)
             with zf.open(info) as fp:
-                arrays[name[:-len(".npy")]] = np.lib.format.read_array(fp, allow_pickle=False)
+                arrays[name[:-len(".npy")]] = _valid_text(
+                    np.lib.format.read_array(fp, allow_pickle=False), name)
     return arrays
+
+
+def _valid_text(array: np.ndarray, what: str) -> np.ndarray:
+    """A string array's code points must be Unicode's (str() of another fails with SystemError)."""
+    if array.dtype.kind == "U" and array.size:
+        codes = np.ascontiguousarray(array).reshape(-1).view(
+            np.dtype("u4").newbyteorder(array.dtype.byteorder))
+        if codes.max() > 0x10FFFF:
+            raise CorruptArrayFile(f"corrupt file: {what} holds characters beyond Unicode")
+    return array

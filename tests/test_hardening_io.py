@@ -262,14 +262,18 @@ train: {epochs: 1, batch_size: 256, optimizer: adam, lr: 0.003}
 """
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A real one-epoch run on the bundled digits (Adam state, RNG states, metrics)."""
-    folder = tmp_path_factory.mktemp("trained")
+def train_tiny(folder):
+    """last.npz of a real one-epoch run on the bundled digits (Adam state, RNG states,
+    metrics) in ``folder``/run."""
     (folder / "tiny.yaml").write_text(TINY)
     result = run_cli("train", folder / "tiny.yaml", "--out", folder / "run", "-q")
     assert result.exit_code == 0, result.output
     return folder / "run" / "last.npz"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("trained"))
 
 
 def rewritten(source, target, changes):

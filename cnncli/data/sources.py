@@ -6,7 +6,6 @@ import gzip
 import math
 import tarfile
 import warnings
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ def read_array_file(path: Path) -> dict[str, np.ndarray]:
             raise DataError(f"{path} holds Python objects (pickled arrays), which cnncli "
                             f"refuses to load", hint="save plain numeric arrays") from None
         raise DataError(f"{path} is not a readable NumPy file: {err}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
+    except arrayfiles.READ_ERRORS as err:
         raise DataError(f"{path} is not a readable NumPy file: {err}") from None
 
 

@@ -12,10 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import struct
 import tempfile
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,8 +189,7 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
     except arrayfiles.CorruptArrayFile as err:
         raise CheckpointError(f"{path} is not a readable cnncli checkpoint ({err})",
                               hint="use another checkpoint, e.g. best.npz or last.npz") from None
-    except (OSError, ValueError, EOFError, KeyError, NotImplementedError, RuntimeError,
-            struct.error, zipfile.BadZipFile, zlib.error) as err:
+    except arrayfiles.READ_ERRORS as err:
         raise CheckpointError(f"{path} is truncated or corrupt ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'unreadable'})",
                               hint="use another checkpoint, e.g. best.npz or last.npz") from None
