@@ -2,6 +2,9 @@
 
 import os
 
+# First: a Ctrl-C during the imports below is one line, not a traceback (cnncli/startup.py).
+from cnncli import startup  # noqa: F401
+
 # Before NumPy loads: may set BLAS threads (see cnncli/parallel/threads.py).
 from cnncli.parallel import threads  # noqa: F401
 

@@ -160,6 +160,8 @@ def test_float32_matches_float64():
     l64 = build_layer(Conv2d(out_channels=5, kernel_size=3, padding="same"), (3, 10, 10))
     l32 = build_layer(Conv2d(out_channels=5, kernel_size=3, padding="same"), (3, 10, 10),
                       dtype=np.float32)
+    for name, value in l64.params.items():  # float32 weights are drawn in float32: copy them
+        l32.params[name][...] = value
     y32 = run(l32, x.astype(np.float32))
     assert y32.dtype == np.float32
     np.testing.assert_allclose(y32, run(l64, x), rtol=1e-4, atol=1e-5)

@@ -123,6 +123,11 @@ def test_a_killed_runs_temporaries_are_removed_at_the_next_start(tmp_path, confi
 
 def test_loss_far_above_its_start_stops_with_exit_1_and_keeps_the_last_checkpoint(tmp_path,
                                                                                  config):
+    # Random labels: no weights fit them, so a huge step gives confidently wrong, huge losses.
+    with np.load(tmp_path / "blobs.npz") as data:
+        x = data["x_train"]
+    labels = np.random.default_rng(1).integers(0, 3, len(x))
+    np.savez(tmp_path / "blobs.npz", x_train=x, y_train=labels)
     out = tmp_path / "run"
     assert cli("train", config, "--out", out, "-q").exit_code == 0
     before = (out / "last.npz").read_bytes()
@@ -153,10 +158,10 @@ def test_checkpoint_with_a_negative_epoch_is_refused(tmp_path, config):
         arrays = {k: data[k] for k in data.files}
     arrays["epoch"] = np.array(-5)
     np.savez(tmp_path / "bad.npz", **arrays)
-    with pytest.raises(CheckpointError, match="epoch is -5"):
+    with pytest.raises(CheckpointError, match="epoch -5 and step"):
         load_checkpoint(tmp_path / "bad.npz")
     result = cli("train", "--resume", tmp_path / "bad.npz")
-    assert result.exit_code == 2 and "epoch is -5" in result.stderr
+    assert result.exit_code == 2 and "epoch -5 and step" in result.stderr
 
 
 def test_library_errors_name_arguments_and_the_cli_names_flags(tmp_path, config):

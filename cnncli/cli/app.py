@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
+import warnings
 
 import click
 from click.exceptions import NoArgsIsHelpError
@@ -27,17 +29,79 @@ def _one_line(err: click.UsageError) -> click.UsageError:
     return _OneLineUsageError(err.format_message(), err.ctx)
 
 
+class _OutputFailed(Exception):
+    """Standard output could not be written (a full disk, a closed pipe). Not an OSError, so a
+    command's handler for its own files (`train`'s run directory) does not take it for one."""
+
+    def __init__(self, err: OSError):
+        super().__init__(err.strerror or str(err))
+        self.errno = err.errno
+
+
+class _GuardedOutput:
+    """sys.stdout as the commands see it: a failed write raises _OutputFailed."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as err:
+            raise _OutputFailed(err) from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError as err:
+            raise _OutputFailed(err) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+_FLOAT_WARNINGS = r"(overflow|invalid value|divide by zero|underflow) encountered"
+
+
+def _interrupted():
+    click.echo("\ncnncli: interrupted", err=True)
+    sys.exit(130)
+
+
 class _Group(click.Group):
     """Turns a project error into one line on stderr and its exit code; never a traceback."""
+
+    def main(self, *args, **kwargs):
+        _reopen_closed_streams()
+        stdout = sys.stdout
+        sys.stdout = _GuardedOutput(stdout)
+        try:
+            try:
+                with warnings.catch_warnings():
+                    # NumPy's float warnings (overflow in a layer of a damaged model, say): the
+                    # library checks its results for inf/NaN and says what went wrong itself.
+                    warnings.filterwarnings("ignore", _FLOAT_WARNINGS, RuntimeWarning)
+                    return super().main(*args, **kwargs)
+            finally:
+                sys.stdout.flush()  # fail here, not in the interpreter's last flush
+        except _OutputFailed as err:
+            _silence(stdout)
+            if err.errno == errno.EPIPE:  # `cnncli layers | head -1`: quietly, as SIGPIPE would
+                sys.exit(141)
+            click.echo(f"cnncli: error: cannot write to standard output: {err}", err=True)
+            sys.exit(1)
+        finally:
+            sys.stdout = stdout
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:  # the group's own options: `cnncli --bogus`
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as err:
             raise _one_line(err) from None
+        except KeyboardInterrupt:
+            _interrupted()
 
     def invoke(self, ctx):
-        _reopen_closed_streams()
         try:
             return super().invoke(ctx)
         except click.UsageError as err:  # a command's arguments and options
@@ -53,8 +117,21 @@ class _Group(click.Group):
                        err=True)
             sys.exit(1)
         except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and says so)
-            click.echo("\ncnncli: interrupted", err=True)
-            sys.exit(130)
+            _interrupted()
+
+
+def _silence(stream) -> None:
+    """Point a failed stdout's descriptor at the null device, so the output still buffered in
+    it is dropped at exit instead of failing again with a traceback."""
+    import os
+
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # not a real file (CliRunner's buffer)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 #: The library names the arguments of its functions (``train(out_dir=...)``) as ``name=``; the

@@ -8,6 +8,7 @@ import click
 
 from cnncli.cli.app import main
 from cnncli.errors import ConfigError
+from cnncli.files import safe_path
 from cnncli.inspect import pictures, plot, receptive
 from cnncli.training.checkpoint import is_checkpoint
 
@@ -46,8 +47,8 @@ def plot_command(run_dirs, out, terminal):
                                       style=lambda text, color: click.style(text, fg=color)))
     else:
         if out is None:
-            out = run_dirs[0] / "curves.png" if len(runs) == 1 and run_dirs[0].is_dir() \
-                else Path("curves.png")
+            out = safe_path(run_dirs[0] if len(runs) == 1 and run_dirs[0].is_dir() else ".",
+                            "curves.png")
         click.echo(f"wrote {plot.plot_png(runs, out)}")
     for line in plot.summary_lines(runs):
         click.echo(line)
@@ -56,10 +57,10 @@ def plot_command(run_dirs, out, terminal):
 # ---------------------------------------------------------------- show
 
 def _default_out(source: Path, stem: str) -> Path:
-    """Beside a checkpoint (its run directory); in the current directory for a config."""
-    if source.is_dir():
-        return source / f"{stem}.png"
-    return source.parent / f"{stem}.png" if is_checkpoint(source) else Path(f"{stem}.png")
+    """Beside a checkpoint (its run directory); in the current directory for a config. The
+    stem holds a layer name, which a hand-made checkpoint may make hostile ('../x')."""
+    folder = source if source.is_dir() else source.parent if is_checkpoint(source) else "."
+    return safe_path(folder, f"{stem}.png")
 
 
 def _parse_at(text: str | None):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import math
 import tarfile
-import zipfile
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cnncli import arrayfiles
 from cnncli.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -43,18 +46,17 @@ def read_array_file(path: Path) -> dict[str, np.ndarray]:
     if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):
         raise DataError(f"{path} is not a readable NumPy file (no .npz/.npy header)")
     try:
-        if path.suffix.lower() == ".npy":
-            return {"": np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                return {"": np.asarray(data)}
-            return {k: data[k] for k in data.files}
+        if magic == b"\x93NUMPY":
+            return {"": arrayfiles.read_npy(path)}
+        return arrayfiles.read_npz(path)
+    except arrayfiles.CorruptArrayFile as err:
+        raise DataError(f"{path}: {err}") from None
     except ValueError as err:
         if "pickle" in str(err).lower():
             raise DataError(f"{path} holds Python objects (pickled arrays), which cnncli "
                             f"refuses to load", hint="save plain numeric arrays") from None
         raise DataError(f"{path} is not a readable NumPy file: {err}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
+    except arrayfiles.READ_ERRORS as err:
         raise DataError(f"{path} is not a readable NumPy file: {err}") from None
 
 
@@ -97,34 +99,61 @@ def read_digits() -> RawData:
 # ---------------------------------------------------------------- IDX (MNIST format)
 
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+#: Labels are 1-D, images (N, H, W) or (N, H, W, C).
+IDX_MAX_DIMS = 4
+_CHUNK = 1 << 24
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """One IDX file (raw or .gz) as an array with its native shape."""
+    """One IDX file (raw or .gz) as an array with its native shape.
+
+    A .gz file is decompressed only as far as its header's size, checked first against what
+    the compressed file could hold: a damaged header cannot make it allocate terabytes.
+    """
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                blob = f.read()
-        else:
-            blob = path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        if path.suffix != ".gz":
+            return parse_idx(path.read_bytes(), path)
+        with gzip.open(path, "rb") as f:
+            head = f.read(4)
+            head += f.read(4 * head[3]) if len(head) == 4 else b""
+            shape, dtype = _idx_header(head, path)
+            need = math.prod(shape) * dtype.itemsize
+            compressed = path.stat().st_size
+            if need > compressed * arrayfiles.MAX_DEFLATE_RATIO:
+                raise DataError(f"{path}: corrupt file: IDX header claims {shape} = {need:,} "
+                                f"bytes, more than {compressed:,} compressed bytes can hold")
+            chunks, got = [head], 0
+            while got <= need:   # one byte more than needed shows trailing data
+                chunk = f.read(min(_CHUNK, need + 1 - got))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise DataError(f"cannot read IDX file {path}: {err}") from None
-    return parse_idx(blob, path)
+    return parse_idx(b"".join(chunks), path)
 
 
-def parse_idx(blob: bytes, where) -> np.ndarray:
+def _idx_header(blob: bytes, where) -> tuple[tuple[int, ...], np.dtype]:
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in IDX_DTYPES:
         raise DataError(f"{where} is not an IDX file (bad magic number {blob[:4].hex()!r})")
     ndim = blob[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(blob) < header:
+    if not 1 <= ndim <= IDX_MAX_DIMS:
+        raise DataError(f"{where}: corrupt IDX header: {ndim} dimensions (labels have 1, images "
+                        f"3 or {IDX_MAX_DIMS})")
+    if len(blob) < 4 + 4 * ndim:
         raise DataError(f"{where}: truncated IDX header")
     shape = tuple(int(d) for d in np.frombuffer(blob, ">u4", ndim, 4))
-    dtype = np.dtype(IDX_DTYPES[blob[2]])
-    need = int(np.prod(shape)) * dtype.itemsize
+    return shape, np.dtype(IDX_DTYPES[blob[2]])
+
+
+def parse_idx(blob: bytes, where) -> np.ndarray:
+    shape, dtype = _idx_header(blob, where)
+    header = 4 + 4 * len(shape)
+    need = math.prod(shape) * dtype.itemsize   # Python ints: a huge header cannot wrap around
     if len(blob) - header != need:
-        raise DataError(f"{where}: IDX header says {shape} ({need} bytes of data) but the file "
-                        f"holds {len(blob) - header} bytes")
+        raise DataError(f"{where}: corrupt file: IDX header claims {shape} = {need:,} bytes of "
+                        f"data, the file has {len(blob) - header:,} bytes")
     return np.frombuffer(blob, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -210,13 +239,24 @@ def pil_mode(channels: int) -> str:
     return modes[channels]
 
 
+#: Larger images are refused before decoding (a tiny PNG can claim gigapixels). Below PIL's
+#: own limit, so its DecompressionBombWarning never fires.
+MAX_IMAGE_PIXELS = 1 << 26
+
+
 def read_image(path: Path, channels: int, size: tuple[int, int] | None = None,
                resize: str = "fit") -> np.ndarray:
     """One image as uint8 (C, H, W), brought to ``size`` = (H, W) when given: stretched
     (bilinear, ``fit``), scaled to cover it and centre-cropped (``crop``), or refused."""
     Image = _pillow()
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # a size past PIL's limit is refused below in our words
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(_too_many_pixels(path, f"{width}x{height} pixels"))
             img = img.convert(pil_mode(channels))
             if size is not None and img.size != (size[1], size[0]):
                 if resize == "none":
@@ -229,6 +269,8 @@ def read_image(path: Path, channels: int, size: tuple[int, int] | None = None,
             arr = np.asarray(img, dtype=np.uint8)
     except DataError:
         raise
+    except Image.DecompressionBombError:  # past twice PIL's limit: it refuses to open it
+        raise DataError(_too_many_pixels(path, "over 178 million pixels")) from None
     except Exception as err:  # pillow raises many types for a bad file
         raise DataError(f"cannot read image {path}: {err}") from None
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
@@ -242,6 +284,11 @@ def _cover(img, size: tuple[int, int], resample):
     img = img.resize((sw, sh), resample)
     left, top = (sw - w) // 2, (sh - h) // 2
     return img.crop((left, top, left + w, top + h))
+
+
+def _too_many_pixels(path: Path, size: str) -> str:
+    return (f"image {path} is too large to read ({size}; cnncli reads up to "
+            f"{MAX_IMAGE_PIXELS:,}): a damaged file or a decompression bomb?")
 
 
 def is_image(path: Path) -> bool:

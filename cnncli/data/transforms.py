@@ -80,6 +80,11 @@ def check_images(x: np.ndarray, input_shape: tuple, what: str) -> None:
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
         raise DataError(f"{what} image {bad} contains NaN or inf values")
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4 and x.size and \
+            np.abs(x).max() > np.finfo(np.float32).max:  # inf once cast to the model's float32
+        bad = int(np.argmax(np.abs(x).reshape(len(x), -1).max(axis=1)))
+        raise DataError(f"{what} image {bad} holds {float(np.abs(x).max()):.3g}, beyond the "
+                        f"float32 range the model computes in (+-3.4e38)")
 
 
 def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator):

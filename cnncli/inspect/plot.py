@@ -25,10 +25,26 @@ class Run:
     columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(epochs, values) of one column with the NaN rows dropped."""
-        values = self.columns[key]
-        keep = np.isfinite(values)
-        return self.columns["epoch"][keep], values[keep]
+        """(epochs, values) of one column with the NaN rows (missing values) and the points
+        that cannot be drawn (``unplottable``) dropped."""
+        values, epochs = self.columns[key], self.columns["epoch"]
+        keep = _plottable(values) & _plottable(epochs)
+        return epochs[keep], values[keep]
+
+    def unplottable(self) -> list[str]:
+        """'train_loss at epoch 3' for each inf or huge value (a diverged run), which would
+        break the axes; NaN means 'not recorded' and is not counted."""
+        return [f"{key} at epoch {epoch:g}" for key in METRIC_COLUMNS[1:] for epoch, value
+                in zip(self.columns["epoch"], self.columns[key], strict=True)
+                if not np.isnan(value) and not (_plottable(value) and _plottable(epoch))]
+
+
+#: Larger magnitudes overflow the axis arithmetic (limits, margins, ticks) of either chart.
+PLOT_LIMIT = 1e100
+
+
+def _plottable(values):
+    return np.isfinite(values) & (np.abs(values) <= PLOT_LIMIT)
 
 
 def read_metrics(run_dir) -> Run:
@@ -277,4 +293,9 @@ def summary_lines(runs: list[Run]) -> list[str]:
         if len(val_loss) and math.isfinite(val_loss[-1]):
             text += f", last val_loss {val_loss[-1]:.4g}"
         lines.append(text)
+        skipped = run.unplottable()
+        if skipped:
+            lines.append(f"{run.name}: {len(skipped)} inf or huge value"
+                         f"{'s' if len(skipped) != 1 else ''} not drawn ({', '.join(skipped[:3])}"
+                         f"{', ...' if len(skipped) > 3 else ''})")
     return lines

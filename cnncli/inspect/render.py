@@ -161,8 +161,8 @@ METRIC_CELLS = {
     "train_accuracy": ("train acc", percent),
     "val_loss": ("val loss", number),
     "val_accuracy": ("val acc", percent),
-    "lr": ("lr", "{:.3g}".format),
-    "seconds": ("time", "{:.1f}s".format),
+    "lr": ("lr", lambda value: number(value, "{:.3g}")),
+    "seconds": ("time", lambda value: number(value, "{:.1f}s")),
 }
 
 

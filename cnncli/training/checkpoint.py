@@ -10,15 +10,13 @@ Writes are atomic: temp file in the same directory, fsync, ``os.replace``, fsync
 from __future__ import annotations
 
 import json
-import struct
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from cnncli import arrayfiles
 from cnncli.config import RunConfig, check_data, dump_config
 from cnncli.errors import CheckpointError, CnncliError
 from cnncli.files import atomic_write
@@ -150,16 +148,14 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
     if not magic.startswith((b"PK", b"\x93NUMPY")):
         raise CheckpointError(f"{path} is not a cnncli checkpoint (not an .npz file)",
                               hint="pass a .npz written by 'cnncli train' or its run directory")
+    if magic == b"\x93NUMPY":
+        raise CheckpointError(f"{path} is a single .npy array, not a cnncli checkpoint")
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"{path} is a single .npy array, not a cnncli checkpoint")
-        with data:
-            return {k: data[k] for k in data.files}
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, NotImplementedError, RuntimeError,
-            struct.error, zipfile.BadZipFile, zlib.error) as err:
+        return arrayfiles.read_npz(path)
+    except arrayfiles.CorruptArrayFile as err:
+        raise CheckpointError(f"{path} is not a readable cnncli checkpoint ({err})",
+                              hint="use another checkpoint, e.g. best.npz or last.npz") from None
+    except arrayfiles.READ_ERRORS as err:
         raise CheckpointError(f"{path} is truncated or corrupt ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'unreadable'})",
                               hint="use another checkpoint, e.g. best.npz or last.npz") from None
@@ -173,13 +169,98 @@ def _int(arrays, key, path) -> int:
     if value.shape != () or value.dtype.kind not in "iu":
         raise CheckpointError(f"{path} is not a readable cnncli checkpoint ({key} is "
                               f"{value.dtype} {value.shape}, expected one integer)")
-    if int(value) < 0:
-        raise CheckpointError(f"{path} is damaged: {key} is {int(value)}, a negative count")
     return int(value)
 
 
 def _text(arrays, key, path) -> str:
-    return str(arrays[key]) if key in arrays else ""
+    """A stored 0-d string ("" if absent); anything else is a one-line CheckpointError."""
+    value = arrays.get(key)
+    if value is None:
+        return ""
+    if value.shape != () or value.dtype.kind != "U":
+        raise _unreadable(path, f"{key} is {value.dtype} {value.shape}, expected a string")
+    return str(value)
+
+
+def _unreadable(path, problem: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable cnncli checkpoint ({problem})",
+                           hint="use another checkpoint, e.g. best.npz or last.npz")
+
+
+def _json(arrays, key, path, default):
+    try:
+        return json.loads(_text(arrays, key, path) or default)
+    except ValueError as err:
+        raise _unreadable(path, f"{key} is not JSON: {err}") from None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _check_arrays(arrays: dict, path) -> None:
+    """Weights and optimizer state: numbers, slots shaped as their parameter; ``optim/steps``
+    a count (a negative one divides by zero in Adam's bias correction)."""
+    for key, value in arrays.items():
+        if key.startswith(("params/", "optim/")) and key not in ("optim/kind", "optim/steps") \
+                and value.dtype.kind not in "biuf":
+            raise _unreadable(path, f"{key} is {value.dtype}, expected numbers")
+    optim = [k for k in arrays if k.startswith("optim/")]
+    if not optim:
+        return
+    for key in ("optim/kind", "optim/steps"):
+        if key not in arrays:
+            raise _unreadable(path, f"{key} is missing beside the other optimizer state")
+    _text(arrays, "optim/kind", path)
+    if _int(arrays, "optim/steps", path) < 0:
+        raise _unreadable(path, f"optim/steps is {int(arrays['optim/steps'])}, expected a "
+                                "count >= 0")
+    for key in optim:
+        slot_param = key.split("/", 2)
+        if len(slot_param) != 3:
+            continue
+        param = arrays.get(f"params/{slot_param[2]}")
+        if param is None or param.shape != arrays[key].shape:
+            raise _unreadable(path, f"{key} belongs to no stored parameter of its shape "
+                                    f"{list(arrays[key].shape)}")
+
+
+def _check_metadata(path, rng_state, metrics, run_state, class_names) -> None:
+    """The JSON run state a resume relies on, checked field by field."""
+    if not isinstance(rng_state, dict):
+        raise _unreadable(path, "rng_state is not a mapping of generator states")
+    for name, state in rng_state.items():
+        try:
+            np.random.PCG64().state = state
+        except (TypeError, ValueError, KeyError) as err:
+            raise _unreadable(path, f"rng_state[{name!r}] is not a generator state "
+                                    f"({err})") from None
+    if not isinstance(metrics, list):
+        raise _unreadable(path, "metrics is not a list of per-epoch rows")
+    for i, row in enumerate(metrics):
+        if not isinstance(row, dict) or not _is_count(row.get("epoch"), 1):
+            raise _unreadable(path, f"metrics row {i + 1} is not a mapping with an epoch >= 1")
+        bad = next((k for k, v in row.items() if not (v is None or _is_number(v))), None)
+        if bad is not None:
+            raise _unreadable(path, f"metrics row {i + 1}: {bad} is {row[bad]!r}, expected a "
+                                    "number or null")
+    if not isinstance(run_state, dict):
+        raise _unreadable(path, "run_state is not a mapping")
+    checks = {"best_epoch": lambda v: v is None or _is_count(v, 1),
+              "bad_epochs": _is_count,
+              "best_loss": lambda v: v is None or _is_number(v),
+              "early_best": lambda v: v is None or _is_number(v),
+              "best_by": lambda v: v in ("val_accuracy", "train_accuracy")}
+    for key, ok in checks.items():
+        if key in run_state and not ok(run_state[key]):
+            raise _unreadable(path, f"run_state {key} is {run_state[key]!r}")
+    if class_names is not None and (class_names.ndim != 1 or class_names.dtype.kind != "U"):
+        raise _unreadable(path, f"class_names is {class_names.dtype} {class_names.shape}, "
+                                "expected a list of strings")
 
 
 NORMALIZATION_MODES = ("none", "scale", "standardize")
@@ -229,20 +310,27 @@ def load_checkpoint(path) -> Checkpoint:
     if "format_version" not in arrays or "config" not in arrays:
         raise CheckpointError(f"{path} is not a cnncli checkpoint (no format_version/config)")
     version = _int(arrays, "format_version", path)
+    if version < 1:
+        raise _unreadable(path, f"format_version is {version}")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {version}, newer than this cnncli "
                               f"reads ({FORMAT_VERSION})", hint="upgrade cnncli")
     try:
-        config_text = str(arrays["config"])
+        config_text = _text(arrays, "config", path)
         config = yaml.safe_load(config_text)
         if not isinstance(config, dict) or "model" not in config:
             raise ValueError("config has no model section")
-        rng_state = json.loads(_text(arrays, "rng_state", path) or "{}")
-        metrics = json.loads(_text(arrays, "metrics", path) or "[]")
-        run_state = json.loads(_text(arrays, "run_state", path) or "{}")
     except (ValueError, yaml.YAMLError) as err:
         raise CheckpointError(f"{path} has an unreadable config or state "
                               f"({str(err).splitlines()[0]})") from None
+    rng_state = _json(arrays, "rng_state", path, "{}")
+    metrics = _json(arrays, "metrics", path, "[]")
+    run_state = _json(arrays, "run_state", path, "{}")
+    _check_metadata(path, rng_state, metrics, run_state, arrays.get("class_names"))
+    _check_arrays(arrays, path)
+    epoch, step = _int(arrays, "epoch", path), _int(arrays, "step", path)
+    if epoch < 0 or step < 0:
+        raise _unreadable(path, f"epoch {epoch} and step {step} must be counts >= 0")
     normalization = {}
     for key, value in arrays.items():
         if key.startswith("normalization/"):
@@ -259,8 +347,8 @@ def load_checkpoint(path) -> Checkpoint:
         state={k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")},
         optimizer_state={k[len("optim/"):]: v for k, v in arrays.items()
                          if k.startswith("optim/")},
-        epoch=_int(arrays, "epoch", path),
-        step=_int(arrays, "step", path),
+        epoch=epoch,
+        step=step,
         rng_state=rng_state,
         normalization=normalization,
         class_names=[str(c) for c in arrays.get("class_names", np.array([], dtype=str))],

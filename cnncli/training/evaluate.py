@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.errors import DataError
+from cnncli.errors import CheckpointError, DataError
 from cnncli.nn.inference import probabilities
 from cnncli.nn.losses import log_softmax
 
@@ -80,7 +80,7 @@ def top_predictions(model, x: np.ndarray, labels: list[str], class_names: list[s
                     top: int, batch_size: int = 256) -> list[tuple[str, list[tuple[str, float]]]]:
     """``cnncli predict``: per input its label and its ``top`` (class name, probability),
     most likely first. Class names that do not fit the model's output become 0, 1, ..."""
-    logits = model.predict_logits(x, batch_size=batch_size)
+    logits = check_logits(model.predict_logits(x, batch_size=batch_size))
     probs = probabilities(logits)
     best = top_k_indices(logits, min(top, probs.shape[1]))
     names = list(class_names) if len(class_names) == probs.shape[1] else \
@@ -97,7 +97,19 @@ def loss_and_accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256
     return cross_entropy(logits, y), float((logits.argmax(axis=1) == y).mean())
 
 
+def check_logits(logits: np.ndarray) -> np.ndarray:
+    """Scores that overflowed to inf or NaN would print as NaN loss and arbitrary classes."""
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise CheckpointError(f"the model's class scores overflow to inf or NaN for "
+                              f"{int(bad.sum())} of {len(logits)} inputs (first: input "
+                              f"{int(np.flatnonzero(bad)[0])})",
+                              hint="its weights are far too large for these inputs: a damaged "
+                                   "or diverged checkpoint; use an earlier one")
+    return logits
+
+
 def evaluate(model, x: np.ndarray, y: np.ndarray, class_names: list[str], top_k: int = 5,
              batch_size: int = 256) -> dict:
-    return classification_report(model.predict_logits(x, batch_size=batch_size), y,
-                                 class_names, top_k)
+    return classification_report(check_logits(model.predict_logits(x, batch_size=batch_size)),
+                                 y, class_names, top_k)

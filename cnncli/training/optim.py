@@ -24,6 +24,7 @@ class Optimizer:
     """Shared bookkeeping: a step counter and named state arrays."""
 
     kind = "optimizer"
+    slots: tuple[str, ...] = ()   # the state arrays kept per parameter
 
     def __init__(self, lr: float, weight_decay: float = 0.0):
         self.lr = float(lr)
@@ -66,12 +67,18 @@ class Optimizer:
             if "/" in key:
                 slot, name = key.split("/", 1)
                 self.state.setdefault(name, {})[slot] = np.array(arr)
+        for name, slots in self.state.items():  # a half-stored Adam state would KeyError
+            if set(slots) != set(self.slots):
+                raise CheckpointError(f"the {self.kind} state of {name} holds "
+                                      f"{', '.join(sorted(slots))}, expected "
+                                      f"{', '.join(self.slots)}")
 
 
 class SGD(Optimizer):
     """torch.optim.SGD with dampening 0: buffer = first grad, then momentum * buf + grad."""
 
     kind = "sgd"
+    slots = ("momentum",)
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
@@ -99,6 +106,7 @@ class Adam(Optimizer):
     """torch.optim.Adam: bias-corrected moments, eps added after dividing sqrt(v) by sqrt(bc2)."""
 
     kind = "adam"
+    slots = ("exp_avg", "exp_avg_sq")
     decoupled = False
 
     def __init__(self, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8,
