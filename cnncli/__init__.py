@@ -11,14 +11,17 @@ import numpy as np
 from cnncli.errors import CheckpointError, CnncliError, ConfigError, DataError, ShapeError
 from cnncli.nn import layers  # noqa: F401  (fills the registry)
 from cnncli.nn.model import Model, model_from_entries
+from cnncli.parallel.plan import apply_plan
 
 __version__ = "0.1.0"
 
 
-def build_model(config, *, dtype="float32", seed=None) -> Model:
+def build_model(config, *, dtype="float32", seed=None, speedups=None) -> Model:
     """Build a model from a YAML path or a config dict (full config, or just its ``model:``).
 
     A dict is checked exactly like a file, so bad values raise ConfigError, never a traceback.
+    The model runs with cnncli's speed-ups unless ``speedups=False`` or CNNCLI_SPEEDUPS=off
+    (docs/speed.md); ``model_from_entries`` builds one that runs the plain math.
     """
     from cnncli.config.loader import load_config
 
@@ -35,7 +38,8 @@ def build_model(config, *, dtype="float32", seed=None) -> Model:
     if seed is None:
         seed = cfg["seed"]
     section = cfg["model"]
-    return model_from_entries(section["input_shape"], section["layers"], dtype=dtype, seed=seed)
+    model = model_from_entries(section["input_shape"], section["layers"], dtype=dtype, seed=seed)
+    return apply_plan(model, speedups=speedups)
 
 
 def _dtype_name(dtype) -> str | None:
@@ -45,5 +49,5 @@ def _dtype_name(dtype) -> str | None:
         return None
 
 
-__all__ = ["build_model", "Model", "model_from_entries", "CnncliError", "ConfigError",
+__all__ = ["build_model", "Model", "model_from_entries", "apply_plan", "CnncliError", "ConfigError",
            "ShapeError", "DataError", "CheckpointError", "__version__"]

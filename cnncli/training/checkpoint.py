@@ -67,9 +67,11 @@ class Checkpoint:
     def config(self) -> dict:
         return yaml.safe_load(self.config_text)
 
-    def model(self, dtype=np.float32):
-        """Build the model from the stored config and load the stored weights into it."""
+    def model(self, dtype=np.float32, *, speedups: bool | None = None):
+        """Build the model from the stored config and load the stored weights into it; it runs
+        with cnncli's speed-ups unless ``speedups=False`` or CNNCLI_SPEEDUPS=off."""
         from cnncli.nn.model import model_from_entries
+        from cnncli.parallel.plan import apply_plan
 
         self.check_finite()
         try:
@@ -77,6 +79,7 @@ class Checkpoint:
             model = model_from_entries(section["input_shape"], section["layers"], dtype=dtype,
                                        seed=int(self.config.get("seed") or 0))
             model.load_state_dict(self.state)
+            apply_plan(model, speedups=speedups)
         except CnncliError as err:
             raise CheckpointError(f"{self.path}: {err}") from None
         except (KeyError, TypeError, ValueError) as err:  # a foreign or hand-edited config

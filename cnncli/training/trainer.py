@@ -20,7 +20,7 @@ import numpy as np
 
 from cnncli.errors import CheckpointError, CnncliError, ConfigError
 from cnncli.nn.model import model_from_entries
-from cnncli.parallel.processes import split_model
+from cnncli.parallel.plan import plan_training
 from cnncli.training.checkpoint import (
     atomic_write,
     config_to_text,
@@ -323,7 +323,7 @@ def train(config: dict, *, out_dir=None, resume=None, epochs=None, batch_size=No
     x_tr, y_tr = dataset.x_train, dataset.y_train
     num_batches = len(batch_starts(len(y_tr), settings["batch_size"], MIN_LAST_BATCH))
     epoch = run.start_epoch
-    split = split_model(model, settings["batch_size"])  # half of each batch on another core
+    split = plan_training(model, settings["batch_size"])  # speed-ups; maybe a worker process
     trained = split or model
     try:
         for epoch in range(run.start_epoch, run.epochs):
