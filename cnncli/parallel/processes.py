@@ -1,7 +1,7 @@
 """Training on two cores: the second half of each batch in a worker process.
 
-Small layers are too small to share out over threads: every NumPy call takes the GIL, and
-the two halves of a LeNet-5 batch on two threads ran only 3% faster than the whole batch. Two
+Small layers are too small to share out over threads: every NumPy call takes the GIL, so
+the two halves of a LeNet-5 batch on two threads run hardly faster than the whole batch. Two
 processes have no GIL between them: a worker process holds a copy of the network and computes
 the forward, backward and weight gradients of the batch's second half while this process
 does the first half (figures in benchmarks/RESULTS.md). The worker's gradients are added to

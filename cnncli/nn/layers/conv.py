@@ -164,8 +164,9 @@ class Conv2d(Layer):
             self._x = kernels.pad_into(xp, x, t, lft)
         g, o = self.groups, self.out_channels
         weight = _by_group(np.ascontiguousarray(self.params["weight"]), g)
-        # OpenBLAS multiplies some small row counts (5-7, 9, 11, 13-15) up to 2x slower than
-        # the next multiple of 4: pad the weight rows with zeros and drop those output rows.
+        # OpenBLAS multiplies some small row counts (5-7, 9, 11, 13-15) slower than the next
+        # multiple of 4 (benchmarks/RESULTS.md): pad the weight rows with zeros and drop those
+        # output rows.
         padded = o if g > 1 or o <= 2 else -(-o // 4) * 4
         if padded != o:
             wpad = self._buffers.get("wpad", (padded, weight.shape[1]), self.dtype, zero=True)

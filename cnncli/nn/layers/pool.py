@@ -235,7 +235,7 @@ class MaxPool2d(WindowPool):
         # Which offset holds the window's maximum: strict ">" in row-major scan keeps the first
         # of equal maxima, as PyTorch's CPU kernel does. Offsets come in increasing order, so
         # the winner is the largest t whose view beat the running maximum: a branch-free
-        # max(argmax, t * beat) (masked writes with random masks are ~10x slower).
+        # max(argmax, t * beat) (masked writes with random masks are much slower).
         kind = np.uint8 if len(views) < 256 else np.int32
         argmax = np.empty(out.shape, kind) if with_argmax else None
 
