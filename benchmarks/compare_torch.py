@@ -11,7 +11,8 @@ gives the threads to OpenBLAS instead).
 
 ``--baseline DIR`` also times the cnncli of another checkout (``git worktree add DIR <commit>``)
 with that checkout's own bench_worker.py, in the same interleaved rounds, and adds its
-images/s and this cnncli's ratio to it: a change's effect on speed, measured side by side.
+images/s and this cnncli's ratio to it (of the medians, and the median of the per-round
+ratios): a change's effect on speed, measured side by side.
 
     python benchmarks/compare_torch.py [--rounds 5] [--batch-sizes 32,64,128] [--markdown]
         [--baseline /tmp/base]
@@ -111,8 +112,15 @@ def rows(results: dict, args) -> list[list[str]]:
                        f"{ref[0]:.0f}", f"{ref[1]:.0f}-{ref[2]:.0f}", f"{ours[0] / ref[0]:.2f}x"]
                 if args.baseline:
                     base = _stats(results[(net, batch, "base")], key)
+                    # Runs of one round ran minutes apart at most: their ratios cancel most of
+                    # a shared machine's drift, so the median of the per-round ratios is
+                    # steadier than the ratio of the medians.
+                    paired = statistics.median(
+                        mine[key] / theirs[key] for mine, theirs in zip(
+                            results[(net, batch, "cnncli")], results[(net, batch, "base")],
+                            strict=True))
                     row += [f"{base[0]:.0f}", f"{base[1]:.0f}-{base[2]:.0f}",
-                            f"{ours[0] / base[0]:.2f}x"]
+                            f"{ours[0] / base[0]:.2f}x", f"{paired:.2f}x"]
                 out.append(row)
     return out
 
@@ -184,7 +192,7 @@ def main() -> None:
           f"steps each, {args.threads} threads each (cnncli: {how}); torch {version}\n")
     header = ["network", "mode", "batch", "cnncli", "range", "torch", "range", "cnncli/torch"]
     if args.baseline:
-        header += ["base", "range", "cnncli/base"]
+        header += ["base", "range", "cnncli/base", "per-round"]
     print(render(header, rows(results, args), args.markdown))
     print("\nmemory of a training step, MB: rise of the resident set over the steps "
           "(step) and the whole process's peak (process)\n")
