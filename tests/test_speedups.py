@@ -142,6 +142,9 @@ def test_off_trains_in_one_process_and_checkpoints_load_plain(two_threads, monke
     loaded = load_checkpoint(tmp_path / "m.npz")
     assert loaded.model().layers[0].splitter is THREADED
     assert loaded.model(speedups=False).layers[0].splitter is SERIAL
+    monkeypatch.setenv("CNNCLI_SPEEDUPS", "fast")  # the switch's error, not the file's
+    with pytest.raises(ConfigError, match="^CNNCLI_SPEEDUPS must be on or off"):
+        loaded.model()
 
 
 def test_a_bad_switch_is_one_line_and_exit_2(tmp_path, monkeypatch):

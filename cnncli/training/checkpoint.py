@@ -79,13 +79,12 @@ class Checkpoint:
             model = model_from_entries(section["input_shape"], section["layers"], dtype=dtype,
                                        seed=int(self.config.get("seed") or 0))
             model.load_state_dict(self.state)
-            apply_plan(model, speedups=speedups)
         except CnncliError as err:
             raise CheckpointError(f"{self.path}: {err}") from None
         except (KeyError, TypeError, ValueError) as err:  # a foreign or hand-edited config
             raise CheckpointError(f"{self.path} has an unusable model config "
                                   f"({type(err).__name__}: {err})") from None
-        return model
+        return apply_plan(model, speedups=speedups)  # outside: a bad switch is not the file's
 
     def check_finite(self) -> None:
         """Weights with NaN or inf (a diverged or damaged file) would give NaN answers."""
