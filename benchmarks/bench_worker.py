@@ -65,13 +65,13 @@ def _timed(fn, steps: int, warmup: int) -> list[float]:
 
 def cnncli_runner(config: dict, x: np.ndarray, y: np.ndarray, threads: int):
     from cnncli import build_model
-    from cnncli.parallel.processes import split_model
+    from cnncli.parallel.plan import plan_training
     from cnncli.training.optim import SGD
     from cnncli.training.trainer import train_step
 
     model = build_model(config)
     optimizer = SGD(lr=0.01, momentum=0.9)
-    split = split_model(model, len(x))  # as cnncli train runs it: maybe a worker process
+    split = plan_training(model, len(x))  # as cnncli train runs it: maybe a worker process
     trained = split or model
 
     def train():

@@ -9,7 +9,13 @@ default 2): torch.set_num_threads (and OMP/MKL_NUM_THREADS) for torch; CNNCLI_TH
 which keeps BLAS on one thread inside its own threads as it does by default (``--cnncli-blas``
 gives the threads to OpenBLAS instead).
 
+``--baseline DIR`` also times the cnncli of another checkout (``git worktree add DIR <commit>``)
+with that checkout's own bench_worker.py, in the same interleaved rounds, and adds its
+images/s and this cnncli's ratio to it (of the medians, and the median of the per-round
+ratios): a change's effect on speed, measured side by side.
+
     python benchmarks/compare_torch.py [--rounds 5] [--batch-sizes 32,64,128] [--markdown]
+        [--baseline /tmp/base]
 """
 
 from __future__ import annotations
@@ -43,9 +49,11 @@ def torch_version(python: str) -> str | None:
 def worker_env(framework: str, args) -> dict:
     """Both get ``args.threads`` threads. cnncli as it runs by default: its own threads with
     BLAS on one thread inside them (or, with --cnncli-blas, BLAS threads and no own threads)."""
-    env = {k: v for k, v in os.environ.items() if k != "CNNCLI_THREADS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("CNNCLI_THREADS", "PYTHONPATH")}
+    if framework == "base":
+        env["PYTHONPATH"] = str(Path(args.baseline).resolve())
     blas = args.threads
-    if framework == "cnncli" and not args.cnncli_blas:
+    if framework in ("cnncli", "base") and not args.cnncli_blas:
         env["CNNCLI_THREADS"], blas = str(args.threads), 1
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(blas)
@@ -54,7 +62,9 @@ def worker_env(framework: str, args) -> dict:
 
 def run_worker(python: str, framework: str, config: str, batch: int, args) -> dict:
     env = worker_env(framework, args)
-    cmd = [python, str(WORKER), "--framework", framework, "--config", config,
+    worker = WORKER if framework != "base" else Path(args.baseline) / "benchmarks" / WORKER.name
+    cmd = [python, str(worker), "--framework", "torch" if framework == "torch" else "cnncli",
+           "--config", config,
            "--batch-size", str(batch), "--steps", str(args.steps), "--warmup",
            str(args.warmup), "--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -66,9 +76,12 @@ def run_worker(python: str, framework: str, config: str, batch: int, args) -> di
 def collect(args) -> dict:
     """{(network, batch, framework): [worker result per round]}."""
     results: dict = {}
-    pythons = {"cnncli": args.cnncli_python, "torch": args.torch_python}
+    pythons = {"cnncli": args.cnncli_python, "torch": args.torch_python,
+               "base": args.cnncli_python}
+    frameworks = ["cnncli", "torch"] + (["base"] if args.baseline else [])
     for rnd in range(args.rounds):
-        order = ("cnncli", "torch") if rnd % 2 == 0 else ("torch", "cnncli")
+        turn = rnd % len(frameworks)  # each goes first in turn
+        order = frameworks[turn:] + frameworks[:turn]
         for net in args.networks:
             for batch in args.batch_sizes:
                 for fw in order:
@@ -95,9 +108,20 @@ def rows(results: dict, args) -> list[list[str]]:
             for batch in args.batch_sizes:
                 ours = _stats(results[(net, batch, "cnncli")], key)
                 ref = _stats(results[(net, batch, "torch")], key)
-                out.append([net, mode, str(batch), f"{ours[0]:.0f}",
-                            f"{ours[1]:.0f}-{ours[2]:.0f}", f"{ref[0]:.0f}",
-                            f"{ref[1]:.0f}-{ref[2]:.0f}", f"{ours[0] / ref[0]:.2f}x"])
+                row = [net, mode, str(batch), f"{ours[0]:.0f}", f"{ours[1]:.0f}-{ours[2]:.0f}",
+                       f"{ref[0]:.0f}", f"{ref[1]:.0f}-{ref[2]:.0f}", f"{ours[0] / ref[0]:.2f}x"]
+                if args.baseline:
+                    base = _stats(results[(net, batch, "base")], key)
+                    # Runs of one round ran minutes apart at most: their ratios cancel most of
+                    # a shared machine's drift, so the median of the per-round ratios is
+                    # steadier than the ratio of the medians.
+                    paired = statistics.median(
+                        mine[key] / theirs[key] for mine, theirs in zip(
+                            results[(net, batch, "cnncli")], results[(net, batch, "base")],
+                            strict=True))
+                    row += [f"{base[0]:.0f}", f"{base[1]:.0f}-{base[2]:.0f}",
+                            f"{ours[0] / base[0]:.2f}x", f"{paired:.2f}x"]
+                out.append(row)
     return out
 
 
@@ -138,6 +162,8 @@ def main() -> None:
     ap.add_argument("--cnncli-blas", action="store_true",
                     help="give cnncli's threads to BLAS instead of to cnncli's own splitting")
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also time the cnncli checked out in DIR (its own bench_worker.py)")
     ap.add_argument("--save", metavar="JSON", help="also write every raw worker result here")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per run on stderr")
     args = ap.parse_args()
@@ -164,8 +190,10 @@ def main() -> None:
     how = "BLAS threads" if args.cnncli_blas else "its own threads, BLAS on one thread inside"
     print(f"images/s, median of {args.rounds} interleaved rounds (min-max), {args.steps} "
           f"steps each, {args.threads} threads each (cnncli: {how}); torch {version}\n")
-    print(render(["network", "mode", "batch", "cnncli", "range", "torch", "range",
-                  "cnncli/torch"], rows(results, args), args.markdown))
+    header = ["network", "mode", "batch", "cnncli", "range", "torch", "range", "cnncli/torch"]
+    if args.baseline:
+        header += ["base", "range", "cnncli/base", "per-round"]
+    print(render(header, rows(results, args), args.markdown))
     print("\nmemory of a training step, MB: rise of the resident set over the steps "
           "(step) and the whole process's peak (process)\n")
     print(render(["network", "batch", "cnncli step", "torch step", "cnncli process",

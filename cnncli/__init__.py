@@ -14,15 +14,18 @@ import numpy as np
 from cnncli.errors import CheckpointError, CnncliError, ConfigError, DataError, ShapeError
 from cnncli.nn import layers  # noqa: F401  (fills the registry)
 from cnncli.nn.model import Model, model_from_entries
+from cnncli.parallel.plan import apply_plan
 
 __version__ = "0.1.0"
 
 
-def build_model(config, *, dtype="float32", seed=None) -> Model:
+def build_model(config, *, dtype="float32", seed=None, speedups=None) -> Model:
     """Build a model from a YAML path, a config dict (full config, or just its ``model:``) or a
     RunConfig.
 
     A dict is checked exactly like a file, so bad values raise ConfigError, never a traceback.
+    The model runs with cnncli's speed-ups unless ``speedups=False`` or CNNCLI_SPEEDUPS=off
+    (docs/speed.md); ``model_from_entries`` builds one that runs the plain math.
     """
     from cnncli.config import RunConfig, resolve_config
 
@@ -37,7 +40,8 @@ def build_model(config, *, dtype="float32", seed=None) -> Model:
     if _dtype_name(dtype) not in ("float32", "float64"):
         raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}", key="dtype")
     seed = run.seed if seed is None else seed
-    return model_from_entries(run.model.input_shape, run.model.entries(), dtype=dtype, seed=seed)
+    model = model_from_entries(run.model.input_shape, run.model.entries(), dtype=dtype, seed=seed)
+    return apply_plan(model, speedups=speedups)
 
 
 def _dtype_name(dtype) -> str | None:
@@ -47,5 +51,5 @@ def _dtype_name(dtype) -> str | None:
         return None
 
 
-__all__ = ["build_model", "Model", "model_from_entries", "CnncliError", "ConfigError",
+__all__ = ["build_model", "Model", "model_from_entries", "apply_plan", "CnncliError", "ConfigError",
            "ShapeError", "DataError", "CheckpointError", "__version__"]

@@ -6,8 +6,10 @@ import threading
 import numpy as np
 import pytest
 
-from cnncli.nn.model import CHUNK_MIN_IMAGES, model_from_entries
+from cnncli.nn.model import model_from_entries
 from cnncli.parallel import threads
+from cnncli.parallel.plan import apply_plan
+from cnncli.parallel.thresholds import CHUNK_MIN_IMAGES
 
 SMALL = [
     {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "activation": "relu"},
@@ -26,7 +28,7 @@ SHAPE = (2, 12, 12)
 
 def _trained_model(dtype=np.float32):
     """A model whose batch norms hold non-trivial running statistics."""
-    model = model_from_entries(SHAPE, SMALL, dtype=dtype, seed=3)
+    model = apply_plan(model_from_entries(SHAPE, SMALL, dtype=dtype, seed=3))
     rng = np.random.default_rng(1)
     for _ in range(3):
         model.forward(rng.standard_normal((8,) + SHAPE) * 2 + 1, train=True)
@@ -49,7 +51,7 @@ def test_chunks_give_the_whole_batch_logits(two_threads, batch, dtype):
     x = np.random.default_rng(batch).standard_normal((batch,) + SHAPE)
     want = _whole(model, x)
     got = model.forward(x, train=False)
-    assert model._inference_chunks(batch) == 2 and len(model._replicas) == 1
+    assert model.runner.chunks(model, batch) == 2 and len(model.runner.replicas) == 1
     np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float32 else 1e-13,
                                atol=1e-6 if dtype == np.float32 else 1e-13)
     np.testing.assert_array_equal(model.forward(x, train=False), got)  # same numbers again
@@ -83,13 +85,13 @@ def test_replicas_share_parameters_and_statistics(two_threads):
 
 def test_small_batches_heavy_convs_and_training_are_not_chunked(two_threads):
     model = _trained_model()
-    assert model._inference_chunks(2 * CHUNK_MIN_IMAGES - 1) == 1
-    heavy = model_from_entries((16, 64, 64), [
+    assert model.runner.chunks(model, 2 * CHUNK_MIN_IMAGES - 1) == 1
+    heavy = apply_plan(model_from_entries((16, 64, 64), [
         {"type": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1},
-        {"type": "global_avg_pool2d"}, {"type": "flatten"}, {"type": "dense", "units": 3}])
-    assert heavy._inference_chunks(64) == 1
+        {"type": "global_avg_pool2d"}, {"type": "flatten"}, {"type": "dense", "units": 3}]))
+    assert heavy.runner.chunks(heavy, 64) == 1
     threads.set_threads(1)
-    assert model._inference_chunks(256) == 1
+    assert model.runner.chunks(model, 256) == 1
 
 
 def test_training_after_chunked_inference_is_unchanged(two_threads):
@@ -119,7 +121,7 @@ def test_backward_after_a_chunked_eval_forward_is_the_whole_batch_one(two_thread
         threads.set_threads(2 if chunked else 1)
         model.zero_grad()
         model.forward(x, train=False)
-        assert (len(model._chunk_bounds) == 3) == chunked
+        assert (len(model.runner.bounds) == 3) == chunked
         results.append((model.backward(dlogits), model.grads()))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-12, atol=1e-14)
     for key, grad in results[1][1].items():

@@ -16,6 +16,7 @@ from cnncli.nn import kernels
 from cnncli.nn.layers.base import from_internal, to_internal
 from cnncli.nn.layers.conv import Conv2d
 from cnncli.nn.model import make_layers
+from cnncli.nn.splitter import SerialSplitter
 
 
 def naive_conv(x, weight, bias, stride, pads, dilation, groups):
@@ -121,17 +122,24 @@ def test_translation_equivariance_at_stride_one(dy, dx, seed):
                                ys[:, :, 3:9, 3:9], rtol=1e-12, atol=1e-12)
 
 
-def test_chunked_im2col_equals_unchunked(monkeypatch):
+def _pieces_of(limit: int) -> SerialSplitter:
+    """The plain splitter with im2col pieces of at most ``limit`` bytes."""
+    splitter = SerialSplitter()
+    splitter.im2col_max_bytes = limit
+    return splitter
+
+
+def test_chunked_im2col_equals_unchunked():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 2, 11, 9))
     dy = None
     results = []
     row_bytes = 2 * 3 * 3 * 5 * 3 * 8  # C*kh*kw*W'*N float64s per output row
     # one piece; one row per piece; pieces of 7 rows and a shorter 4-row tail
-    for limit in (kernels.IM2COL_MAX_BYTES, 1, 7 * row_bytes):
-        monkeypatch.setattr(kernels, "IM2COL_MAX_BYTES", limit)
+    for limit in (SerialSplitter.im2col_max_bytes, 1, 7 * row_bytes):
         layer = build_layer(Conv2d(out_channels=4, kernel_size=3, stride=(1, 2), padding=1,
                                    groups=2), (2, 11, 9), seed=5)
+        layer.splitter = _pieces_of(limit)
         y = layer.forward(to_internal(x), train=True)
         dy = rng.standard_normal(y.shape) if dy is None else dy
         layer.zero_grad()

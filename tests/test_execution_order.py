@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cnncli.nn.model import model_from_entries
+from cnncli.parallel.plan import apply_plan
 
 CONV = {"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1}
 CASES = {
@@ -31,14 +32,13 @@ def _run(model, x, dlogits):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_after_max_pool_changes_no_number(case, dtype):
     entries = CASES[case] + HEAD
-    fast = model_from_entries((2, 7, 7), entries, dtype=dtype, seed=4)
+    fast = apply_plan(model_from_entries((2, 7, 7), entries, dtype=dtype, seed=4))
     kinds = [type(layer).__name__ for layer in fast.layers]
     relu = kinds.index("ReLU")
     assert fast.run_order.index(relu) == fast.run_order.index(relu + 1) + 1  # swapped
-    config_order = model_from_entries((2, 7, 7), entries, dtype=dtype, seed=4)
-    config_order.run_order = list(range(len(config_order.layers)))
-    for layer in config_order.layers:
-        layer.may_overwrite_input = layer.may_overwrite_grad = False
+    config_order = apply_plan(model_from_entries((2, 7, 7), entries, dtype=dtype, seed=4),
+                              speedups=False)
+    assert config_order.run_order == list(range(len(config_order.layers)))
     rng = np.random.default_rng(0)
     for x in (rng.standard_normal((6, 2, 7, 7)),
               # small integers: ties inside windows, all-negative and all-zero windows
@@ -60,5 +60,5 @@ def test_relu_after_max_pool_changes_no_number(case, dtype):
 def test_other_activations_keep_their_place():
     entries = [{**CONV, "activation": "tanh"}, {"type": "maxpool2d", "kernel_size": 2},
                {**CONV, "activation": "relu"}, {"type": "avgpool2d", "kernel_size": 2}]
-    model = model_from_entries((2, 8, 8), entries)
+    model = apply_plan(model_from_entries((2, 8, 8), entries))
     assert model.run_order == list(range(len(model.layers)))

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnncli.nn import kernels
 from cnncli.nn.layers.base import to_internal
 from cnncli.nn.layers.conv import Conv2d
+from cnncli.nn.splitter import SerialSplitter
 
 
 def _grads(layer, x, dy):
@@ -40,10 +40,11 @@ def test_conv_dx_by_correlation_matches_col2im(c, o, k, pad, size, n, same):
 
 
 @pytest.mark.parametrize("limit", [1, 10_000, 1 << 30])
-def test_conv_dx_by_correlation_in_row_chunks(monkeypatch, limit):
+def test_conv_dx_by_correlation_in_row_chunks(limit):
     # Tiny chunk limits force one output row per im2col piece, including a shorter tail.
-    monkeypatch.setattr(kernels, "IM2COL_MAX_BYTES", limit)
     layer = Conv2d(3, 3, padding=1)
+    layer.splitter = SerialSplitter()
+    layer.splitter.im2col_max_bytes = limit
     layer.build((4, 7, 7), np.random.default_rng(0), np.float64)
     rng = np.random.default_rng(2)
     x = to_internal(rng.standard_normal((2, 4, 7, 7)))

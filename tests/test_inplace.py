@@ -5,6 +5,7 @@ import pytest
 
 from cnncli.nn.layers.activation import ReLU
 from cnncli.nn.model import model_from_entries
+from cnncli.parallel.plan import apply_plan
 
 NETS = {
     "mlp": ((12,), [{"type": "dense", "units": 9, "activation": "relu"},
@@ -36,11 +37,11 @@ def test_in_place_model_matches_copying_model(net, dtype):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5,) + shape).astype(dtype)
     x_before = x.copy()
-    fast = model_from_entries(shape, entries, dtype=dtype, seed=1)
-    slow = model_from_entries(shape, entries, dtype=dtype, seed=1)
-    for layer in slow.layers:
-        layer.may_overwrite_input = layer.may_overwrite_grad = False
+    fast = apply_plan(model_from_entries(shape, entries, dtype=dtype, seed=1))
+    slow = model_from_entries(shape, entries, dtype=dtype, seed=1)  # no plan: no overwrites
     assert any(layer.may_overwrite_input for layer in fast.layers)
+    assert not any(layer.may_overwrite_input or layer.may_overwrite_grad
+                   for layer in slow.layers)
     dlogits = rng.standard_normal((5, 3)).astype(dtype)
     for _ in range(2):  # twice: reused buffers must not leak between steps
         logits_f, dx_f, grads_f = _step(fast, x, dlogits.copy())
@@ -54,7 +55,7 @@ def test_in_place_model_matches_copying_model(net, dtype):
 
 def test_relu_after_relu_does_not_overwrite_the_first_cache():
     _, entries = NETS["cnn"]
-    model = model_from_entries((2, 8, 8), entries, seed=0)
+    model = apply_plan(model_from_entries((2, 8, 8), entries, seed=0))
     kinds = [type(layer).__name__ for layer in model.layers]
     second = kinds.index("ReLU", kinds.index("ReLU") + 1) + 1
     assert kinds[second] == "ReLU" and not model.layers[second].may_overwrite_input

@@ -1,6 +1,8 @@
-"""Training each batch's second half in a worker process (cnncli/processes.py): where it
-applies, that it gives the whole batch's gradients, that runs repeat bit for bit and resume
-exactly, that small batches stay here, and that a failed worker is a one-line error."""
+"""Training each batch's second half in a worker process (cnncli/parallel/processes.py): where
+it applies (cnncli/parallel/plan.py), that it gives the whole batch's gradients, that runs
+repeat bit for bit and resume exactly, that small batches stay here, and that a failed worker
+is a one-line error. Two processes give the same numbers on one core as on two, so these tests
+pretend two usable cores (``two_cores``) and run anywhere."""
 
 import os
 
@@ -9,8 +11,9 @@ import pytest
 
 from cnncli.nn.losses import softmax_cross_entropy
 from cnncli.nn.model import model_from_entries
-from cnncli.parallel import processes, threads
-from cnncli.parallel.processes import SplitBatchModel, WorkerError, can_split, split_model
+from cnncli.parallel import processes, threads, thresholds
+from cnncli.parallel.plan import apply_plan, can_split, split_model
+from cnncli.parallel.processes import SplitBatchModel, WorkerError
 from cnncli.training.checkpoint import load_checkpoint
 from cnncli.training.optim import SGD
 from cnncli.training.trainer import train, train_step
@@ -31,11 +34,18 @@ LAYERS = [
 @pytest.fixture
 def any_size(monkeypatch):
     """Split these tests' small networks too (the real threshold keeps them in one process)."""
-    monkeypatch.setattr(processes, "SPLIT_MIN_MACS", 0)
+    monkeypatch.setattr(thresholds, "PROCESS_MIN_MACS", 0)
+
+
+@pytest.fixture
+def two_cores(two_threads, monkeypatch):
+    """Two cnncli threads and two usable cores as far as the plan can tell, whatever this
+    machine allows (``taskset -c 0``): the decisions, and the worker, do not need them."""
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
 
 
 def _model(layers=LAYERS, shape=SHAPE, dtype=np.float32):
-    return model_from_entries(shape, layers, dtype=dtype, seed=3)
+    return apply_plan(model_from_entries(shape, layers, dtype=dtype, seed=3))
 
 
 def _batch(n, dtype=np.float32, seed=0):
@@ -47,7 +57,7 @@ DROPOUT = (LAYERS[:2] + [{"type": "dropout", "p": 0.2}] + LAYERS[2:-1]  # spatia
            + [{"type": "dropout", "p": 0.4}, LAYERS[-1]])
 
 
-def test_which_networks_split(two_threads, any_size):
+def test_which_networks_split(two_cores, any_size, monkeypatch):
     model = _model()
     assert can_split(model, 64) and not can_split(model, 63)
     assert can_split(_model(DROPOUT), 64)  # its masks are drawn for the whole batch
@@ -60,15 +70,18 @@ def test_which_networks_split(two_threads, any_size):
     assert not can_split(big, 64) and can_split(model, 64)
     threads.set_threads(1)
     assert not can_split(model, 64) and split_model(model, 64) is None
+    threads.set_threads(2)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 1)  # taskset -c 0
+    assert not can_split(model, 64)
 
 
-def test_networks_too_small_to_repay_the_hand_offs_stay_in_one_process(two_threads):
+def test_networks_too_small_to_repay_the_hand_offs_stay_in_one_process(two_cores):
     lenet_like = _model([{"type": "conv2d", "out_channels": 6, "kernel_size": 5, "padding": 2},
                          {"type": "maxpool2d", "kernel_size": 2}, {"type": "flatten"},
                          {"type": "dense", "units": 10}], (1, 28, 28))
     per_image = sum(layer.macs(shape) for layer, shape in zip(lenet_like.layers,
                                                               lenet_like.shapes, strict=False))
-    enough = 2 * -(-processes.SPLIT_MIN_MACS // per_image)  # the smallest batch that splits
+    enough = 2 * -(-thresholds.PROCESS_MIN_MACS // per_image)  # the smallest batch that splits
     assert can_split(lenet_like, enough) and not can_split(lenet_like, enough - 2)
     assert not can_split(_model(), 1024)  # 5.6 thousand multiply-adds an image
 
@@ -187,7 +200,7 @@ def _digits_config(**train_settings):
                       "momentum": 0.9, **train_settings}}
 
 
-def test_a_split_run_learns_and_resumes_bit_for_bit(two_threads, any_size, tmp_path):
+def test_a_split_run_learns_and_resumes_bit_for_bit(two_cores, any_size, tmp_path):
     cfg = _digits_config()
     assert can_split(model_from_entries([1, 8, 8], cfg["model"]["layers"]), 64)
     straight = train(cfg, out_dir=tmp_path / "straight")

@@ -1,10 +1,12 @@
-"""threads.split: every index exactly once, same numbers for any thread count, errors surface."""
+"""threads.split: every index exactly once, same numbers for any thread count, errors surface;
+the plan's ThreadSplitter keeps small work on the calling thread."""
 
 import numpy as np
 import pytest
 
 from cnncli.nn.model import model_from_entries
-from cnncli.parallel import threads
+from cnncli.parallel import threads, thresholds
+from cnncli.parallel.plan import THREADED, apply_plan
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def test_split_covers_each_index_once(thread_count, count, length):
     def part(lo, hi):
         hits[lo:hi] += 1
 
-    threads.split(part, length, threads.MIN_ELEMENTS)
+    threads.split(part, length)
     np.testing.assert_array_equal(hits, 1)
 
 
@@ -32,8 +34,22 @@ def test_small_work_stays_on_the_calling_thread(thread_count):
 
     thread_count(2)
     seen = set()
-    threads.split(lambda lo, hi: seen.add(threading.get_ident()), 8, threads.MIN_ELEMENTS - 1)
-    assert seen == {threading.get_ident()}
+    THREADED.split(lambda lo, hi: seen.add((lo, hi, threading.get_ident())), 8,
+                   thresholds.MIN_ELEMENTS - 1)
+    THREADED.split_matmuls(lambda lo, hi: seen.add((lo, hi, threading.get_ident())), 8,
+                           thresholds.CONV_THREADS_MIN_MACS - 1)
+    assert seen == {(0, 8, threading.get_ident())}
+    assert THREADED.pair(lambda: threading.get_ident(), lambda: threading.get_ident(),
+                         thresholds.CONV_PAIR_MIN_MACS - 1) == (threading.get_ident(),) * 2
+
+
+def test_big_work_is_shared_out(thread_count):
+    thread_count(2)
+    ranges = []
+    THREADED.split(lambda lo, hi: ranges.append((lo, hi)), 8, thresholds.MIN_ELEMENTS)
+    THREADED.split_matmuls(lambda lo, hi: ranges.append((lo, hi)), 8,
+                           thresholds.CONV_THREADS_MIN_MACS)
+    assert sorted(ranges) == [(0, 4), (0, 4), (4, 8), (4, 8)]
 
 
 def test_worker_errors_propagate(thread_count):
@@ -44,7 +60,7 @@ def test_worker_errors_propagate(thread_count):
             raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom"):
-        threads.split(part, 4, threads.MIN_ELEMENTS)
+        threads.split(part, 4)
 
 
 def test_model_step_is_bitwise_identical_for_one_and_two_threads(thread_count):
@@ -60,7 +76,7 @@ def test_model_step_is_bitwise_identical_for_one_and_two_threads(thread_count):
     results = []
     for count in (1, 2):
         thread_count(count)
-        model = model_from_entries((3, 16, 16), entries, seed=0)
+        model = apply_plan(model_from_entries((3, 16, 16), entries, seed=0))
         logits = model.forward(x, train=True)
         dx = model.backward(dlogits)
         grads = model.grads()
@@ -78,10 +94,11 @@ def test_model_step_is_bitwise_identical_for_one_and_two_threads(thread_count):
 
 
 @pytest.mark.parametrize("count", [1, 2])
-@pytest.mark.parametrize("elements", [0, 1 << 30])
-def test_pair_returns_both_results_in_order(thread_count, count, elements):
+@pytest.mark.parametrize("macs", [0, 1 << 30])
+def test_pair_returns_both_results_in_order(thread_count, count, macs):
     thread_count(count)
-    assert threads.pair(lambda: "first", lambda: 2, elements) == ("first", 2)
+    assert threads.pair(lambda: "first", lambda: 2) == ("first", 2)
+    assert THREADED.pair(lambda: "first", lambda: 2, macs) == ("first", 2)
 
 
 def test_pair_surfaces_errors_of_either_task(thread_count):
@@ -91,9 +108,9 @@ def test_pair_surfaces_errors_of_either_task(thread_count):
         raise KeyError("worker")
 
     with pytest.raises(KeyError, match="worker"):
-        threads.pair(fail, lambda: 1, threads.MIN_ELEMENTS)
+        threads.pair(fail, lambda: 1)
     with pytest.raises(KeyError, match="worker"):
-        threads.pair(lambda: 1, fail, threads.MIN_ELEMENTS)
+        threads.pair(lambda: 1, fail)
 
 
 def _fresh_process(code: str, **env_overrides) -> str:
@@ -102,7 +119,7 @@ def _fresh_process(code: str, **env_overrides) -> str:
     import sys
 
     env = {k: v for k, v in os.environ.items()
-           if k not in threads.BLAS_VARS and k != "CNNCLI_THREADS"}
+           if k not in threads.BLAS_VARS and k not in ("CNNCLI_THREADS", "CNNCLI_SPEEDUPS")}
     env.update(env_overrides)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, check=True)
@@ -114,12 +131,15 @@ PROBE = ("import os, cnncli; print(os.environ.get('OPENBLAS_NUM_THREADS'), "
 
 
 def test_import_before_numpy_puts_blas_on_one_thread_and_cnncli_on_every_core():
-    import os
-
-    assert _fresh_process(PROBE) == ["1", str(os.cpu_count() or 1)]
+    # Every core this process may use (the child inherits its affinity, e.g. from taskset).
+    assert _fresh_process(PROBE) == ["1", str(threads.usable_cores())]
     assert _fresh_process(PROBE, CNNCLI_THREADS="3") == ["1", "3"]
 
 
 def test_a_blas_setting_of_the_user_is_kept_and_cnncli_stays_on_one_thread():
     assert _fresh_process(PROBE, OPENBLAS_NUM_THREADS="2") == ["2", "1"]
     assert _fresh_process("import numpy; " + PROBE) == ["None", "1"]
+
+
+def test_speedups_off_leaves_blas_threads_alone():
+    assert _fresh_process(PROBE, CNNCLI_SPEEDUPS="off") == ["None", "1"]

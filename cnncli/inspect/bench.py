@@ -22,7 +22,7 @@ from cnncli.errors import ConfigError
 from cnncli.inspect.walk import walk
 from cnncli.nn.losses import softmax_cross_entropy
 from cnncli.parallel import threads
-from cnncli.parallel.processes import split_model
+from cnncli.parallel.plan import plan_training
 from cnncli.training.optim import SGD
 from cnncli.training.trainer import train_step
 
@@ -220,7 +220,7 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
     x, y = _synthetic_batch(model, batch_size, rng)
     optimizer = SGD(lr=0.01, momentum=0.9)
 
-    split = split_model(model, batch_size)  # as cnncli train would run it
+    split = plan_training(model, batch_size)  # as cnncli train would run it
     try:
         train_times = _time_train_steps(split or model, optimizer, x, y, steps, warmup)
         numpy_peak = _step_numpy_peak_mb(split or model, optimizer, x, y)

@@ -9,12 +9,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-#: Largest im2col matrix (bytes) built in one piece; bigger layers are chunked over output rows
-#: (never less than one row). Besides bounding memory, pieces near cache size make the skinny
-#: matmuls faster: a 32->32 3x3 conv on 64x32x32 trained 1.5-3x faster than with 64 MiB pieces.
-#: A layer that fits in one piece keeps its im2col matrix for backward; chunked ones rebuild it.
-IM2COL_MAX_BYTES = 1 * 2**20
-
 Pair = tuple[int, int]
 
 
@@ -78,8 +72,9 @@ def col2im_add(dxp: np.ndarray, dcols: np.ndarray, kernel: Pair, stride: Pair,
             dxp[:, rs, cs, :] += d6[:, i, j]
 
 
-def row_chunks(out_h: int, bytes_per_row: int, limit: int | None = None) -> list[tuple[int, int]]:
-    """Split output rows into (row0, rows) pieces whose im2col matrix fits in ``limit`` bytes."""
-    limit = IM2COL_MAX_BYTES if limit is None else limit
+def row_chunks(out_h: int, bytes_per_row: int, limit: int) -> list[tuple[int, int]]:
+    """Split output rows into (row0, rows) pieces whose im2col matrix fits in ``limit`` bytes
+    (at least one row each). A layer that fits in one piece keeps its im2col matrix for
+    backward; one built in pieces rebuilds them."""
     per = max(1, min(out_h, limit // max(bytes_per_row, 1)))
     return [(r, min(per, out_h - r)) for r in range(0, out_h, per)]

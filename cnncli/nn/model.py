@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import difflib
 import inspect
 from collections.abc import Iterable
@@ -11,20 +10,9 @@ import numpy as np
 
 from cnncli.errors import CheckpointError, ConfigError, DataError
 from cnncli.nn import registry
-from cnncli.nn.layers.activation import ReLU
 from cnncli.nn.layers.base import Layer, from_internal, hyperparameters, to_internal
-from cnncli.nn.layers.conv import Conv2d
-from cnncli.nn.layers.pool import GlobalMaxPool2d, MaxPool2d
-from cnncli.parallel import threads
 
 _EMPTY = inspect.Parameter.empty
-#: Inference of a network of small convs (each below CHUNK_MAX_MACS multiply-adds over the
-#: batch) runs the batch as one chunk per thread, each on its own copy of the layers, when
-#: every chunk has at least CHUNK_MIN_IMAGES images: LeNet-5 on 2 cores, 1.3x the images/s of
-#: the whole batch at batch 64, 1.5x at 128. Bigger convs split their own work better
-#: (CIFAR-small, batch 64: 0.85x as chunks).
-CHUNK_MIN_IMAGES = 32
-CHUNK_MAX_MACS = 64_000_000
 
 
 def layer_label(index: int, name, type_name) -> str:
@@ -91,22 +79,16 @@ def _supports_activation(cls) -> bool:
     return getattr(cls, "accepts_activation", False)
 
 
-def execution_order(layers: list[Layer]) -> list[int]:
-    """The order in which forward runs the layers (backward runs it in reverse): the config's,
-    except that a ReLU directly before a max pool runs after it. Max pooling commutes with the
-    non-decreasing ReLU, so outputs are the same numbers, and so are gradients: where the
-    window's maximum is positive both orders route it to its first position, elsewhere both
-    give zero. The ReLU then touches a quarter of the data (2x2 pooling)."""
-    order = list(range(len(layers)))
-    k = 0
-    while k < len(order) - 1:
-        if (type(layers[k]) is ReLU
-                and isinstance(layers[k + 1], (MaxPool2d, GlobalMaxPool2d))):
-            order[k], order[k + 1] = order[k + 1], order[k]
-            k += 2
-        else:
-            k += 1
-    return order
+class WholeBatch:
+    """Runs a checked batch through a model's layers at once, on the calling thread: the plain
+    way, every model's ``runner`` unless an execution plan (``cnncli.parallel.plan``) installs
+    another (one that splits inference batches over threads, say)."""
+
+    def forward(self, model: Model, x: np.ndarray, train: bool) -> np.ndarray:
+        return model.forward_through(model.layers, x, train)
+
+    def backward(self, model: Model, dlogits: np.ndarray, need_input_grad: bool):
+        return model.backward_through(model.layers, dlogits, need_input_grad)
 
 
 class Model:
@@ -118,8 +100,6 @@ class Model:
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = np.dtype(dtype)
         self._forward_shape: tuple[int, ...] | None = None  # checked by backward
-        self._chunk_bounds: list[int] = [0]  # how the last forward split its batch
-        self._replicas: list[list[Layer]] = []  # layer copies for chunked inference
         self.labels = labels or [layer_label(i + 1, l.name, l.type_name)
                                  for i, l in enumerate(self.layers)]
         _assign_names(self.layers)
@@ -131,12 +111,11 @@ class Model:
                 self.shapes.append(tuple(layer.output_shape(self.shapes[-1])))
             except ConfigError as err:
                 raise err.located(layer=label) from None
-        self.run_order = execution_order(self.layers)
-        run = [self.layers[i] for i in self.run_order]
-        # In-place work (ReLU) is allowed only on arrays the neighbour hands over for good.
-        for prev, nxt in zip(run[:-1], run[1:], strict=True):
-            nxt.may_overwrite_input = prev.fresh_output
-            prev.may_overwrite_grad = nxt.fresh_input_grad
+        #: The order forward runs the layers in (backward runs it in reverse): the config's.
+        #: An execution plan (``cnncli.parallel.plan``) may swap neighbours that commute.
+        self.run_order = list(range(len(self.layers)))
+        #: What runs a checked batch through the layers (see ``WholeBatch``).
+        self.runner = WholeBatch()
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -150,50 +129,16 @@ class Model:
             dims = ", ".join(map(str, self.input_shape))
             raise DataError(f"model expects input of shape (N, {dims}), got {tuple(x.shape)}")
         x = x.astype(self.dtype, copy=False)
-        chunks = 1 if train else self._inference_chunks(len(x))
-        self._chunk_bounds = [len(x) * k // chunks for k in range(chunks + 1)]
-        out = (self._forward_chunks(x, self._chunk_bounds) if chunks > 1
-               else self._run(self.layers, x, train))
+        out = self.runner.forward(self, x, train)
         self._forward_shape = out.shape
         return out
 
-    def _run(self, layers: list[Layer], x: np.ndarray, train: bool) -> np.ndarray:
+    def forward_through(self, layers: list[Layer], x: np.ndarray, train: bool) -> np.ndarray:
+        """x (NCHW) through ``layers`` (this model's, or copies of them) in ``run_order``."""
         h = to_internal(x)
         for i in self.run_order:
             h = layers[i].forward(h, train=train)
         return from_internal(h)
-
-    def _inference_chunks(self, batch: int) -> int:
-        """How many chunks an inference batch runs as: one per thread when every chunk gets
-        CHUNK_MIN_IMAGES and every conv is small, else 1 (the whole batch)."""
-        chunks = min(threads.get_threads(), batch // CHUNK_MIN_IMAGES)
-        return chunks if chunks > 1 and self.small_convs(batch) else 1
-
-    def small_convs(self, batch: int) -> bool:
-        """Whether every conv does fewer than CHUNK_MAX_MACS multiply-adds on ``batch``
-        images: too little to share out over threads inside the layer."""
-        return all(layer.macs(shape) * batch < CHUNK_MAX_MACS
-                   for layer, shape in zip(self.layers, self.shapes, strict=False)
-                   if isinstance(layer, Conv2d))
-
-    def _forward_chunks(self, x: np.ndarray, bounds: list[int]) -> np.ndarray:
-        """Evaluation forward of x split along the batch at ``bounds``, chunk k on layer copy
-        k (their own buffers and caches, the same parameter arrays), on cnncli's threads."""
-        chunks = len(bounds) - 1
-        while len(self._replicas) < chunks - 1:
-            self._replicas.append(_replica(self.layers))
-        copies = self._copies(chunks)
-        outs: list = [None] * chunks
-
-        def part(lo, hi):
-            for k in range(lo, hi):
-                outs[k] = self._run(copies[k], x[bounds[k]:bounds[k + 1]], False)
-
-        threads.split(part, chunks, threads.MIN_ELEMENTS)
-        return np.concatenate(outs)
-
-    def _copies(self, chunks: int) -> list[list[Layer]]:
-        return [self.layers, *self._replicas][:chunks]
 
     def backward(self, dlogits: np.ndarray, need_input_grad: bool = True):
         """Backpropagate dL/dlogits (N, classes); accumulate parameter grads; return dL/dx.
@@ -208,17 +153,11 @@ class Model:
             raise DataError(f"dlogits must have the shape of the last forward output "
                             f"{tuple(expected)}, got {tuple(dlogits.shape)}")
         dlogits = dlogits.astype(self.dtype, copy=False)
-        bounds = self._chunk_bounds
-        # Chunks of an inference batch went through their own layer copies, which share the
-        # parameter and gradient arrays: their backwards run one after the other.
-        dxs = [self._backward_run(layers, dlogits[lo:hi], need_input_grad)
-               for layers, lo, hi in zip(self._copies(len(bounds) - 1), bounds[:-1], bounds[1:],
-                                         strict=True)]
-        if not need_input_grad:
-            return None
-        return dxs[0] if len(dxs) == 1 else np.concatenate(dxs)
+        return self.runner.backward(self, dlogits, need_input_grad)
 
-    def _backward_run(self, layers: list[Layer], dlogits: np.ndarray, need_input_grad: bool):
+    def backward_through(self, layers: list[Layer], dlogits: np.ndarray,
+                         need_input_grad: bool):
+        """dlogits back through ``layers`` in reverse ``run_order``; dL/dx or None."""
         g = to_internal(dlogits)
         order = self.run_order
         for k in range(len(order) - 1, -1, -1):
@@ -274,16 +213,6 @@ class Model:
     def __repr__(self) -> str:
         body = "\n".join(f"  ({l.name}): {l!r}" for l in self.layers)
         return f"Model(input_shape={list(self.input_shape)},\n{body}\n)"
-
-
-def _replica(layers: list[Layer]) -> list[Layer]:
-    """Copies of the layers that share their parameter arrays (and running statistics) with
-    the originals but own every cache and buffer, so that both can run at once."""
-    copies = []
-    for layer in layers:
-        shared = {id(store): store for store in (layer.params, layer.grads, layer.buffers)}
-        copies.append(copy.deepcopy(layer, memo=shared))
-    return copies
 
 
 def _assign_names(layers: list[Layer]) -> None:

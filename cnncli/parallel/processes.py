@@ -1,18 +1,17 @@
 """Training on two cores: the second half of each batch in a worker process.
 
-Small layers are too small to share out over threads: every NumPy call takes the GIL, and
-the two halves of a LeNet-5 batch on two threads ran only 3% faster than the whole batch. Two
+Small layers are too small to share out over threads: every NumPy call takes the GIL, so
+the two halves of a LeNet-5 batch on two threads run hardly faster than the whole batch. Two
 processes have no GIL between them: a worker process holds a copy of the network and computes
 the forward, backward and weight gradients of the batch's second half while this process
-does the first half (at batch 64 on 2 cores, 1.2-1.3x the speed of the whole batch on two
-threads for LeNet-5, 1.2x for CIFAR-small; benchmarks/RESULTS.md). The worker's gradients
-are added to this process's after its own, so a run gives the same numbers every time; they
-differ from a one-process run's in the last bits only (a sum in a different order).
+does the first half (figures in benchmarks/RESULTS.md). The worker's gradients are added to
+this process's after its own, so a run gives the same numbers every time; they differ from a
+one-process run's in the last bits only (a sum in a different order).
 
-It is used only where it is exact and pays (``can_split``): Linux (shared memory by
-``memfd_create``), two cnncli threads, batches of 2 * SPLIT_MIN_IMAGES or more, every layer
-per-sample (no batch statistics; dropout masks are drawn here for the whole batch, so they
-are the masks a one-process run draws) and not too many weights to copy each step.
+This module is the mechanism; ``plan.can_split`` decides where it is used (where it is exact
+and pays): Linux (shared memory by ``memfd_create``), two cnncli threads, big enough batches,
+every layer per-sample (no batch statistics; dropout masks are drawn here for the whole
+batch, so they are the masks a one-process run draws) and not too many weights to copy.
 
 The two processes share one block of memory: parameters (written here before each forward),
 the worker's gradients, and its images, logits, logit gradients and dropout masks. They talk
@@ -25,7 +24,6 @@ import contextlib
 import json
 import mmap
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,44 +32,7 @@ import numpy as np
 
 from cnncli.errors import CnncliError
 from cnncli.nn.layers.dropout import Dropout
-from cnncli.parallel import threads
-
-#: Each half of a split batch has at least this many images.
-SPLIT_MIN_IMAGES = 32
-#: Weights are copied to the worker and its gradients back every step: beyond this many
-#: parameters (16 MB in float32) that would cost more than a small network's step.
-SPLIT_MAX_PARAMETERS = 4_000_000
-#: The hand-offs cost about 1 ms a step: a half batch needs this many multiply-adds in its
-#: forward to repay them (measured on 2 cores: a dense net of 0.2-0.8M ran 0.4-0.6x as fast
-#: split, the digits net of 10.9M 1.12x, LeNet-5 at batch 64, 13.4M, 1.2-1.3x).
-SPLIT_MIN_MACS = 8_000_000
-
-
-def can_split(model, batch_size: int) -> bool:
-    """Whether training ``model`` at ``batch_size`` would split each batch over two processes:
-    on Linux, with 2 cnncli threads (or more, for networks whose convs are too small to use
-    them) and 2 usable cores, batches of 2 * SPLIT_MIN_IMAGES or more with SPLIT_MIN_MACS of
-    work per half, per-sample layers (dropout too: its masks are drawn here for the whole
-    batch) and at most SPLIT_MAX_PARAMETERS parameters."""
-    count = threads.get_threads()
-    macs = sum(layer.macs(shape) for layer, shape in zip(model.layers, model.shapes,
-                                                          strict=False))
-    return (hasattr(os, "memfd_create") and count >= 2 and threads.usable_cores() >= 2
-            and (count == 2 or model.small_convs(batch_size))
-            and batch_size >= 2 * SPLIT_MIN_IMAGES and macs * (batch_size // 2) >= SPLIT_MIN_MACS
-            and all(layer.per_sample or isinstance(layer, Dropout) for layer in model.layers)
-            and sum(value.size for _, value, _ in model.parameters()) <= SPLIT_MAX_PARAMETERS)
-
-
-def split_model(model, batch_size: int) -> SplitBatchModel | None:
-    """A ``SplitBatchModel`` for ``model`` (close it when done) if ``can_split`` and the worker
-    process starts, else None: then train the model itself."""
-    if not can_split(model, batch_size):
-        return None
-    try:
-        return SplitBatchModel(model, batch_size)
-    except OSError:  # no shared memory or no process to spare: one process it is
-        return None
+from cnncli.parallel import threads, thresholds
 
 
 class WorkerError(CnncliError):
@@ -122,7 +83,7 @@ class _Layout:
 
 
 class SplitBatchModel:
-    """Stands in for ``model`` in ``train_step``: training batches of 2 * SPLIT_MIN_IMAGES or
+    """Stands in for ``model`` in ``train_step``: training batches of 2 * PROCESS_MIN_IMAGES or
     more run their first half here and their second half in the worker process; anything
     else runs here whole. ``close()`` (or leaving the ``with`` block) stops the worker."""
 
@@ -148,7 +109,7 @@ class SplitBatchModel:
         # standard library. The worker imports the very cnncli this process runs.
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         start = (f"import sys; sys.path[0] = {root!r}; "
-                 f"from cnncli.parallel.processes import serve; serve(sys.argv[1])")
+                 f"from cnncli.parallel.worker import serve; serve(sys.argv[1])")
         self._worker = subprocess.Popen(
             [sys.executable, "-c", start, json.dumps(spec)], env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
@@ -167,7 +128,7 @@ class SplitBatchModel:
         x = np.asarray(x)
         n = len(x) if x.ndim else 0
         half = n // 2
-        if (not train or half < SPLIT_MIN_IMAGES or n - half > self._layout.images
+        if (not train or half < thresholds.PROCESS_MIN_IMAGES or n - half > self._layout.images
                 or x.shape[1:] != tuple(self.model.input_shape)):  # the model's own checks
             self._split = None
             return self.model.forward(x, train)
@@ -301,73 +262,3 @@ def _memfd_above_stdio(name: str) -> int:
 
 
 # ---------------------------------------------------------------- the worker's side
-
-def _rss_mb() -> tuple[float, float]:
-    now = peak = 0.0
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    now = int(line.split()[1]) / 1024
-                elif line.startswith("VmHWM:"):
-                    peak = int(line.split()[1]) / 1024
-    if not peak:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return now, peak
-
-
-def serve(spec_json: str) -> None:
-    """The worker: build the network, then answer one line per request until stdin ends."""
-    import signal
-
-    from cnncli.nn.model import model_from_entries
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    # Replies go to a private copy of stdout; anything else printed goes to stderr (a file
-    # the parent reads only to explain a failure), so it cannot pass for a reply.
-    out = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    spec = json.loads(spec_json)
-    model = model_from_entries(spec["input_shape"], spec["layers"], dtype=spec["dtype"])
-    layout = _Layout(model, spec["images"])
-    if [[n, list(s)] for n, s in layout.param_shapes] != spec["params"]:
-        raise SystemExit("the worker's network does not match its parent's")
-    views = layout.views(mmap.mmap(spec["fd"], layout.nbytes))
-    params, grads = layout.per_param(views["params"]), layout.per_param(views["grads"])
-    for line in sys.stdin:
-        command, _, arg = line.strip().partition(" ")
-        try:
-            # Like the training loop around this process's half: overflow or NaN in a
-            # diverging run is for the parent to detect from the loss, not a worker failure.
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                reply = _answer(command, arg, model, layout, views, params, grads)
-            out.write("ok" + reply + "\n")
-        except Exception as err:  # reported to the parent, which raises a WorkerError
-            first_line = (str(err).splitlines() or [""])[0]
-            out.write(f"error {type(err).__name__}: {first_line}\n")
-
-
-def _answer(command: str, arg: str, model, layout: _Layout, views: dict,
-            params: list[np.ndarray], grads: list[np.ndarray]) -> str:
-    """Carry out one request; return the text after "ok" in the reply. ``params`` and
-    ``grads`` are the shared weights and worker gradients, one view per parameter."""
-    if command == "forward":
-        for (_, value, _), shared in zip(model.parameters(), params, strict=True):
-            value[...] = shared
-        n = int(arg)
-        for k in layout.masks:
-            model.layers[k].use_mask(np.ascontiguousarray(views[f"mask{k}"][..., :n]))
-        views["logits"][:n] = model.forward(views["x"][:n], train=True)
-    elif command == "backward":
-        model.zero_grad()
-        model.backward(views["dlogits"][:int(arg)], need_input_grad=False)
-        for (_, _, grad), shared in zip(model.parameters(), grads, strict=True):
-            shared[...] = grad
-    elif command == "memory":
-        return " {:.1f} {:.1f}".format(*_rss_mb())
-    elif command == "reset-peak":
-        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    elif command != "ready":
-        raise ValueError(f"unknown request {command!r}")
-    return ""

@@ -6,13 +6,13 @@ apart when another process holds a core. So cnncli runs BLAS on one thread and s
 work itself: ``split`` runs ``fn(lo, hi)`` on disjoint ranges of a leading axis at once (NumPy
 releases the GIL inside its loops), ``pair`` runs two independent tasks at once (a conv's
 weight and input gradients). Each element is computed by one thread with the same operations,
-so threads never change training results. (Inference of small networks splits the batch
-instead, see ``Model._forward_chunks``: the same logits, to BLAS's rounding per chunk; and
-their training splits each batch over two processes, see ``processes``.)
+so threads never change training results. This module is the mechanism only: which work is
+big enough to share out is ``plan.ThreadSplitter``'s decision (``thresholds``).
 
-Importing cnncli before NumPy, with no BLAS thread variable set, sets OPENBLAS_NUM_THREADS
-(and MKL_NUM_THREADS) to 1 and cnncli's thread count to the number of cores. Otherwise cnncli
-uses CNNCLI_THREADS threads (default 1, so as not to oversubscribe a multi-threaded BLAS).
+Importing cnncli before NumPy, with no BLAS thread variable set and speed-ups not switched
+off (CNNCLI_SPEEDUPS=off), sets OPENBLAS_NUM_THREADS (and MKL_NUM_THREADS) to 1 and cnncli's
+thread count to the number of cores. Otherwise cnncli uses CNNCLI_THREADS threads (default 1,
+so as not to oversubscribe a multi-threaded BLAS).
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-#: Below this many elements the hand-off to another thread costs more than it saves.
-MIN_ELEMENTS = 1 << 19
+from cnncli.parallel import OFF_VALUES, SPEEDUPS_VAR
+
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS")
 
 
 def _claim_blas() -> None:
     """Before NumPy loads, and if nobody chose BLAS threads: BLAS on one thread, cnncli's own
     threads on every core (measured faster on 2 cores than BLAS threading; benchmarks/)."""
-    if "numpy" in sys.modules or any(var in os.environ for var in BLAS_VARS):
+    if ("numpy" in sys.modules or any(var in os.environ for var in BLAS_VARS)
+            or os.environ.get(SPEEDUPS_VAR, "").strip().lower() in OFF_VALUES):
         return
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
@@ -105,11 +106,11 @@ def _worker_pool() -> ThreadPoolExecutor:
     return _pool
 
 
-def split(fn, length: int, elements: int) -> None:
-    """Call ``fn(lo, hi)`` over [0, length) in contiguous parts, one per thread, if
-    ``elements`` (the work's size) is at least MIN_ELEMENTS; else once, on this thread."""
+def split(fn, length: int) -> None:
+    """Call ``fn(lo, hi)`` over [0, length) in contiguous parts, one per thread (once, on this
+    thread, if there is one thread or this is already a part)."""
     parts = min(_threads, length)
-    if parts < 2 or elements < MIN_ELEMENTS or _serial():
+    if parts < 2 or _serial():
         fn(0, length)
         return
     pool = _worker_pool()
@@ -123,10 +124,9 @@ def split(fn, length: int, elements: int) -> None:
             future.result()
 
 
-def pair(first, second, elements: int):
-    """``(first(), second())``, the two run at once if there are threads to spare and
-    ``elements`` (the work's size) is at least MIN_ELEMENTS."""
-    if elements < MIN_ELEMENTS or _serial():
+def pair(first, second):
+    """``(first(), second())``, the two run at once if there are threads to spare."""
+    if _serial():
         return first(), second()
     future = _worker_pool().submit(_as_part(first))
     try:

@@ -75,9 +75,11 @@ class Checkpoint:
                                       f"({type(err).__name__})") from None
         return self._run
 
-    def model(self, dtype=np.float32):
-        """Build the model from the stored config and load the stored weights into it."""
+    def model(self, dtype=np.float32, *, speedups: bool | None = None):
+        """Build the model from the stored config and load the stored weights into it; it runs
+        with cnncli's speed-ups unless ``speedups=False`` or CNNCLI_SPEEDUPS=off."""
         from cnncli.nn.model import model_from_entries
+        from cnncli.parallel.plan import apply_plan
 
         self.check_finite()
         run = self.run
@@ -90,7 +92,7 @@ class Checkpoint:
         except (KeyError, TypeError, ValueError) as err:  # a foreign or hand-edited config
             raise CheckpointError(f"{self.path} has an unusable model config "
                                   f"({type(err).__name__}: {err})") from None
-        return model
+        return apply_plan(model, speedups=speedups)  # outside: a bad switch is not the file's
 
     def check_finite(self) -> None:
         """Weights with NaN or inf (a diverged or damaged file) would give NaN answers."""

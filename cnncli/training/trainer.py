@@ -21,7 +21,7 @@ from cnncli.config import RunConfig, check_data, dump_config, resolve_config
 from cnncli.errors import ConfigError
 from cnncli.nn.losses import softmax_cross_entropy
 from cnncli.nn.model import model_from_entries
-from cnncli.parallel.processes import split_model
+from cnncli.parallel.plan import plan_training
 from cnncli.training.checkpoint import load_checkpoint
 from cnncli.training.evaluate import evaluate, loss_and_accuracy
 from cnncli.training.metrics import write_metrics_csv
@@ -199,7 +199,8 @@ class Trainer:
     def _epochs(self) -> bool:
         """Run epochs until the last one or early stopping (True)."""
         train = self.config.train
-        split = split_model(self.state.model, train.batch_size)  # half of each batch elsewhere
+        # The speed-ups (docs/speed.md); maybe half of each batch in a worker process.
+        split = plan_training(self.state.model, train.batch_size)
         self._trained = split or self.state.model
         consistent = self.snapshot()
         try:

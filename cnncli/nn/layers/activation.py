@@ -10,7 +10,6 @@ from cnncli.checks import check_choice as choice
 from cnncli.checks import check_number as real_number
 from cnncli.nn.layers.base import Layer
 from cnncli.nn.registry import register
-from cnncli.parallel import threads
 
 
 class Activation(Layer):
@@ -31,9 +30,9 @@ class ReLU(Activation):
 
     fresh_input_grad = True
 
-    def forward(self, x, train=False):
-        # In place when the previous layer hands its output over (conv, dense, pool in a
-        # Model): no new array, half the memory traffic. Big arrays use every core.
+    def _forward(self, x, train=False):
+        # In place when allowed (an execution plan allows it where the previous layer hands
+        # its output over): no new array, half the memory traffic.
         # Training keeps only where x > 0, a bool mask a quarter the size of y, so y is freed
         # once the next layer has used it (the mask also makes backward one pass).
         y = x if self.may_overwrite_input else np.empty_like(x)
@@ -44,11 +43,11 @@ class ReLU(Activation):
                 np.greater(x[lo:hi], 0, out=mask[lo:hi])
             np.maximum(x[lo:hi], 0, out=y[lo:hi])
 
-        threads.split(part, x.shape[0], x.size)
+        self.splitter.split(part, x.shape[0], x.size)
         self._cache = y if mask is None else mask
         return y
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         dx = dy if self.may_overwrite_grad else np.empty_like(dy)
@@ -59,7 +58,7 @@ class ReLU(Activation):
             np.multiply(dy[lo:hi], cache[lo:hi] if positive else cache[lo:hi] > 0,
                         out=dx[lo:hi])
 
-        threads.split(part, dy.shape[0], dy.size)
+        self.splitter.split(part, dy.shape[0], dy.size)
         return dx
 
 
@@ -71,7 +70,7 @@ class LeakyReLU(Activation):
         super().__init__(name)
         self.negative_slope = real_number("negative_slope", negative_slope)
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         # The local slope (1 or negative_slope) serves both passes; arithmetic on the mask
         # is several times faster than np.where on large arrays.
         slope = x.dtype.type(self.negative_slope)
@@ -81,7 +80,7 @@ class LeakyReLU(Activation):
         self._cache = factor
         return x * factor
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         return dy * self._cache if need_dx else None
 
     def describe(self):
@@ -96,14 +95,14 @@ class ELU(Activation):
         super().__init__(name)
         self.alpha = real_number("alpha", alpha)
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         self._cache = x
         alpha = x.dtype.type(self.alpha)
         # Each term is zero on the other side of 0, so their sum is the piecewise function
         # (and exp never sees a positive argument).
         return np.maximum(x, 0) + alpha * np.expm1(np.minimum(x, 0))
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         x = self._cache
@@ -127,7 +126,7 @@ class GELU(Activation):
         super().__init__(name)
         self.approximate = choice("approximate", approximate, ("none", "tanh"))
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         self._cache = x
         t = x.dtype.type
         if self.approximate == "tanh":
@@ -140,7 +139,7 @@ class GELU(Activation):
         self._aux = cdf
         return x * cdf
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         x = self._cache
@@ -161,12 +160,12 @@ class GELU(Activation):
 class Tanh(Activation):
     """Hyperbolic tangent."""
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         y = np.tanh(x)
         self._cache = y
         return y
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         y = self._cache
@@ -177,12 +176,12 @@ class Tanh(Activation):
 class Sigmoid(Activation):
     """1 / (1 + exp(-x)), computed without overflow for any |x|."""
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         y = sigmoid(x)
         self._cache = y
         return y
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         y = self._cache

@@ -7,14 +7,13 @@ Array conventions (stated once, followed everywhere):
 * Inside the model, activations keep the batch axis *last*: spatial activations
   are (C, H, W, N) and flat ones are (F, N). With the batch innermost, im2col is a
   contiguous strided view and a conv is one matmul with no transposes between
-  layers (see ../shared/PERF.md). ``to_internal``/``from_internal`` convert.
+  layers. ``to_internal``/``from_internal`` convert.
 * float32 by default; float64 on request (gradient checks use it).
 * Shapes passed to ``output_shape`` exclude the batch axis: (C, H, W) or (F,).
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from cnncli.checks import MAX_INT, check_int, is_int, shown
 from cnncli.errors import ConfigError, DataError, ShapeError
+from cnncli.nn.splitter import SERIAL
 
 
 def to_internal(x: np.ndarray) -> np.ndarray:
@@ -84,33 +84,29 @@ class Layer:
     """One layer: hyperparameters at construction, weights at ``build``, math in forward/backward.
 
     Subclasses set ``type_name`` through ``@register``; ``aliases`` maps alternate
-    hyperparameter names (``filters``) to constructor arguments (``out_channels``).
+    hyperparameter names (``filters``) to constructor arguments (``out_channels``). They write
+    their math in ``_forward``/``_backward``: the public ``forward``/``backward`` check the
+    call order and shapes around them, so a layer used on its own fails with one clear line.
     """
 
     type_name: str = "layer"
     aliases: dict[str, str] = {}
-    #: forward returns a new array that this layer never reads again (not its input, not
-    #: cached), so the next layer may overwrite it; ``fresh_input_grad``: the same for
-    #: backward's dx. ``Model`` turns these into ``may_overwrite_input``/``may_overwrite_grad``
-    #: on the neighbours (always False for a layer used on its own).
+    #: What runs the layer's whole-array work (``nn/splitter.py``): the plain serial one unless
+    #: an execution plan (``cnncli.parallel.plan``) installs a faster one on the instance.
+    splitter = SERIAL
+    #: Facts about the math, read by an execution plan: forward returns a new array that this
+    #: layer never reads again (not its input, not cached), so the next layer could overwrite
+    #: it; ``fresh_input_grad``: the same for backward's dx.
     fresh_output = False
     fresh_input_grad = False
+    #: Whether this layer may overwrite the array forward receives (``may_overwrite_input``)
+    #: or backward receives (``may_overwrite_grad``): False unless a plan allows it.
     may_overwrite_input = False
     may_overwrite_grad = False
     #: In training, each sample's output and gradients depend on that sample alone (no batch
     #: statistics, no random stream), so a batch may be trained in parts (``processes``).
     #: False unless a layer says so.
     per_sample = False
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        # A layer used on its own (the Python API) must fail with a clear DataError, not an
-        # AttributeError deep in its math, when backward comes before any forward or dy does
-        # not have the shape of the last forward's output.
-        if "forward" in cls.__dict__:
-            cls.forward = _recording_output_shape(cls.__dict__["forward"])
-        if "backward" in cls.__dict__:
-            cls.backward = _checking_dy_shape(cls.__dict__["backward"])
 
     def __init__(self, name: str | None = None):
         if name is not None and (not isinstance(name, str) or not LAYER_NAME.fullmatch(name)):
@@ -154,10 +150,28 @@ class Layer:
 
     # -- math, on the internal batch-last layout
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        raise NotImplementedError
+        """The output for a batch; remembers its shape, which backward checks dy against."""
+        y = self._forward(x, train)
+        self.forward_output_shape = y.shape
+        return y
 
     def backward(self, dy: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
-        """Return dL/dx (or None if not needed) and *accumulate* into self.grads."""
+        """Return dL/dx (or None if not needed) and *accumulate* into self.grads.
+
+        A DataError, not an AttributeError deep in the math, when no forward came first or dy
+        does not have the shape of the last forward's output."""
+        expected = self.forward_output_shape
+        if expected is None:
+            raise DataError(f"{self.type_name} backward needs a forward pass first")
+        if np.shape(dy) != expected:
+            raise DataError(f"{self.type_name} backward: dy must have the shape of the last "
+                            f"forward's output {list(expected)}, got {list(np.shape(dy))}")
+        return self._backward(dy, need_dx)
+
+    def _forward(self, x: np.ndarray, train: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def _backward(self, dy: np.ndarray, need_dx: bool) -> np.ndarray | None:
         raise NotImplementedError
 
     # -- description, for summary and config files
@@ -195,28 +209,6 @@ class Layer:
         cfg.pop("type")
         args = ", ".join(f"{k}={v!r}" for k, v in cfg.items())
         return f"{type(self).__name__}({args})"
-
-
-def _recording_output_shape(forward):
-    @functools.wraps(forward)
-    def recorded(self, x, train=False):
-        y = forward(self, x, train)
-        self.forward_output_shape = y.shape
-        return y
-    return recorded
-
-
-def _checking_dy_shape(backward):
-    @functools.wraps(backward)
-    def checked(self, dy, need_dx=True):
-        expected = self.forward_output_shape
-        if expected is None:
-            raise DataError(f"{self.type_name} backward needs a forward pass first")
-        if np.shape(dy) != expected:
-            raise DataError(f"{self.type_name} backward: dy must have the shape of the last "
-                            f"forward's output {list(expected)}, got {list(np.shape(dy))}")
-        return backward(self, dy, need_dx)
-    return checked
 
 
 def hyperparameters(cls) -> dict[str, object]:

@@ -11,19 +11,6 @@ from cnncli.nn import kernels
 from cnncli.nn.layers.base import Layer, conv_output_size, int_pair, positive_int
 from cnncli.nn.layers.init import check_scheme, init_bias, init_weight
 from cnncli.nn.registry import register
-from cnncli.parallel import threads
-
-#: Split-K for the weight gradient: cut the long (H'*W'*N) axis into pieces whose im2col slice
-#: is about this many bytes, so it stays in cache (pays for few input taps, e.g. LeNet's conv1).
-SPLIT_K_BYTES = 256 * 2**10
-#: Pieces shorter than this are not worth it: with many taps BLAS blocks the product better.
-SPLIT_K_MIN = 1024
-#: Running im2col chunks on several threads pays from about this many multiply-adds per batch;
-#: computing weight and input gradients at once from a smaller size (measured on 2 cores).
-SPLIT_MIN_MACS = 30_000_000
-PAIR_MIN_MACS = 8_000_000
-#: Input gradients of layers whose im2col matrix is at most this big skip the row chunks.
-WHOLE_DCOLS_BYTES = 8 * 2**20
 
 
 def _by_group(a: np.ndarray, groups: int) -> np.ndarray:
@@ -146,7 +133,8 @@ class Conv2d(Layer):
 
     def _chunks(self, c, out_h, out_w, n) -> list[tuple[int, int]]:
         kh, kw = self.kernel_size
-        return kernels.row_chunks(out_h, c * kh * kw * out_w * n * self.dtype.itemsize)
+        return kernels.row_chunks(out_h, c * kh * kw * out_w * n * self.dtype.itemsize,
+                                  self.splitter.im2col_max_bytes)
 
     def _fill_cols(self, row0, rows, out_w, role):
         """im2col for output rows [row0, row0 + rows) into the reused buffer ``role``."""
@@ -164,7 +152,7 @@ class Conv2d(Layer):
         """Multiply-adds of one forward matmul over the batch."""
         return self._cols_elements(out_h, out_w, n) * self.out_channels // self.groups
 
-    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+    def _forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         c, h, w, n = x.shape
         self._in_hw = (h, w)
         out_h, out_w = self._out_hw((c, h, w))
@@ -177,8 +165,9 @@ class Conv2d(Layer):
             self._x = kernels.pad_into(xp, x, t, lft)
         g, o = self.groups, self.out_channels
         weight = _by_group(np.ascontiguousarray(self.params["weight"]), g)
-        # OpenBLAS multiplies some small row counts (5-7, 9, 11, 13-15) up to 2x slower than
-        # the next multiple of 4: pad the weight rows with zeros and drop those output rows.
+        # OpenBLAS multiplies some small row counts (5-7, 9, 11, 13-15) slower than the next
+        # multiple of 4 (benchmarks/RESULTS.md): pad the weight rows with zeros and drop those
+        # output rows.
         padded = o if g > 1 or o <= 2 else -(-o // 4) * 4
         if padded != o:
             wpad = self._buffers.get("wpad", (padded, weight.shape[1]), self.dtype, zero=True)
@@ -196,9 +185,7 @@ class Conv2d(Layer):
                 np.matmul(weight, _by_group(cols, g),
                           out=_by_group(y_all[:, row0:row0 + rows], g))
 
-        # Only heavy matmuls repay running chunks at once (LeNet's small convs lose by it).
-        heavy = self._macs(out_h, out_w, n) >= SPLIT_MIN_MACS
-        threads.split(part, len(chunks), threads.MIN_ELEMENTS if heavy else 0)
+        self.splitter.split_matmuls(part, len(chunks), self._macs(out_h, out_w, n))
         self._cols_kept = len(chunks) == 1  # then "cols0" still holds it for backward
         if self.bias:
             bias = self.params["bias"]
@@ -206,10 +193,10 @@ class Conv2d(Layer):
             def add_bias(lo, hi):
                 y[lo:hi] += bias[lo:hi, None, None, None]
 
-            threads.split(add_bias, o, y.size)
+            self.splitter.split(add_bias, o, y.size)
         return y
 
-    def backward(self, dy: np.ndarray, need_dx: bool = True):
+    def _backward(self, dy: np.ndarray, need_dx: bool = True):
         dy = np.ascontiguousarray(dy)
         _, out_h, out_w, n = dy.shape
         if self.bias:
@@ -218,21 +205,21 @@ class Conv2d(Layer):
             def add_bias_grad(lo, hi):
                 dbias[lo:hi] += dy[lo:hi].sum(axis=(1, 2, 3))
 
-            threads.split(add_bias_grad, dy.shape[0], dy.size)
+            self.splitter.split(add_bias_grad, dy.shape[0], dy.size)
         chunks = self._chunks(self._x.shape[0], out_h, out_w, n)
-        heavy = self._macs(out_h, out_w, n) >= PAIR_MIN_MACS
         if not need_dx:
             self._add_weight_grad(dy, chunks)
             return None
-        # The weight and input gradients are independent: on two threads when big enough.
-        _, dx = threads.pair(lambda: self._add_weight_grad(dy, chunks),
-                             lambda: self._input_grad(dy, chunks),
-                             threads.MIN_ELEMENTS if heavy else 0)
+        # The weight and input gradients are independent: the splitter may run them at once.
+        _, dx = self.splitter.pair(lambda: self._add_weight_grad(dy, chunks),
+                                   lambda: self._input_grad(dy, chunks),
+                                   2 * self._macs(out_h, out_w, n))
         return dx
 
     def _add_weight_grad(self, dy: np.ndarray, chunks) -> None:
         """dW += dy @ cols.T, chunk by chunk (rebuilding cols unless forward kept them), each
-        product split along its long axis so that the pieces stay in cache (split-K)."""
+        product cut along its long axis if the splitter says so, so that the pieces stay in
+        cache (split-K)."""
         g, (kh, kw), out_w, n = self.groups, self.kernel_size, dy.shape[2], dy.shape[3]
         dweight = _by_group(self.grads["weight"], g)
         for row0, rows in chunks:
@@ -245,11 +232,18 @@ class Conv2d(Layer):
             cols_g = _by_group(cols, g)
             dy_g = _by_group(dy[:, row0:row0 + rows], g)
             length = dy_g.shape[-1]
-            step = SPLIT_K_BYTES // ((cols_g.shape[-2] + dy_g.shape[-2]) * self.dtype.itemsize)
-            step = length if step < SPLIT_K_MIN else step
+            step = self._split_k_step(cols_g.shape[-2] + dy_g.shape[-2], length)
             for start in range(0, length, step):
                 piece = slice(start, start + step)
                 dweight += np.matmul(dy_g[..., piece], cols_g[..., piece].swapaxes(-1, -2))
+
+    def _split_k_step(self, rows: int, length: int) -> int:
+        """Columns per piece of a weight-gradient product over ``rows`` rows of operands."""
+        piece_bytes = self.splitter.split_k_bytes
+        if piece_bytes is None:
+            return length
+        step = piece_bytes // (rows * self.dtype.itemsize)
+        return length if step < self.splitter.split_k_min else step
 
     def _input_grad(self, dy: np.ndarray, chunks) -> np.ndarray:
         """dx: a correlation with the flipped kernel where that pays, else col2im of
@@ -263,7 +257,8 @@ class Conv2d(Layer):
             dxp = np.zeros(self._x.shape, self.dtype)  # returned as dx, so not reused
         else:
             dxp = self._buffers.get("dxpad", self._x.shape, self.dtype, zero=True)
-        if self._cols_elements(out_h, out_w, n) * self.dtype.itemsize <= WHOLE_DCOLS_BYTES:
+        if (self._cols_elements(out_h, out_w, n) * self.dtype.itemsize
+                <= self.splitter.whole_dcols_bytes):
             chunks = [(0, out_h)]
         for row0, rows in chunks:
             role = "dcols" if rows == chunks[0][1] else "dcols_tail"
@@ -302,7 +297,8 @@ class Conv2d(Layer):
         flipped = self.params["weight"][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
         flipped = np.ascontiguousarray(flipped).reshape(c, o * kh * kw)
         dx = np.empty((c, h, w, n), self.dtype)
-        chunks = kernels.row_chunks(h, o * kh * kw * w * n * self.dtype.itemsize)
+        chunks = kernels.row_chunks(h, o * kh * kw * w * n * self.dtype.itemsize,
+                                    self.splitter.im2col_max_bytes)
         for row0, rows in chunks:
             role = "dycols" if rows == chunks[0][1] else "dycols_tail"
             cols = self._buffers.get(role, (o * kh * kw, rows * w * n), self.dtype)

@@ -56,7 +56,7 @@ class Dense(Layer):
             self.params["bias"] = init_bias(rng, self.units, fan_in, self.init, self.dtype)
         self.zero_grad()
 
-    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+    def _forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         self._x_shape = x.shape
         x = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (C, H, W, N) -> (C*H*W, N)
         self._x = x
@@ -65,7 +65,7 @@ class Dense(Layer):
             y += self.params["bias"][:, None]
         return y
 
-    def backward(self, dy: np.ndarray, need_dx: bool = True):
+    def _backward(self, dy: np.ndarray, need_dx: bool = True):
         self.grads["weight"] += dy @ self._x.T
         if self.bias:
             self.grads["bias"] += dy.sum(axis=1)

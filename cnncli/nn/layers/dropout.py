@@ -43,7 +43,7 @@ class Dropout(Layer):
         masks (``processes``)."""
         self._given_mask = mask
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         given, self._given_mask = self._given_mask, None
         if not train or self.p == 0.0:
             self._mask = None
@@ -54,7 +54,7 @@ class Dropout(Layer):
                             f"the input {list(x.shape)}")
         return x * self._mask
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         return dy if self._mask is None else dy * self._mask

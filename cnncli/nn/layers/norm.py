@@ -54,7 +54,7 @@ class _BatchNorm(Layer):
                             "num_batches_tracked": np.zeros((), np.int64)}
         self.zero_grad()
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         shape = x.shape
         x2 = x.reshape(shape[0], math.prod(shape[1:]))
         count = x2.shape[1]
@@ -98,7 +98,7 @@ class _BatchNorm(Layer):
         rv *= 1 - m
         rv += m * unbiased
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         x_hat, inv_std, batch_stats, shape = self._cache
         dy2 = dy.reshape(shape[0], math.prod(shape[1:]))
         sum_dy = dy2.sum(axis=1)

@@ -17,7 +17,6 @@ from cnncli.checks import check_number as real_number
 from cnncli.errors import ConfigError, ShapeError
 from cnncli.nn.layers.base import Layer, conv_output_size, int_pair
 from cnncli.nn.registry import register
-from cnncli.parallel import threads
 
 Pair = tuple[int, int]
 
@@ -219,7 +218,7 @@ class MaxPool2d(WindowPool):
         self._argmax: np.ndarray | None = None
         self._eval_input: np.ndarray | None = None
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         plan = self.plan(x.shape[1], x.shape[2])
         xp = self.padded(x, plan)
         self._plan, self._x_shape = plan, x.shape
@@ -238,11 +237,11 @@ class MaxPool2d(WindowPool):
         # Which offset holds the window's maximum: strict ">" in row-major scan keeps the first
         # of equal maxima, as PyTorch's CPU kernel does. Offsets come in increasing order, so
         # the winner is the largest t whose view beat the running maximum: a branch-free
-        # max(argmax, t * beat) (masked writes with random masks are ~10x slower).
+        # max(argmax, t * beat) (masked writes with random masks are much slower).
         kind = np.uint8 if len(views) < 256 else np.int32
         argmax = np.empty(out.shape, kind) if with_argmax else None
 
-        def part(lo, hi):  # channels [lo, hi): big inputs are split over the cores
+        def part(lo, hi):  # channels [lo, hi)
             v, o = [view[lo:hi] for view in views], out[lo:hi]
             np.maximum(v[0], v[1], out=o)
             if argmax is None:
@@ -257,10 +256,10 @@ class MaxPool2d(WindowPool):
                 np.maximum(a, step, out=a)
                 np.maximum(o, view, out=o)
 
-        threads.split(part, out.shape[0], xp.size)
+        self.splitter.split(part, out.shape[0], xp.size)
         return out, argmax
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         argmax = self._argmax
@@ -273,7 +272,7 @@ class MaxPool2d(WindowPool):
                 for t, (rows, cols) in enumerate(self._plan.offsets):
                     np.multiply(dy[lo:hi], argmax[lo:hi] == t, out=dx[lo:hi, rows, cols])
 
-            threads.split(channels, dx.shape[0], dx.size)
+            self.splitter.split(channels, dx.shape[0], dx.size)
             return dx
 
         def part(t, out=None):
@@ -301,10 +300,10 @@ class AvgPool2d(WindowPool):
                                    else plan.divisor(self.count_include_pad).astype(dtype))
         return self._divisors[key]
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         return self.average(x)
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         return self.average_backward(dy) if need_dx else None
 
     def average(self, x):
@@ -346,13 +345,12 @@ class LPPool2d(AvgPool2d):
 
     def __init__(self, norm_type, kernel_size, stride=None, ceil_mode=False,
                  name: str | None = None):
-        Layer.__init__(self, name)
+        # Average pooling without padding, whose window sums PyTorch's formula rescales.
+        super().__init__(kernel_size, stride, padding=0, ceil_mode=ceil_mode,
+                         count_include_pad=True, name=name)
         self.norm_type = real_number("norm_type", norm_type, low=0.0, low_open=True)
-        self._set_window(kernel_size, stride, 0, 1, ceil_mode)
-        self.count_include_pad = True
-        self._divisors = {}
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         p = self.norm_type
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             powered = np.power(x, x.dtype.type(p))
@@ -362,7 +360,7 @@ class LPPool2d(AvgPool2d):
         self._x, self._mean, self._scaled = x, mean, scaled
         return out
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         p, area = self.norm_type, self.kernel_size[0] * self.kernel_size[1]
@@ -406,11 +404,11 @@ class GlobalPool(Layer):
 class GlobalAvgPool2d(GlobalPool):
     """Mean over each channel's whole map (``nn.AdaptiveAvgPool2d(1)``)."""
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         c, h, w, n = self._x_shape = x.shape
         return (x.reshape(c, h * w, n).sum(axis=1) / x.dtype.type(h * w)).reshape(c, 1, 1, n)
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         c, h, w, n = self._x_shape
@@ -425,7 +423,7 @@ class GlobalMaxPool2d(GlobalPool):
     _argmax: np.ndarray | None = None      # set by a forward pass with train=True
     _eval_input: np.ndarray | None = None  # kept by an eval forward instead (see MaxPool2d)
 
-    def forward(self, x, train=False):
+    def _forward(self, x, train=False):
         c, h, w, n = self._x_shape = x.shape
         flat = x.reshape(c, h * w, n)
         if not train:
@@ -434,7 +432,7 @@ class GlobalMaxPool2d(GlobalPool):
         self._argmax, self._eval_input = flat.argmax(axis=1)[:, None, :], None
         return np.take_along_axis(flat, self._argmax, axis=1).reshape(c, 1, 1, n)
 
-    def backward(self, dy, need_dx=True):
+    def _backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         argmax = self._argmax

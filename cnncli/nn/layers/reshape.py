@@ -23,11 +23,11 @@ class Flatten(Layer):
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape, dtype=np.int64)),)
 
-    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+    def _forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         # (C, H, W, N) -> (C*H*W, N): the batch stays last, so C,H,W order is kept
         # and a C-contiguous input needs no copy.
         self._in_shape = x.shape
         return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
-    def backward(self, dy: np.ndarray, need_dx: bool = True):
+    def _backward(self, dy: np.ndarray, need_dx: bool = True):
         return dy.reshape(self._in_shape) if need_dx else None

@@ -1,0 +1,48 @@
+"""Every size at which a speed-up starts to pay, in one place.
+
+The values come from ``benchmarks/tune_thresholds.py``, which measures each crossover and
+prints its figures (benchmarks/RESULTS.md keeps a run). No NumPy here: ``threads`` imports
+this module before NumPy loads.
+"""
+
+# ---------------------------------------------------------------- threads inside a layer
+#: Element-wise work (ReLU, pooling, bias) smaller than this stays on one thread: the
+#: hand-off to another thread costs more than the work.
+MIN_ELEMENTS = 1 << 19
+#: A conv's im2col pieces run on several threads from this many multiply-adds per batch:
+#: small convs' matmuls lose more to the hand-offs and shared cache than they gain.
+CONV_THREADS_MIN_MACS = 30_000_000
+#: A conv computes its weight and input gradients at once, on two threads, from this many
+#: multiply-adds (both products together): two independent tasks pay off sooner.
+CONV_PAIR_MIN_MACS = 16_000_000
+
+# ---------------------------------------------------------------- cache-sized pieces
+#: im2col matrices are built in row pieces of about this many bytes: pieces near cache size
+#: keep the skinny conv matmuls fast (the plain bound only limits memory).
+IM2COL_PIECE_BYTES = 1 * 2**20
+#: The weight gradient's long axis is cut into pieces of this many bytes (split-K), so each
+#: stays in cache: pays for convs with few input taps.
+SPLIT_K_BYTES = 256 * 2**10
+#: Pieces shorter than this are not cut: with many taps BLAS blocks the product better.
+SPLIT_K_MIN = 1024
+#: An input gradient whose im2col matrix is at most this big is one product and one col2im
+#: over all rows: fewer, bigger adds.
+WHOLE_DCOLS_BYTES = 8 * 2**20
+
+# ---------------------------------------------------------------- chunked inference
+#: Inference splits a batch over threads (one chunk and layer copy each) only when every
+#: chunk gets this many images: fewer do not repay a chunk's fixed costs.
+CHUNK_MIN_IMAGES = 32
+#: ... and only when every conv does fewer multiply-adds than this on the batch: bigger
+#: convs share their own work over the threads better.
+CHUNK_MAX_MACS = 64_000_000
+
+# ---------------------------------------------------------------- a second process
+#: Each half of a batch trained over two processes has at least this many images.
+PROCESS_MIN_IMAGES = 32
+#: Weights are copied to the worker and its gradients back every step: beyond this many
+#: parameters the copies cost more than a small network's step gains.
+PROCESS_MAX_PARAMETERS = 4_000_000
+#: The hand-offs cost a fixed time per step: a half batch needs this many multiply-adds in
+#: its forward to repay them.
+PROCESS_MIN_MACS = 8_000_000

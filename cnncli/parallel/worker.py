@@ -1,0 +1,90 @@
+"""The worker process of split training: it builds the parent's network with the speed-ups and
+answers one request a line (the second half of each batch) through shared memory.
+
+Started by ``processes.SplitBatchModel`` as ``python -c "... serve(spec)"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import resource
+import sys
+
+import numpy as np
+
+from cnncli.nn.model import model_from_entries
+from cnncli.parallel.plan import apply_plan
+from cnncli.parallel.processes import _Layout
+
+
+def serve(spec_json: str) -> None:
+    """The worker: build the network, then answer one line per request until stdin ends."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Replies go to a private copy of stdout; anything else printed goes to stderr (a file
+    # the parent reads only to explain a failure), so it cannot pass for a reply.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    spec = json.loads(spec_json)
+    model = apply_plan(model_from_entries(spec["input_shape"], spec["layers"],
+                                          dtype=spec["dtype"]))
+    layout = _Layout(model, spec["images"])
+    if [[n, list(s)] for n, s in layout.param_shapes] != spec["params"]:
+        raise SystemExit("the worker's network does not match its parent's")
+    views = layout.views(mmap.mmap(spec["fd"], layout.nbytes))
+    params, grads = layout.per_param(views["params"]), layout.per_param(views["grads"])
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        try:
+            # Like the training loop around this process's half: overflow or NaN in a
+            # diverging run is for the parent to detect from the loss, not a worker failure.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                reply = _answer(command, arg, model, layout, views, params, grads)
+            out.write("ok" + reply + "\n")
+        except Exception as err:  # reported to the parent, which raises a WorkerError
+            first_line = (str(err).splitlines() or [""])[0]
+            out.write(f"error {type(err).__name__}: {first_line}\n")
+
+
+def _answer(command: str, arg: str, model, layout: _Layout, views: dict,
+            params: list[np.ndarray], grads: list[np.ndarray]) -> str:
+    """Carry out one request; return the text after "ok" in the reply. ``params`` and
+    ``grads`` are the shared weights and worker gradients, one view per parameter."""
+    if command == "forward":
+        for (_, value, _), shared in zip(model.parameters(), params, strict=True):
+            value[...] = shared
+        n = int(arg)
+        for k in layout.masks:
+            model.layers[k].use_mask(np.ascontiguousarray(views[f"mask{k}"][..., :n]))
+        views["logits"][:n] = model.forward(views["x"][:n], train=True)
+    elif command == "backward":
+        model.zero_grad()
+        model.backward(views["dlogits"][:int(arg)], need_input_grad=False)
+        for (_, _, grad), shared in zip(model.parameters(), grads, strict=True):
+            shared[...] = grad
+    elif command == "memory":
+        return " {:.1f} {:.1f}".format(*_rss_mb())
+    elif command == "reset-peak":
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    else:
+        raise ValueError(f"unknown request {command!r}")
+    return ""
+
+
+def _rss_mb() -> tuple[float, float]:
+    now = peak = 0.0
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    now = int(line.split()[1]) / 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024
+    if not peak:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return now, peak
