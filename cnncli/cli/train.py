@@ -29,7 +29,8 @@ def _num(value, fmt="{:.4f}") -> str:
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    # In a pipe or a file Rich assumes 80 columns and cuts long class names: no limit there.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
 
 
 # ---------------------------------------------------------------- download progress
@@ -299,8 +300,11 @@ def _report_tables(report: dict, class_names: list[str]):
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", "data", metavar="PATH_OR_DATASET",
               help="Evaluate on another dataset name or path (default: the run's data).")
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
-              show_default=True)
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test",
+              show_default=True,
+              help="Which images: the test split, the validation split (val_split of the "
+                   "training images, as in training), the rest of the training images, or all "
+                   "of them (e.g. a flat image folder, which has no test split).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Also report top-k accuracy.")
@@ -321,11 +325,15 @@ def eval_command(checkpoint, data, split, as_json, top_k):
         click.echo(json.dumps(report, indent=2))
         return
     console = _console()
-    click.echo(f"{ckpt.path} (epoch {ckpt.epoch}) on the {split} split: "
-               f"{report['num_samples']} images")
+    where = "on every image (train, val and test)" if split == "all" else \
+        f"on the {split} split"
+    click.echo(f"{ckpt.path} (epoch {ckpt.epoch}) {where}: {report['num_samples']} images")
+    absent = len(report["per_class"]) - report["macro_f1_classes"]
     click.echo(f"loss {report['loss']:.4f}   accuracy {_pct(report['accuracy'])}   "
                f"top-{report['top_k']} accuracy {_pct(report['top_k_accuracy'])}   "
-               f"macro F1 {report['macro_f1']:.3f}")
+               f"macro F1 {report['macro_f1']:.3f}"
+               + (f" (over the {report['macro_f1_classes']} classes present; {absent} "
+                  f"never occur)" if absent else ""))
     for table in _report_tables(report, class_names):
         console.print(table)
 
