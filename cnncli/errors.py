@@ -65,3 +65,9 @@ class CheckpointError(CnncliError):
     """A checkpoint cannot be read or does not match."""
 
     exit_code = 2
+
+
+class MissingExtraError(CnncliError):
+    """A command needs an optional extra that is not installed (``pip install 'cnncli[...]'``)."""
+
+    exit_code = 2

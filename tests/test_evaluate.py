@@ -345,3 +345,15 @@ def test_eval_table_piped_keeps_long_class_names_whole(tmp_path):
     assert result.exit_code == 0, result.output
     for name in names:
         assert name in result.stdout
+
+
+def test_predict_on_an_empty_npz_is_one_clear_line(trained, tmp_path):
+    np.savez(tmp_path / "empty.npz")
+    np.savez(tmp_path / "none.npz", x=np.zeros((0, 1, 4, 4), np.float32))
+    ckpt = trained / "run" / "best.npz"
+    for name, words in (("empty.npz", "is an .npz file with no arrays in it (save the images "
+                                      "in it as x"),
+                        ("none.npz", "holds no images (an empty array of shape (0, 1, 4, 4))")):
+        result = _invoke("predict", ckpt, tmp_path / name)
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert result.stderr.startswith(f"cnncli: error: input '{tmp_path / name}' {words}")

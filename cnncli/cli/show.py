@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
 import numpy as np
 
 from cnncli.cli.app import main
-from cnncli.errors import ConfigError, ShapeError
+from cnncli.errors import ConfigError, MissingExtraError, ShapeError
 from cnncli.inspect import pictures, plot, receptive
 from cnncli.training.checkpoint import is_checkpoint
 
@@ -37,11 +38,10 @@ def plot_command(run_dirs, out, terminal):
         raise ConfigError(f"--out {str(out)!r} is not a {', '.join(PLOT_SUFFIXES)} file",
                           key="out", hint="give a name ending in .png")
     runs = plot.read_runs(run_dirs)
-    if not terminal and not plot.have_matplotlib():
-        unwritten = f", so {out} was not written" if out is not None else ""
-        click.echo(f"cnncli: matplotlib is not installed ({plot.PLOT_HINT}){unwritten}; "
-                   "drawing in the terminal", err=True)
-        terminal = True
+    if not terminal and not plot.have_matplotlib():  # never exit 0 without the file asked for
+        raise MissingExtraError("writing the plot as a picture needs matplotlib",
+                                hint=f"{plot.PLOT_HINT}, or draw it in the terminal: "
+                                     f"cnncli plot {shlex.join(map(str, run_dirs))} --terminal")
     if terminal:
         click.echo(plot.terminal_plot(runs, width=plot.terminal_width(),
                                       style=lambda text, color: click.style(text, fg=color)))

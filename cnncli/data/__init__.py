@@ -215,7 +215,11 @@ def load_inputs(paths: list[str], input_shape, normalization: dict
             continue
         if p.suffix.lower() not in (".npz", ".npy"):
             raise DataError(f"input {text!r} is not an image, .npy or .npz file")
-        x = _input_images(_pick_array(p), input_shape, text)
+        array = _pick_array(p)
+        if array.size == 0:
+            raise DataError(f"input {text!r} holds no images (an empty array of shape "
+                            f"{array.shape})", hint="save at least one image in it")
+        x = _input_images(array, input_shape, text)
         check_images(x, input_shape, text)
         batches.append(normalize(x, normalization))
         labels.extend(f"{label}[{i}]" for i in range(len(x)))
@@ -234,6 +238,9 @@ def _image_normalization(normalization: dict) -> dict:
 
 def _pick_array(p: Path) -> np.ndarray:
     arrays = sources.read_array_file(p)
+    if not arrays:
+        raise DataError(f"input {str(p)!r} is an .npz file with no arrays in it",
+                        hint="save the images in it as x, e.g. np.savez(path, x=images)")
     for key in ("", "x", "x_test"):
         if key in arrays:
             return arrays[key]
