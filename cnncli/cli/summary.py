@@ -82,7 +82,14 @@ def _check_dense_inputs(checked, state: dict, path, input_shape, trained_shape) 
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True, help="Element type for byte counts.")
 def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
-    """Per-layer output shapes, parameters, MACs, receptive fields and memory of a model."""
+    """Per-layer output shapes, parameters, MACs, receptive fields and memory of a model.
+
+    \b
+    Examples:
+      cnncli summary configs/digits.yaml
+      cnncli summary runs/digits/best.npz --batch-size 64 --json
+      cnncli summary configs/lenet5.yaml --format markdown
+    """
     from cnncli.inspect.render import print_summary, summary_csv, summary_markdown
     from cnncli.inspect.summary import summarize
 
@@ -106,7 +113,12 @@ def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
 @main.command("config")
 @click.argument("config", metavar="CONFIG")
 def config_command(config):
-    """Check a config and print it resolved (every default filled in) as YAML."""
+    """Check a config and print it resolved (every default filled in) as YAML.
+
+    \b
+    Example:
+      cnncli config configs/digits.yaml > resolved.yaml
+    """
     checked = checked_from(config)
     _warn(checked.warnings)
     click.echo(dump_config(checked.config), nl=False)
@@ -137,7 +149,13 @@ def layer_catalogue() -> list[dict]:
 @main.command("layers")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def layers_command(as_json):
-    """List every layer type with its hyperparameters, defaults and aliases."""
+    """List every layer type with its hyperparameters, defaults and aliases.
+
+    \b
+    Examples:
+      cnncli layers
+      cnncli layers --json
+    """
     from cnncli.inspect.render import layers_table
 
     entries = layer_catalogue()

@@ -219,6 +219,12 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
     """Train the model CONFIG describes; write config.yaml, metrics.csv, last.npz, best.npz.
 
     With --resume, CONFIG may be omitted: the run's stored config is used.
+
+    \b
+    Examples:
+      cnncli train configs/digits.yaml
+      cnncli train configs/digits.yaml --epochs 5 --out runs/quick --overwrite
+      cnncli train --resume runs/digits --epochs 40
     """
     from cnncli.training.trainer import TrainingInterrupted, train
 
@@ -309,7 +315,16 @@ def _report_tables(report: dict, class_names: list[str]):
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Also report top-k accuracy.")
 def eval_command(checkpoint, data, split, as_json, top_k):
-    """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
+    """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint.
+
+    By default on the test split of the run's own data, re-split as in training.
+
+    \b
+    Examples:
+      cnncli eval runs/digits/best.npz
+      cnncli eval runs/digits --split val --json
+      cnncli eval runs/digits/best.npz --data my_images/ --split all
+    """
     from cnncli.data.checkpoint_split import checkpoint_split
     from cnncli.training.checkpoint import load_checkpoint
     from cnncli.training.evaluate import evaluate
@@ -348,7 +363,13 @@ def eval_command(checkpoint, data, split, as_json, top_k):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the predictions to this CSV instead of a table.")
 def predict_command(checkpoint, inputs, top, out):
-    """Predicted class and top probabilities for images, .npy or .npz INPUTS."""
+    """Predicted class and top probabilities for images, .npy or .npz INPUTS.
+
+    \b
+    Examples:
+      cnncli predict runs/digits/best.npz digit.png
+      cnncli predict runs/digits/best.npz batch.npy --top 2 --out preds.csv
+    """
     from cnncli.data import load_inputs
     from cnncli.training.checkpoint import load_checkpoint
     from cnncli.training.evaluate import softmax, top_k_indices
