@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from cnncli.cli.app import main
-from cnncli.errors import ConfigError, MissingExtraError, ShapeError
+from cnncli.errors import ConfigError, MissingExtraError, ShapeError, printable
 from cnncli.inspect import pictures, plot, receptive
 from cnncli.training.checkpoint import is_checkpoint
 
@@ -49,9 +49,9 @@ def plot_command(run_dirs, out, terminal):
         if out is None:
             out = run_dirs[0] / "curves.png" if len(runs) == 1 and run_dirs[0].is_dir() \
                 else Path("curves.png")
-        click.echo(f"wrote {plot.plot_png(runs, out)}")
+        click.echo(printable(f"wrote {plot.plot_png(runs, out)}"))
     for line in plot.summary_lines(runs):
-        click.echo(line)
+        click.echo(printable(line))
 
 
 # ---------------------------------------------------------------- show
@@ -160,8 +160,8 @@ def show_command(source, mode, features_input, receptive_flag, layer_name, index
     else:
         lines, path = _show_receptive(source, layer_name, _parse_at(at), background, index, out)
     for line in lines:
-        click.echo(line)
-    click.echo(f"wrote {path}")
+        click.echo(printable(line))
+    click.echo(printable(f"wrote {path}"))
 
 
 def _reject_unused_options(mode: str, at, background) -> None:

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from cnncli.cli.app import main
 from cnncli.config.loader import check_config, check_data, dump_config
-from cnncli.errors import ConfigError, ShapeError
+from cnncli.errors import ConfigError, ShapeError, printable
 
 
 def _console() -> Console:
@@ -36,7 +36,7 @@ def _parse_shape(text: str | None):
 
 def _warn(warnings) -> None:
     for line in warnings:
-        click.echo(f"cnncli: warning: {line}", err=True)
+        click.echo(f"cnncli: warning: {printable(line)}", err=True)
 
 
 def checked_from(path: str, input_shape=None):

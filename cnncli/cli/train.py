@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from cnncli.cli.app import main
-from cnncli.errors import CheckpointError, CnncliError
+from cnncli.errors import CheckpointError, CnncliError, printable
 from cnncli.training.checkpoint import atomic_write
 
 
@@ -24,6 +24,13 @@ def _pct(value) -> str:
 
 def _num(value, fmt="{:.4f}") -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _cell(text) -> str:
+    """A user's name (class, file) as one table cell: controls escaped, never Rich markup."""
+    from rich.markup import escape
+
+    return escape(printable(text))
 
 
 def _console():
@@ -95,10 +102,13 @@ class _Progress:
             return
         data = run.dataset
         what = "resuming" if run.start_epoch else "training"
-        click.echo(f"{what} {run.config.get('name') or 'run'}: {len(data.y_train)} train / "
-                   f"{len(data.y_val)} val / {len(data.y_test)} test images, "
-                   f"{sum(v.size for _, v, _ in run.model.parameters()):,} parameters -> "
-                   f"{run.run_dir}")
+        skipped = getattr(data, "skipped", [])
+        note = (f"; skipped {len(skipped)} hidden folder{'s' if len(skipped) > 1 else ''}: "
+                f"{', '.join(skipped)}" if skipped else "")
+        click.echo(printable(f"{what} {run.config.get('name') or 'run'}: {len(data.y_train)} "
+                             f"train / {len(data.y_val)} val / {len(data.y_test)} test images, "
+                             f"{sum(v.size for _, v, _ in run.model.parameters()):,} parameters "
+                             f"-> {run.run_dir}{note}"))
         if self.verbose:
             click.echo("  " + _settings_text(run.config.get("train") or {}))
         if run.start_epoch >= run.epochs:
@@ -236,7 +246,7 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
 
         checked = check_config(config)
         for line in checked.warnings:     # strides that drop rows: once per layer
-            click.echo(f"cnncli: warning: {line}", err=True)
+            click.echo(f"cnncli: warning: {printable(line)}", err=True)
         cfg = checked.config
     progress = _Progress(quiet, verbose)
     try:
@@ -258,9 +268,9 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
         # the file may also have been edited since.
         again = ["cnncli", "train", "--resume", str(stop.run_dir)] + \
             (["--epochs", str(epochs)] if epochs else [])
-        click.echo(f"\ninterrupted: state after epoch {stop.epoch} saved to "
-                   f"{stop.run_dir / 'last.npz'}", err=True)
-        click.echo(f"resume with: {shlex.join(again)}", err=True)
+        click.echo("\n" + printable(f"interrupted: state after epoch {stop.epoch} saved to "
+                                    f"{stop.run_dir / 'last.npz'}"), err=True)
+        click.echo(printable(f"resume with: {shlex.join(again)}"), err=True)
         sys.exit(130)
     finally:
         progress.close()
@@ -269,8 +279,8 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
     if run.stopped_early:
         click.echo(f"early stopping after epoch {run.metrics[-1]['epoch']}")
     if run.best_epoch is not None:
-        click.echo(f"best {run.best_by} {_pct(run.best_metric)} at epoch {run.best_epoch}"
-                   f" -> {run.best_path}")
+        click.echo(printable(f"best {run.best_by} {_pct(run.best_metric)} at epoch "
+                             f"{run.best_epoch} -> {run.best_path}"))
     if run.test is not None:
         click.echo(f"test accuracy {_pct(run.test['accuracy'])} (loss {run.test['loss']:.4f}, "
                    f"{run.test['num_samples']} images, best.npz)")
@@ -285,14 +295,14 @@ def _report_tables(report: dict, class_names: list[str]):
     for name in ("class", "precision", "recall", "f1", "support"):
         per_class.add_column(name, justify="right")
     for row in report["per_class"]:
-        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+        per_class.add_row(_cell(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}",
                           f"{row['f1']:.3f}", str(row["support"]))
     cm = report["confusion_matrix"]
     if len(cm) > 30:
         return [per_class]
     matrix = Table()
     matrix.add_column("true \\ pred", justify="right")
-    names = [row["class"] for row in report["per_class"]]
+    names = [_cell(row["class"]) for row in report["per_class"]]
     for name in names:
         matrix.add_column(name, justify="right")
     for i, (name, counts) in enumerate(zip(names, cm, strict=True)):
@@ -342,7 +352,8 @@ def eval_command(checkpoint, data, split, as_json, top_k):
     console = _console()
     where = "on every image (train, val and test)" if split == "all" else \
         f"on the {split} split"
-    click.echo(f"{ckpt.path} (epoch {ckpt.epoch}) {where}: {report['num_samples']} images")
+    click.echo(printable(f"{ckpt.path} (epoch {ckpt.epoch}) {where}: "
+                         f"{report['num_samples']} images"))
     absent = len(report["per_class"]) - report["macro_f1_classes"]
     click.echo(f"loss {report['loss']:.4f}   accuracy {_pct(report['accuracy'])}   "
                f"top-{report['top_k']} accuracy {_pct(report['top_k_accuracy'])}   "
@@ -371,6 +382,7 @@ def predict_command(checkpoint, inputs, top, out):
       cnncli predict runs/digits/best.npz batch.npy --top 2 --out preds.csv
     """
     from cnncli.data import load_inputs
+    from cnncli.inspect.render import csv_text
     from cnncli.training.checkpoint import load_checkpoint
     from cnncli.training.evaluate import softmax, top_k_indices
 
@@ -396,12 +408,13 @@ def predict_command(checkpoint, inputs, top, out):
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(header)
         for label, ranked in rows:
-            writer.writerow([label] + [v for c, p in ranked for v in (c, f"{p:.6f}")])
+            writer.writerow([csv_text(label)] + [v for c, p in ranked
+                                                 for v in (csv_text(c), f"{p:.6f}")])
         try:  # creates missing parent folders, as train --out does
             atomic_write(out, lambda f: f.write(buf.getvalue().encode("utf-8")))
         except OSError as err:
             raise CnncliError(f"cannot write --out {out}: {err.strerror or err}") from None
-        click.echo(f"wrote {len(rows)} predictions to {out}")
+        click.echo(printable(f"wrote {len(rows)} predictions to {out}"))
         return
     from rich.table import Table
 
@@ -412,7 +425,7 @@ def predict_command(checkpoint, inputs, top, out):
     if k > 1:
         table.add_column(f"next {k - 1}")
     for label, ranked in rows:
-        rest = ", ".join(f"{c} {100 * p:.1f}%" for c, p in ranked[1:])
-        table.add_row(label, ranked[0][0], f"{100 * ranked[0][1]:.1f}%",
+        rest = ", ".join(f"{_cell(c)} {100 * p:.1f}%" for c, p in ranked[1:])
+        table.add_row(_cell(label), _cell(ranked[0][0]), f"{100 * ranked[0][1]:.1f}%",
                       *([rest] if k > 1 else []))
     _console().print(table)

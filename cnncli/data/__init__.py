@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class Dataset:
     y_test: np.ndarray
     class_names: list[str]
     normalization: dict
+    skipped: list[str] = field(default_factory=list)  # hidden folders the source left out
 
 
 def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int,
@@ -75,7 +76,7 @@ def load_dataset(data_cfg: dict, input_shape: tuple, num_classes: int, seed: int
         x_train[train_idx], data_cfg.get("normalize") or "none", raw.value_max)
     return Dataset(normalize(x_train[train_idx], stats), y_train[train_idx],
                    normalize(x_train[val_idx], stats), y_train[val_idx],
-                   normalize(x_test, stats), y_test, class_names, stats)
+                   normalize(x_test, stats), y_test, class_names, stats, raw.skipped)
 
 
 def _checked_arrays(raw, data_cfg: dict, input_shape: tuple, num_classes: int):

@@ -91,13 +91,25 @@ def _cell(value) -> str:
     return str(value)
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value) -> str:
+    """A name for a CSV cell: one that a spreadsheet would run as a formula gets a leading
+    ``'`` (OWASP's advice), so ``=cmd|...`` shows as text."""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def summary_csv(summary: Summary) -> str:
     """One CSV row per layer; shapes written as 16x8x8."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SUMMARY_COLUMNS)
     for row in summary.layers:
-        writer.writerow([_cell(getattr(row, c)) for c in SUMMARY_COLUMNS])
+        writer.writerow([csv_text(row.name)] + [_cell(getattr(row, c))
+                                                for c in SUMMARY_COLUMNS[1:]])
     return buf.getvalue()
 
 
