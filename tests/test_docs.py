@@ -131,17 +131,22 @@ class Session:
         target = None
         if ">" in words:
             target, words = words[words.index(">") + 1], words[:words.index(">")]
-        result = CliRunner(env=env).invoke(main, words[1:])
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise AssertionError(f"{' '.join(words)} raised") from result.exception
-        stdout = result.stdout
+        if words[1:2] == ["bench"]:  # threads and BLAS as a fresh process sets them up
+            done = subprocess.run([sys.executable, "-m", "cnncli", *words[1:]], cwd=self.folder,
+                                  env=env, capture_output=True, text=True, timeout=300)
+            code, stdout, stderr = done.returncode, done.stdout, done.stderr
+        else:
+            result = CliRunner(env=env).invoke(main, words[1:])
+            if result.exception is not None and not isinstance(result.exception, SystemExit):
+                raise AssertionError(f"{' '.join(words)} raised") from result.exception
+            code, stdout, stderr = result.exit_code, result.stdout, result.stderr
         if target is not None:
             if target != "/dev/null":
                 (self.folder / target).write_text(stdout)
             stdout = ""
         fixed = len(words) > 1 and (words[1] in FIXED or (
             words[1] == "show" and len(words) > 2 and words[2].endswith(".yaml")))
-        return result.exit_code, stdout + result.stderr, fixed
+        return code, stdout + stderr, fixed
 
 
 def _shape(line: str, fixed: bool) -> str:
