@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
+# C0 and C1 controls, DEL and the Unicode line/paragraph separators: terminal escapes, bells,
+# carriage returns and line breaks that a file or class name could smuggle into a printed line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text) -> str:
+    """``text`` with each control character written as its Python escape (``\\x1b``,
+    ``\\n``, ``\\t``), so a name prints as one harmless piece of one line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
 
 class CnncliError(Exception):
     """A user-facing error. The CLI prints ``str(err)`` as one line and exits with ``exit_code``.
@@ -63,5 +75,11 @@ class DataError(CnncliError):
 
 class CheckpointError(CnncliError):
     """A checkpoint cannot be read or does not match."""
+
+    exit_code = 2
+
+
+class MissingExtraError(CnncliError):
+    """A command needs an optional extra that is not installed (``pip install 'cnncli[...]'``)."""
 
     exit_code = 2

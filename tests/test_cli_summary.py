@@ -155,6 +155,14 @@ def test_layers_command():
         assert entry["doc"].endswith("."), entry
 
 
+def test_layers_descriptions_are_plain_text_without_rest_backticks():
+    table, listed = run("layers").stdout, run("layers", "--json").stdout
+    assert "`" not in table
+    data = {e["type"]: e["doc"] for e in json.loads(listed)}
+    assert not any("`" in doc for doc in data.values())
+    assert data["avgpool2d"].startswith("nn.AvgPool2d with PyTorch's CPU divisor rules")
+
+
 def test_summary_of_a_checkpoint(tmp_path):
     from cnncli.training.checkpoint import save_checkpoint
 
@@ -210,7 +218,7 @@ def test_out_of_memory_is_one_line_not_a_traceback(monkeypatch):
     (["bench", DIGITS, "--steps", "0"], "'--steps': 0 is not in the range x>=1."),
     (["predict", DIGITS], "Missing argument 'INPUTS...'. (see 'cnncli predict --help')"),
     (["show", "nowhere.yaml", "--filters"], "Path 'nowhere.yaml' does not exist."),
-    (["eval", "x.npz", "--split", "bogus"], "'bogus' is not one of 'test', 'val', 'train'."),
+    (["eval", "x.npz", "--split", "bogus"], "'bogus' is not one of 'test', 'val', 'train', 'all'."),
     (["train"], "give a CONFIG file (or --resume RUN_DIR to continue a run)"),
     (["nosuch"], "No such command 'nosuch'. (see 'cnncli --help')"),
     (["--bogus"], "No such option '--bogus'. (see 'cnncli --help')"),

@@ -55,7 +55,7 @@ def conv_cases(draw):
     dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     padding = draw(st.one_of(st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2)),
                              st.sampled_from(["same", "valid"])))
-    stride = (1, 1) if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     min_h, min_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     h, w = draw(st.integers(min_h, min_h + 4)), draw(st.integers(min_w, min_w + 4))
     n = draw(st.integers(1, 2))
@@ -95,6 +95,48 @@ def test_same_padding_is_asymmetric_for_even_kernels_like_pytorch():
     assert layer._pads == ((1, 2), (1, 2))
     assert layer.output_shape((1, 5, 6)) == (1, 5, 6)
     assert layer.geometry((1, 5, 6)) == ((4, 2), (1, 1), (1, 1), (1, 3))
+
+
+def tf_same_pads(size, k, s, d):
+    """TensorFlow's 'SAME' rule, written out independently of the layer."""
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
+    return out, (total // 2, total - total // 2)
+
+
+@pytest.mark.parametrize("kernel, stride, dilation, hw", [
+    ((3, 5), (1, 2), (1, 1), (9, 10)),   # docs/layers-conv.md's example
+    ((3, 3), (2, 2), (1, 1), (8, 7)),
+    ((4, 2), (3, 2), (1, 2), (10, 9)),
+    ((1, 1), (2, 3), (1, 1), (5, 7)),    # total padding clipped at 0
+    ((5, 3), (2, 2), (2, 1), (4, 4)),    # dilated span past the input
+])
+def test_same_padding_with_stride_is_tensorflows_rule(kernel, stride, dilation, hw):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2, *hw))
+    layer = build_layer(Conv2d(out_channels=3, kernel_size=kernel, stride=stride,
+                               padding="same", dilation=dilation), (2, *hw))
+    (oh, ph), (ow, pw) = (tf_same_pads(n, k, s, d) for n, k, s, d in
+                          zip(hw, kernel, stride, dilation, strict=True))
+    assert layer.output_shape((2, *hw)) == (3, oh, ow)
+    ref = naive_conv(x, layer.params["weight"], layer.params["bias"], stride, (ph, pw),
+                     dilation, 1)  # an explicitly padded input
+    y = run(layer, x)
+    assert y.shape == ref.shape == (2, 3, oh, ow)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    check_layer_gradients(layer, x)
+    assert layer.geometry((2, *hw)) == (kernel, stride, (ph[0], pw[0]), dilation)
+    assert " psame" in layer.describe()
+
+
+def test_same_padding_with_stride_from_a_config_is_accepted(tmp_path):
+    from cnncli.config import check_config
+
+    path = tmp_path / "net.yaml"
+    path.write_text("model:\n  input_shape: [3, 9, 10]\n  layers:\n"
+                    "    - {type: conv2d, filters: 32, kernel_size: [3, 5], stride: [1, 2], "
+                    "padding: same}\n    - {type: flatten}\n    - {type: dense, units: 2}\n")
+    assert check_config(path).shapes[1] == (32, 9, 5)
 
 
 def test_scipy_correlate2d_agrees_and_convolve2d_does_not():
@@ -233,7 +275,6 @@ def test_glorot_uniform_grouped_fan_out_is_not_divided_by_groups():
     (dict(out_channels=4, kernel_size=3, dilation=0), "dilation"),
     (dict(out_channels=4, kernel_size=3, padding=-1), "padding"),
     (dict(out_channels=4, kernel_size=3, padding="full"), "padding"),
-    (dict(out_channels=4, kernel_size=3, padding="same", stride=2), "padding"),
     (dict(out_channels=4, kernel_size=3, groups=0), "groups"),
     (dict(out_channels=4, kernel_size=3, groups=3), "groups"),
     (dict(out_channels=4, kernel_size=3, groups=2, in_channels=3), "groups"),

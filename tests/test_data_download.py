@@ -197,6 +197,26 @@ def test_corrupt_cached_file_is_downloaded_again(mirror, monkeypatch, tmp_path):
         assert f.read()[16:] == x.tobytes()
 
 
+def test_cached_file_failing_its_checksum_is_named_with_how_to_delete_it(mirror, monkeypatch,
+                                                                        tmp_path):
+    """A file saved by hand (as the offline message says) that is not the published one: the
+    error names it and says how to delete it, instead of only asking to download it again."""
+    (tmp_path / "elsewhere").mkdir()
+    _, _, sums = _fake_mnist(tmp_path / "elsewhere")  # files the mirror does not serve
+    _use_sums(monkeypatch, "mnist", sums)
+    cached = tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"half a file")
+    with pytest.raises(DataError) as err:
+        download.fetch("mnist")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"the cached {cached} fails its md5 checksum (corrupt, truncated "
+                              f"or another file); delete it (rm {cached}) and run again")
+    assert "HTTP 404" in message
+    assert cached.read_bytes() == b"half a file"  # never deleted behind the user's back
+
+
 def _cifar_archive(path, n_per_batch=4):
     rng = np.random.default_rng(1)
     batches = {}

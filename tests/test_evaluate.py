@@ -36,7 +36,20 @@ def test_hand_computed_report():
     assert got["b"] == pytest.approx((2 / 3, 1.0, 0.8, 2))
     assert got["c"] == pytest.approx((1.0, 1 / 2, 2 / 3, 2))
     assert got["d"] == (0.0, 0.0, 0.0, 0)
-    assert report["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 4)
+    # class d is absent from labels and predictions: left out, as scikit-learn does
+    assert report["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert report["macro_f1_classes"] == 3
+
+
+def test_macro_f1_averages_only_classes_present_in_labels_or_predictions():
+    # true: 0 0 1 1, predicted: 0 0 1 2 -> class 2 is predicted once but never true (f1 0,
+    # counted), class 3 never occurs at all (left out, as scikit-learn's macro average does)
+    report = classification_report(_logits_for([0, 0, 1, 2], 4), np.array([0, 0, 1, 1]),
+                                   [], top_k=1)
+    f1 = [r["f1"] for r in report["per_class"]]
+    assert f1 == pytest.approx([1.0, 2 / 3, 0.0, 0.0])
+    assert report["macro_f1"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
+    assert report["macro_f1_classes"] == 3
 
 
 def test_top_k_hand_computed():
@@ -71,6 +84,8 @@ def test_matches_scikit_learn(seed, num_classes, n):
     np.testing.assert_allclose([c["f1"] for c in report["per_class"]], f)
     np.testing.assert_array_equal([c["support"] for c in report["per_class"]], s)
     assert report["accuracy"] == pytest.approx(metrics.accuracy_score(labels, predicted))
+    assert report["macro_f1"] == pytest.approx(metrics.f1_score(labels, predicted,
+                                                                average="macro", zero_division=0))
     assert report["top_k_accuracy"] == pytest.approx(
         metrics.top_k_accuracy_score(labels, logits, k=2, labels=classes))
 
@@ -281,3 +296,64 @@ def test_eval_other_data_maps_its_classes_onto_the_checkpoints_by_name(tmp_path)
     assert wrong.exit_code == 2 and wrong.stderr.count("\n") == 1, wrong.output
     assert "other.npz has classes the checkpoint was not trained on: w (its classes are " \
            "x, y, z)" in wrong.stderr
+
+
+def test_eval_flat_image_folder_has_no_test_split_and_split_all_takes_every_image(trained,
+                                                                                  tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    with np.load(trained / "blobs.npz") as data:
+        x, y = data["x_test"], data["y_test"]
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):  # flat: <class>/<file>.png
+        (tmp_path / "flat" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "flat" / str(label) / f"{i}.png")
+    ckpt = trained / "run" / "best.npz"
+    empty = _invoke("eval", ckpt, "--data", tmp_path / "flat")
+    assert empty.exit_code == 2 and empty.stderr.count("\n") == 1, empty.output
+    assert "the test split of this data is empty (use --split all for every image" \
+        in empty.stderr
+    result = _invoke("eval", ckpt, "--data", tmp_path / "flat", "--split", "all", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["split"] == "all" and report["num_samples"] == len(y)
+    assert np.array(report["confusion_matrix"]).sum(axis=1).tolist() == \
+        np.bincount(y, minlength=3).tolist()
+    # the same images as the .npz's test split: the same numbers
+    npz = json.loads(_invoke("eval", ckpt, "--json").stdout)
+    assert report["confusion_matrix"] == npz["confusion_matrix"]
+
+
+def test_eval_split_all_of_the_runs_own_data_is_train_val_and_test(trained):
+    sizes = {s: json.loads(_invoke("eval", trained / "run", "--split", s, "--json").stdout)
+             ["num_samples"] for s in ("train", "val", "test", "all")}
+    assert sizes == {"train": 96, "val": 24, "test": 30, "all": 150}
+    table = _invoke("eval", trained / "run", "--split", "all")
+    assert "on every image (train, val and test): 150 images" in table.stdout
+
+
+def test_eval_table_piped_keeps_long_class_names_whole(tmp_path):
+    from test_train import _blobs, _config
+
+    from cnncli.training.trainer import train
+
+    data = _blobs(tmp_path / "blobs.npz")
+    with np.load(data) as d:
+        arrays = dict(d)
+    names = ["a_rather_long_class_name_that_would_not_fit_eighty_columns_" + c for c in "xyz"]
+    np.savez(data, **arrays, class_names=np.array(names))
+    train(_config(data), out_dir=tmp_path / "run", epochs=1)
+    result = _invoke("eval", tmp_path / "run" / "best.npz")  # CliRunner: not a terminal
+    assert result.exit_code == 0, result.output
+    for name in names:
+        assert name in result.stdout
+
+
+def test_predict_on_an_empty_npz_is_one_clear_line(trained, tmp_path):
+    np.savez(tmp_path / "empty.npz")
+    np.savez(tmp_path / "none.npz", x=np.zeros((0, 1, 4, 4), np.float32))
+    ckpt = trained / "run" / "best.npz"
+    for name, words in (("empty.npz", "is an .npz file with no arrays in it (save the images "
+                                      "in it as x"),
+                        ("none.npz", "holds no images (an empty array of shape (0, 1, 4, 4))")):
+        result = _invoke("predict", ckpt, tmp_path / name)
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert result.stderr.startswith(f"cnncli: error: input '{tmp_path / name}' {words}")

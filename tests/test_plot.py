@@ -159,17 +159,22 @@ def test_cli_plot_writes_png_in_the_run_dir(tmp_path):
     assert "run: 6 epochs, last val_accuracy 0.94" in result.output
 
 
-def test_cli_plot_without_matplotlib_hints_and_draws_in_the_terminal(tmp_path, monkeypatch):
+def test_cli_plot_without_matplotlib_exits_2_with_the_install_command(tmp_path, monkeypatch):
+    """No picture and exit 0 would look like success: say what to install, or --terminal."""
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     run = write_run(tmp_path / "run")
-    result = CliRunner().invoke(main, ["plot", str(run), "--out", str(tmp_path / "c.png")])
-    assert result.exit_code == 0, result.output
-    assert "pip install 'cnncli[plot]'" in result.output
-    assert "c.png was not written" in result.output
-    assert "run train loss" in result.output and "run val accuracy" in result.output
-    assert not (tmp_path / "c.png").exists()
+    for extra in ([], ["--out", str(tmp_path / "c.png")]):
+        result = CliRunner().invoke(main, ["plot", str(run), *extra])
+        assert result.exit_code == 2, result.output
+        assert result.stdout == "" and result.stderr.count("\n") == 1
+        assert result.stderr == ("cnncli: error: writing the plot as a picture needs matplotlib "
+                                 f"(pip install 'cnncli[plot]', or draw it in the terminal: "
+                                 f"cnncli plot {run} --terminal)\n")
+    assert not (tmp_path / "c.png").exists() and not (run / "curves.png").exists()
+    terminal = CliRunner().invoke(main, ["plot", str(run), "--terminal"])
+    assert terminal.exit_code == 0 and "run val accuracy" in terminal.stdout
 
 
 def test_cli_plot_terminal_flag_overlays_runs(tmp_path):

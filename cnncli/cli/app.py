@@ -10,7 +10,7 @@ import warnings
 import click
 from click.exceptions import NoArgsIsHelpError
 
-from cnncli.errors import CnncliError
+from cnncli.errors import CnncliError, printable
 
 
 class _OneLineUsageError(click.UsageError):
@@ -19,8 +19,8 @@ class _OneLineUsageError(click.UsageError):
 
     def show(self, file=None) -> None:
         where = self.ctx.command_path if self.ctx is not None else "cnncli"
-        click.echo(f"cnncli: error: {' '.join(self.format_message().split())} "
-                   f"(see '{where} --help')", err=True)
+        click.echo(printable(f"cnncli: error: {' '.join(self.format_message().split())} "
+                             f"(see '{where} --help')"), err=True)
 
 
 def _one_line(err: click.UsageError) -> click.UsageError:
@@ -108,7 +108,8 @@ class _Group(click.Group):
             raise _one_line(err) from None
         except CnncliError as err:
             # One line whatever a quoted user value holds (a "\r" in a YAML string, say).
-            click.echo(f"cnncli: error: {as_flags(' '.join(str(err).splitlines()))}", err=True)
+            click.echo(f"cnncli: error: {printable(as_flags(' '.join(str(err).splitlines())))}",
+                       err=True)
             sys.exit(err.exit_code)
         except MemoryError as err:   # a model or batch too big for this machine
             detail = f": {err}" if str(err) else ""

@@ -62,7 +62,13 @@ def _blas_limit(blas: int | None, threads: int | None):
               help="Give BLAS this many threads instead (default 1 with --threads).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(config, batch_size, steps, warmup, threads, blas_threads, as_json):
-    """Time each layer's forward/backward, training steps and inference on synthetic data."""
+    """Time each layer's forward/backward, training steps and inference on synthetic data.
+
+    \b
+    Examples:
+      cnncli bench configs/lenet5.yaml
+      cnncli bench runs/digits/best.npz --batch-size 32 --threads 1 --json
+    """
     from cnncli import build_model
     from cnncli.inspect.bench import bench_model
     from cnncli.inspect.sources import checked_source

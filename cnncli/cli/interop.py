@@ -32,7 +32,14 @@ def _writing(what, action):
               help="Leave the training normalisation out: the model then takes normalised "
                    "input.")
 def export_command(source, fmt, out, opset, no_normalization):
-    """Write a trained model as ONNX, safetensors or a PyTorch module."""
+    """Write a trained model as ONNX, safetensors or a PyTorch module.
+
+    \b
+    Examples:
+      cnncli export runs/digits/best.npz --format onnx
+      cnncli export runs/digits --format safetensors -o digits.safetensors
+      cnncli export runs/digits/best.npz --format pytorch -o digits_torch
+    """
     from cnncli.interop.export import export
 
     written = _writing(out, lambda: export(source, fmt, out, opset=opset,
@@ -45,7 +52,13 @@ def export_command(source, fmt, out, opset, no_normalization):
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for config.yaml and last.npz (default: runs/<model name>/).")
 def import_command(model, out):
-    """Turn an ONNX classifier into a cnncli config and checkpoint."""
+    """Turn an ONNX classifier into a cnncli config and checkpoint.
+
+    \b
+    Examples:
+      cnncli import model.onnx
+      cnncli import model.onnx -o runs/imported
+    """
     from cnncli.interop.common import require
 
     require("onnx", "onnx")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
 
 from cnncli.cli.app import main
-from cnncli.errors import ConfigError
+from cnncli.errors import ConfigError, MissingExtraError, printable
 from cnncli.files import safe_path
 from cnncli.inspect import pictures, plot, receptive
 from cnncli.training.checkpoint import is_checkpoint
@@ -37,11 +38,10 @@ def plot_command(run_dirs, out, terminal):
         raise ConfigError(f"--out {str(out)!r} is not a {', '.join(PLOT_SUFFIXES)} file",
                           key="out", hint="give a name ending in .png")
     runs = plot.read_runs(run_dirs)
-    if not terminal and not plot.have_matplotlib():
-        unwritten = f", so {out} was not written" if out is not None else ""
-        click.echo(f"cnncli: matplotlib is not installed ({plot.PLOT_HINT}){unwritten}; "
-                   "drawing in the terminal", err=True)
-        terminal = True
+    if not terminal and not plot.have_matplotlib():  # never exit 0 without the file asked for
+        raise MissingExtraError("writing the plot as a picture needs matplotlib",
+                                hint=f"{plot.PLOT_HINT}, or draw it in the terminal: "
+                                     f"cnncli plot {shlex.join(map(str, run_dirs))} --terminal")
     if terminal:
         click.echo(plot.terminal_plot(runs, width=plot.terminal_width(),
                                       style=lambda text, color: click.style(text, fg=color)))
@@ -49,9 +49,9 @@ def plot_command(run_dirs, out, terminal):
         if out is None:
             out = safe_path(run_dirs[0] if len(runs) == 1 and run_dirs[0].is_dir() else ".",
                             "curves.png")
-        click.echo(f"wrote {plot.plot_png(runs, out)}")
+        click.echo(printable(f"wrote {plot.plot_png(runs, out)}"))
     for line in plot.summary_lines(runs):
-        click.echo(line)
+        click.echo(printable(line))
 
 
 # ---------------------------------------------------------------- show
@@ -125,8 +125,8 @@ def show_command(source, mode, features_input, receptive_flag, layer_name, index
     else:
         lines, path = _show_receptive(source, layer_name, _parse_at(at), background, index, out)
     for line in lines:
-        click.echo(line)
-    click.echo(f"wrote {path}")
+        click.echo(printable(line))
+    click.echo(printable(f"wrote {path}"))
 
 
 def _reject_unused_options(mode: str, at, background) -> None:

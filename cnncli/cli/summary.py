@@ -9,7 +9,7 @@ import click
 
 from cnncli.cli.app import main, table_console
 from cnncli.config import dump_config
-from cnncli.errors import ConfigError
+from cnncli.errors import ConfigError, printable
 from cnncli.inspect.sources import checked_source
 
 
@@ -28,7 +28,7 @@ def _parse_shape(text: str | None):
 
 def _warn(warnings) -> None:
     for line in warnings:
-        click.echo(f"cnncli: warning: {line}", err=True)
+        click.echo(f"cnncli: warning: {printable(line)}", err=True)
 
 
 @main.command()
@@ -42,7 +42,14 @@ def _warn(warnings) -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True, help="Element type for byte counts.")
 def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
-    """Per-layer output shapes, parameters, MACs, receptive fields and memory of a model."""
+    """Per-layer output shapes, parameters, MACs, receptive fields and memory of a model.
+
+    \b
+    Examples:
+      cnncli summary configs/digits.yaml
+      cnncli summary runs/digits/best.npz --batch-size 64 --json
+      cnncli summary configs/lenet5.yaml --format markdown
+    """
     from cnncli.inspect.render import print_summary, summary_csv, summary_markdown
     from cnncli.inspect.summary import summarize
 
@@ -66,7 +73,12 @@ def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
 @main.command("config")
 @click.argument("config", metavar="CONFIG")
 def config_command(config):
-    """Check a config and print it resolved (every default filled in) as YAML."""
+    """Check a config and print it resolved (every default filled in) as YAML.
+
+    \b
+    Example:
+      cnncli config configs/digits.yaml > resolved.yaml
+    """
     checked = checked_source(config)
     _warn(checked.warnings)
     click.echo(dump_config(checked.run), nl=False)
@@ -75,7 +87,13 @@ def config_command(config):
 @main.command("layers")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def layers_command(as_json):
-    """List every layer type with its hyperparameters, defaults and aliases."""
+    """List every layer type with its hyperparameters, defaults and aliases.
+
+    \b
+    Examples:
+      cnncli layers
+      cnncli layers --json
+    """
     from cnncli.inspect.render import layers_table
     from cnncli.nn.registry import catalogue
 

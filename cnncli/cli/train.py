@@ -12,14 +12,22 @@ from pathlib import Path
 import click
 
 from cnncli.cli.app import main
-from cnncli.errors import CheckpointError, CnncliError
+from cnncli.errors import CheckpointError, CnncliError, printable
 from cnncli.files import atomic_write
+
+
+def _cell(text) -> str:
+    """A user's name (class, file) as one table cell: controls escaped, never Rich markup."""
+    from rich.markup import escape
+
+    return escape(printable(text))
 
 
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    # In a pipe or a file Rich assumes 80 columns and cuts long class names: no limit there.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
 
 
 # ---------------------------------------------------------------- download progress
@@ -80,10 +88,13 @@ class _Progress:
             return
         data = run.dataset
         what = "resuming" if run.start_epoch else "training"
-        click.echo(f"{what} {run.config.name}: {len(data.y_train)} train / "
-                   f"{len(data.y_val)} val / {len(data.y_test)} test images, "
-                   f"{sum(v.size for _, v, _ in run.model.parameters()):,} parameters -> "
-                   f"{run.run_dir}")
+        skipped = data.skipped
+        note = (f"; skipped {len(skipped)} hidden folder{'s' if len(skipped) > 1 else ''}: "
+                f"{', '.join(skipped)}" if skipped else "")
+        click.echo(printable(f"{what} {run.config.name}: {len(data.y_train)} train / "
+                             f"{len(data.y_val)} val / {len(data.y_test)} test images, "
+                             f"{sum(v.size for _, v, _ in run.model.parameters()):,} parameters "
+                             f"-> {run.run_dir}{note}"))
         if self.verbose:
             click.echo("  " + _settings_text(run.config.train))
         if run.start_epoch >= run.epochs:
@@ -186,6 +197,12 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
     """Train the model CONFIG describes; write config.yaml, metrics.csv, last.npz, best.npz.
 
     With --resume, CONFIG may be omitted: the run's stored config is used.
+
+    \b
+    Examples:
+      cnncli train configs/digits.yaml
+      cnncli train configs/digits.yaml --epochs 5 --out runs/quick --overwrite
+      cnncli train --resume runs/digits --epochs 40
     """
     from cnncli.inspect.render import metrics_table, percent
     from cnncli.training.trainer import TrainingInterrupted, train
@@ -198,7 +215,7 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
 
         checked = check_config(config)
         for line in checked.warnings:     # strides that drop rows: once per layer
-            click.echo(f"cnncli: warning: {line}", err=True)
+            click.echo(f"cnncli: warning: {printable(line)}", err=True)
         cfg = checked.run
     extra = {}
     if init_from is not None or freeze or reinit:
@@ -225,9 +242,9 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
         # the file may also have been edited since.
         again = ["cnncli", "train", "--resume", str(stop.run_dir)] + \
             (["--epochs", str(epochs)] if epochs else [])
-        click.echo(f"\ninterrupted: state after epoch {stop.epoch} saved to "
-                   f"{stop.run_dir / 'last.npz'}", err=True)
-        click.echo(f"resume with: {shlex.join(again)}", err=True)
+        click.echo("\n" + printable(f"interrupted: state after epoch {stop.epoch} saved to "
+                                    f"{stop.run_dir / 'last.npz'}"), err=True)
+        click.echo(printable(f"resume with: {shlex.join(again)}"), err=True)
         sys.exit(130)
     finally:
         progress.close()
@@ -236,8 +253,8 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
     if run.stopped_early:
         click.echo(f"early stopping after epoch {run.metrics[-1]['epoch']}")
     if run.best_epoch is not None:
-        click.echo(f"best {run.best_by} {percent(run.best_metric)} at epoch {run.best_epoch}"
-                   f" -> {run.best_path}")
+        click.echo(printable(f"best {run.best_by} {percent(run.best_metric)} at epoch "
+                             f"{run.best_epoch} -> {run.best_path}"))
     if run.test is not None:
         click.echo(f"test accuracy {percent(run.test['accuracy'])} (loss {run.test['loss']:.4f}, "
                    f"{run.test['num_samples']} images, best.npz)")
@@ -291,13 +308,25 @@ def _init_table(report):
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", "data", metavar="PATH_OR_DATASET",
               help="Evaluate on another dataset name or path (default: the run's data).")
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
-              show_default=True)
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test",
+              show_default=True,
+              help="Which images: the test split, the validation split (val_split of the "
+                   "training images, as in training), the rest of the training images, or all "
+                   "of them (e.g. a flat image folder, which has no test split).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Also report top-k accuracy.")
 def eval_command(checkpoint, data, split, as_json, top_k):
-    """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
+    """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint.
+
+    By default on the test split of the run's own data, re-split as in training.
+
+    \b
+    Examples:
+      cnncli eval runs/digits/best.npz
+      cnncli eval runs/digits --split val --json
+      cnncli eval runs/digits/best.npz --data my_images/ --split all
+    """
     from cnncli.data.checkpoint_split import checkpoint_split
     from cnncli.inspect.render import percent, report_tables
     from cnncli.training.checkpoint import load_checkpoint
@@ -314,11 +343,16 @@ def eval_command(checkpoint, data, split, as_json, top_k):
         click.echo(json.dumps(report, indent=2))
         return
     console = _console()
-    click.echo(f"{ckpt.path} (epoch {ckpt.epoch}) on the {split} split: "
-               f"{report['num_samples']} images")
+    where = "on every image (train, val and test)" if split == "all" else \
+        f"on the {split} split"
+    click.echo(printable(f"{ckpt.path} (epoch {ckpt.epoch}) {where}: "
+                         f"{report['num_samples']} images"))
+    absent = len(report["per_class"]) - report["macro_f1_classes"]
     click.echo(f"loss {report['loss']:.4f}   accuracy {percent(report['accuracy'])}   "
                f"top-{report['top_k']} accuracy {percent(report['top_k_accuracy'])}   "
-               f"macro F1 {report['macro_f1']:.3f}")
+               f"macro F1 {report['macro_f1']:.3f}"
+               + (f" (over the {report['macro_f1_classes']} classes present; {absent} "
+                  f"never occur)" if absent else ""))
     for table in report_tables(report):
         console.print(table)
 
@@ -364,7 +398,14 @@ def _expand_inputs(inputs) -> list[str]:
                    "and cut the centre (crop), or refuse (none).")
 def predict_command(checkpoint, inputs, top, out, resize):
     """Predicted class and top probabilities for images, .npy or .npz INPUTS (files, folders of
-    images, or quoted globs such as 'photos/*.png')."""
+    images, or quoted globs such as 'photos/*.png').
+
+    \b
+    Examples:
+      cnncli predict runs/digits/best.npz digit.png
+      cnncli predict runs/digits/best.npz batch.npy --top 2 --out preds.csv
+      cnncli predict runs/digits/best.npz 'photos/*.png' --resize crop --output preds.json
+    """
     from cnncli.data import load_inputs
     from cnncli.inspect.render import predictions_csv, predictions_table
     from cnncli.training.checkpoint import load_checkpoint
@@ -386,7 +427,7 @@ def predict_command(checkpoint, inputs, top, out, resize):
             atomic_write(out, lambda f: f.write(text.encode("utf-8")))
         except OSError as err:
             raise CnncliError(f"cannot write --out {out}: {err.strerror or err}") from None
-        click.echo(f"wrote {len(rows)} predictions to {out}")
+        click.echo(printable(f"wrote {len(rows)} predictions to {out}"))
         return
     if out is not None:
         text = predictions_csv(rows)
@@ -394,6 +435,6 @@ def predict_command(checkpoint, inputs, top, out, resize):
             atomic_write(out, lambda f: f.write(text.encode("utf-8")))
         except OSError as err:
             raise CnncliError(f"cannot write --out {out}: {err.strerror or err}") from None
-        click.echo(f"wrote {len(rows)} predictions to {out}")
+        click.echo(printable(f"wrote {len(rows)} predictions to {out}"))
         return
     _console().print(predictions_table(rows))

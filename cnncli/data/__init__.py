@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ class Dataset:
     y_test: np.ndarray
     class_names: list[str]
     normalization: dict
+    skipped: list[str] = field(default_factory=list)  # hidden folders the source left out
 
 
 def load_dataset(data_cfg: DataConfig, input_shape: tuple, num_classes: int, seed: int,
@@ -77,7 +78,7 @@ def load_dataset(data_cfg: DataConfig, input_shape: tuple, num_classes: int, see
         x_train[train_idx], data_cfg.normalize or "none", raw.value_max)
     return Dataset(normalize(x_train[train_idx], stats), y_train[train_idx],
                    normalize(x_train[val_idx], stats), y_train[val_idx],
-                   normalize(x_test, stats), y_test, class_names, stats)
+                   normalize(x_test, stats), y_test, class_names, stats, raw.skipped)
 
 
 def _checked_arrays(raw, data_cfg: DataConfig, input_shape: tuple, num_classes: int):
@@ -231,7 +232,11 @@ def load_inputs(paths: list[str], input_shape, normalization: dict, resize: str 
             continue
         if p.suffix.lower() not in (".npz", ".npy"):
             raise DataError(f"input {text!r} is not an image, .npy or .npz file")
-        x = _input_images(_pick_array(p), input_shape, text)
+        array = _pick_array(p)
+        if array.size == 0:
+            raise DataError(f"input {text!r} holds no images (an empty array of shape "
+                            f"{array.shape})", hint="save at least one image in it")
+        x = _input_images(array, input_shape, text)
         check_images(x, input_shape, text)
         batches.append(normalize(x, normalization))
         labels.extend(f"{label}[{i}]" for i in range(len(x)))
@@ -250,6 +255,9 @@ def _image_normalization(normalization: dict) -> dict:
 
 def _pick_array(p: Path) -> np.ndarray:
     arrays = sources.read_array_file(p)
+    if not arrays:
+        raise DataError(f"input {str(p)!r} is an .npz file with no arrays in it",
+                        hint="save the images in it as x, e.g. np.savez(path, x=images)")
     for key in ("", "x", "x_test"):
         if key in arrays:
             return arrays[key]

@@ -28,19 +28,28 @@ def _data_config(run: RunConfig, data: str | None) -> DataConfig:
     return dataclasses.replace(cfg, dataset=None, path=data)
 
 
+SPLITS = ("test", "val", "train", "all")
+
+
 def _empty_split(split: str, sizes: dict) -> DataError:
     others = [s for s, n in sizes.items() if n and s != split]
-    return DataError(f"the {split} split of this data is empty",
-                     hint=f"use split={others[0]}" if others else None)
+    hint = f"use split={others[0]}" if others else None
+    if split == "test" and others:  # e.g. a flat image folder: no test/ subfolder
+        hint = ("use split=all for every image, or split=train for the images not held "
+                "out by val_split")
+    return DataError(f"the {split} split of this data is empty", hint=hint)
 
 
 def checkpoint_split(ckpt, model, data: str | None, split: str, *, progress=None):
     """Images and labels of one split, normalised with the checkpoint's own statistics.
 
     The run's own data is re-split exactly as in training (same seed). Other data (``data``) is
-    read raw and normalised with the stored training statistics, never its own. ``progress``
-    hears about first-use downloads (``download.fetch``).
+    read raw and normalised with the stored training statistics, never its own. ``split``
+    "all" is every image: train, val and test together. ``progress`` hears about first-use
+    downloads (``download.fetch``).
     """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     cfg = _data_config(ckpt.run, data)
     seed = ckpt.run.seed
     shape, num_classes = tuple(model.input_shape), model.output_shape[0]
@@ -55,7 +64,9 @@ def checkpoint_split(ckpt, model, data: str | None, split: str, *, progress=None
                 err.hint = ("relative paths are read from the current directory: run eval "
                             "where you trained, or pass data=PATH")
             raise
-        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        parts = ("train", "val", "test") if split == "all" else (split,)
+        x = np.concatenate([getattr(ds, f"x_{s}") for s in parts])
+        y = np.concatenate([getattr(ds, f"y_{s}") for s in parts])
         y = _checkpoint_classes(y, ds.class_names, ckpt, "the run's data")
         if len(y) == 0:
             raise _empty_split(split, {s: len(getattr(ds, f"y_{s}"))
@@ -63,18 +74,21 @@ def checkpoint_split(ckpt, model, data: str | None, split: str, *, progress=None
         return x, y
     raw = read_source(cfg, shape[0], progress=progress)
     layout = raw.layout or cfg.layout
-    if split == "test":
-        if raw.x_test is None or len(raw.x_test) == 0:
-            raise _empty_split("test", {"train": len(raw.x_train)})
-        x_raw, y_raw = raw.x_test, raw.y_test
-    else:
-        x_raw, y_raw = raw.x_train, raw.y_train
-    x = to_nchw(x_raw, shape, layout, f"{data} {split}")
+    has_test = raw.x_test is not None and len(raw.x_test) > 0
+    if split == "test" and not has_test:
+        raise _empty_split("test", {"train": len(raw.x_train)})
+    pieces = [(raw.x_test, raw.y_test)] if split == "test" else [(raw.x_train, raw.y_train)]
+    if split == "all" and has_test:
+        pieces.append((raw.x_test, raw.y_test))
+    x = np.concatenate([to_nchw(x_raw, shape, layout, f"{data} {split}")
+                        for x_raw, _ in pieces])
     check_images(x, shape, f"{data} {split}")
     names = raw.class_names
+    y_raw = pieces[0][1] if len(pieces) == 1 else np.concatenate(  # (N,) or (N, 1) labels
+        [np.asarray(y_part).reshape(len(y_part), -1) for _, y_part in pieces])
     y = as_labels(y_raw, len(x), len(names) if names else num_classes, f"{data} {split}")
     y = _checkpoint_classes(y, names, ckpt, f"data={data}")
-    if split != "test":
+    if split in ("val", "train"):
         fraction = cfg.val_split
         train_idx, val_idx = stratified_split(y, fraction, np.random.default_rng([seed, 2]))
         pick = val_idx if split == "val" else train_idx

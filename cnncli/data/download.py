@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import tempfile
 import urllib.error
 import urllib.request
@@ -91,6 +92,12 @@ def fetch(dataset: str, cache_dir=None, *, progress: Progress | None = None) -> 
         try:
             download(file_url(dataset, name), paths[name], files[name], progress=progress)
         except DataError as err:
+            if paths[name].is_file():  # in the cache, but it failed its checksum
+                err.message = (f"the cached {paths[name]} fails its "
+                               f"{files[name].split(':')[0]} checksum (corrupt, truncated or "
+                               f"another file); delete it (rm {shlex.quote(str(paths[name]))}) "
+                               f"and run again to download it; fetching it again failed: "
+                               f"{err.message}")
             if len(missing) > i + 1:  # say up front everything an offline user must fetch
                 err.hint = (f"{dataset} also needs {', '.join(missing[i + 1:])} in that folder, "
                             f"from {file_url(dataset, '')}")

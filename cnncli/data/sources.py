@@ -7,7 +7,7 @@ import math
 import tarfile
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class RawData:
     class_names: list[str] | None = None
     value_max: float | None = None   # the source's known pixel maximum (digits: 16)
     layout: str | None = None        # known layout of 4-D arrays, else inferred
+    skipped: list[str] = field(default_factory=list)  # hidden folders left out (.ipynb_...)
 
 
 # ---------------------------------------------------------------- npz / npy
@@ -74,9 +75,21 @@ def read_npz(path: Path) -> RawData:
     if names is not None and (names.ndim != 1 or names.dtype.kind not in "US"):
         raise DataError(f"{path}: class_names must be a 1-D array of strings, got "
                         f"{names.dtype} {names.shape}")
+    if names is not None:
+        _check_name_count(path, len(names), [arrays["y_train"], arrays.get("y_test")])
     return RawData(arrays["x_train"], arrays["y_train"], arrays.get("x_test"),
                    arrays.get("y_test"),
                    None if names is None else [str(n) for n in names.astype(str)])
+
+
+def _check_name_count(path: Path, count: int, labels: list) -> None:
+    """class_names must name every class the labels use (bad labels are reported later)."""
+    tops = [int(y.max()) for y in labels if y is not None and y.size and y.dtype.kind in "iu"]
+    if tops and max(tops) >= count:
+        top = max(tops)
+        raise DataError(f"{path}: class_names has {count} name{'s' if count != 1 else ''} but "
+                        f"the labels have {top + 1} classes (0..{top})",
+                        key="path", hint="give one name per class, in label order")
 
 
 def digits_path() -> Path:
@@ -295,8 +308,13 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _class_dirs(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
+    """Subfolders, without hidden ones (.ipynb_checkpoints, .git), which go to ``skipped``
+    so that the user is told."""
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    if skipped is not None:
+        skipped.extend(p for p in dirs if p.name.startswith("."))
+    return [p for p in dirs if not p.name.startswith(".")]
 
 
 def _read_class_tree(folder: Path, class_names: list[str], channels: int):
@@ -323,18 +341,21 @@ def _read_class_tree(folder: Path, class_names: list[str], channels: int):
 def read_image_folder(folder: Path, channels: int) -> RawData:
     """<folder>/<class>/*.png, or <folder>/train/<class>/... with an optional test/."""
     train_dir = folder / "train" if (folder / "train").is_dir() else folder
-    class_dirs = _class_dirs(train_dir)
+    skipped: list[Path] = []
+    class_dirs = _class_dirs(train_dir, skipped)
     if not class_dirs:
-        raise DataError(f"{train_dir} has no class subfolders",
+        hidden = f" (only hidden ones: {', '.join(p.name for p in skipped)})" if skipped else ""
+        raise DataError(f"{train_dir} has no class subfolders{hidden}",
                         hint="put the images of each class in their own subfolder")
     names = [d.name for d in class_dirs]
     x_train, y_train = _read_class_tree(train_dir, names, channels)
     x_test = y_test = None
     if train_dir != folder and (folder / "test").is_dir():
-        extra = sorted(set(d.name for d in _class_dirs(folder / "test")) - set(names))
+        extra = sorted(set(d.name for d in _class_dirs(folder / "test", skipped)) - set(names))
         if extra:
             raise DataError(f"{folder / 'test'} has class folders missing from train/: "
                             f"{', '.join(extra)}")
         x_test, y_test = _read_class_tree(folder / "test", names, channels)
-    return RawData(x_train, y_train, x_test, y_test, names, layout="NCHW")
+    return RawData(x_train, y_train, x_test, y_test, names, layout="NCHW",
+                   skipped=[str(p.relative_to(folder)) for p in skipped])
 

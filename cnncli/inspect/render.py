@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cnncli.errors import printable
 from cnncli.inspect.summary import Summary, format_bytes, format_count
 from cnncli.training.metrics import METRIC_COLUMNS
 
@@ -92,13 +93,30 @@ def _cell(value) -> str:
     return str(value)
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def name_cell(text) -> str:
+    """A user's name (class, file) as one table cell: controls escaped, never Rich markup."""
+    return escape(printable(str(text)))
+
+
+def csv_text(value) -> str:
+    """A name for a CSV cell: one that a spreadsheet would run as a formula gets a leading
+    ``'`` (OWASP's advice), so ``=cmd|...`` shows as text."""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def summary_csv(summary: Summary) -> str:
     """One CSV row per layer; shapes written as 16x8x8."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SUMMARY_COLUMNS)
     for row in summary.layers:
-        writer.writerow([_cell(getattr(row, c)) for c in SUMMARY_COLUMNS])
+        writer.writerow([csv_text(row.name)] + [_cell(getattr(row, c))
+                                                for c in SUMMARY_COLUMNS[1:]])
     return buf.getvalue()
 
 
@@ -204,14 +222,15 @@ def report_tables(report: dict) -> list:
     for name in ("class", "precision", "recall", "f1", "support"):
         per_class.add_column(name, justify="right")
     for row in report["per_class"]:
-        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+        per_class.add_row(name_cell(row["class"]), f"{row['precision']:.3f}",
+                          f"{row['recall']:.3f}",
                           f"{row['f1']:.3f}", str(row["support"]))
     cm = report["confusion_matrix"]
     if len(cm) > 30:
         return [per_class]
     matrix = Table()
     matrix.add_column("true \\ pred", justify="right")
-    names = [row["class"] for row in report["per_class"]]
+    names = [name_cell(row["class"]) for row in report["per_class"]]
     for name in names:
         matrix.add_column(name, justify="right")
     for i, (name, counts) in enumerate(zip(names, cm, strict=True)):
@@ -231,8 +250,8 @@ def predictions_table(rows: list) -> Table:
     if k > 1:
         table.add_column(f"next {k - 1}")
     for label, ranked in rows:
-        rest = ", ".join(f"{c} {100 * p:.1f}%" for c, p in ranked[1:])
-        table.add_row(label, ranked[0][0], f"{100 * ranked[0][1]:.1f}%",
+        rest = ", ".join(f"{name_cell(c)} {100 * p:.1f}%" for c, p in ranked[1:])
+        table.add_row(name_cell(label), name_cell(ranked[0][0]), f"{100 * ranked[0][1]:.1f}%",
                       *([rest] if k > 1 else []))
     return table
 
@@ -247,7 +266,8 @@ def predictions_csv(rows: list) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     for label, ranked in rows:
-        writer.writerow([label] + [v for c, p in ranked for v in (c, f"{p:.6f}")])
+        writer.writerow([csv_text(label)] + [v for c, p in ranked
+                                             for v in (csv_text(c), f"{p:.6f}")])
     return buf.getvalue()
 
 

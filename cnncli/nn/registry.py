@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 
 from cnncli.errors import ConfigError
 
@@ -60,6 +61,7 @@ def catalogue() -> list[dict]:
             "key_aliases": dict(getattr(cls, "aliases", {}) or {}),
             "accepts_activation": bool(getattr(cls, "accepts_activation", False)),
             "is_activation": bool(getattr(cls, "is_activation", False)),
-            "doc": " ".join(doc.split("\n\n")[0].split()),   # first paragraph, one line
+            # first paragraph, one line, plain text: ``x`` (reST literals) shown as x
+            "doc": re.sub(r"``(.+?)``", r"\1", " ".join(doc.split("\n\n")[0].split())),
         })
     return out

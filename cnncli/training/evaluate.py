@@ -60,6 +60,9 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
     precision = _safe_ratio(tp, cm.sum(axis=0).astype(np.float64))
     recall = _safe_ratio(tp, support.astype(np.float64))
     f1 = _safe_ratio(2 * precision * recall, precision + recall)
+    # As scikit-learn's f1_score(average="macro") without labels=: the mean over the classes
+    # that occur in the labels or the predictions, so absent classes do not count as 0.
+    present = (support > 0) | (cm.sum(axis=0) > 0)
     k = max(1, min(int(top_k), num_classes))
     in_top_k = (top_k_indices(logits, k) == labels[:, None]).any(axis=1)
     return {
@@ -68,7 +71,8 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
         "top_k": k,
         "top_k_accuracy": float(in_top_k.mean()),
         "num_samples": int(len(labels)),
-        "macro_f1": float(f1.mean()),
+        "macro_f1": float(f1[present].mean()),
+        "macro_f1_classes": int(present.sum()),
         "per_class": [{"class": names[i], "precision": float(precision[i]),
                        "recall": float(recall[i]), "f1": float(f1[i]),
                        "support": int(support[i])} for i in range(num_classes)],

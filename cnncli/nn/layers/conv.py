@@ -24,6 +24,14 @@ def _pair_text(pair) -> str:
     return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
 
 
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """'same' padding of one axis as TensorFlow/Keras: ceil(size / stride) outputs; the total
+    max((out-1)*s + d*(k-1) + 1 - size, 0) is split with the extra pixel at the end."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
 @register("conv2d")
 class Conv2d(Layer):
     """Weight (O, C/groups, kh, kw), bias (O,). padding: int, [h, w], "same" or "valid"."""
@@ -68,16 +76,19 @@ class Conv2d(Layer):
                 raise ConfigError(f"padding must be an int >= 0, [h, w], 'same' or 'valid'; "
                                   f"got {padding!r}", key="padding")
             if self.stride != (1, 1):
-                raise ConfigError(f"padding 'same' needs stride 1 (as in PyTorch), got stride "
-                                  f"{_pair_text(self.stride)}", key="padding",
-                                  hint="give the padding as a number instead")
-            pads = []
-            for k, d in zip(self.kernel_size, self.dilation, strict=True):
-                total = d * (k - 1)
-                pads.append((total // 2, total - total // 2))
-            return tuple(pads)
+                return None  # depends on the input size: see _pads_for
+            return tuple(same_padding(1, k, 1, d)
+                         for k, d in zip(self.kernel_size, self.dilation, strict=True))
         ph, pw = int_pair("padding", padding, minimum=0)
         return (ph, ph), (pw, pw)
+
+    def _pads_for(self, h, w):
+        """((top, bottom), (left, right)) for an h x w input; only 'same' with a stride
+        depends on the input size."""
+        if not (self.padding == "same" and self.stride != (1, 1)):
+            return self._pads
+        return tuple(same_padding(size, k, s, d) for size, k, s, d in zip(
+            (h, w), self.kernel_size, self.stride, self.dilation, strict=True))
 
     # -- shapes
     def _channels(self, input_shape) -> int:
@@ -93,8 +104,8 @@ class Conv2d(Layer):
     def _out_hw(self, input_shape) -> tuple[int, int]:
         _, h, w = self.require_spatial(input_shape)
         out = []
-        for size, k, s, (lo, hi), d in zip((h, w), self.kernel_size, self.stride, self._pads,
-                                          self.dilation, strict=True):
+        for size, k, s, (lo, hi), d in zip((h, w), self.kernel_size, self.stride,
+                                          self._pads_for(h, w), self.dilation, strict=True):
             n = conv_output_size(size, k, s, lo, hi, d)
             if n <= 0:
                 span = d * (k - 1) + 1
@@ -155,6 +166,7 @@ class Conv2d(Layer):
     def _forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         c, h, w, n = x.shape
         self._in_hw = (h, w)
+        self._pads = self._pads_for(h, w)  # backward uses this forward's padding
         out_h, out_w = self._out_hw((c, h, w))
         (t, _), (lft, _) = self._pads
         if self._pads == ((0, 0), (0, 0)):
@@ -327,14 +339,16 @@ class Conv2d(Layer):
         return self.out_channels * out_h * out_w * (c // self.groups) * kh * kw
 
     def geometry(self, input_shape):
-        (t, _), (lft, _) = self._pads
+        (t, _), (lft, _) = self._pads_for(*self.require_spatial(input_shape)[1:])
         return self.kernel_size, self.stride, (t, lft), self.dilation
 
     def describe(self) -> str:
         kh, kw = self.kernel_size
-        (t, b), (lft, r) = self._pads
-        pad = (f"p{_pair_text((t, lft))}" if (t, lft) == (b, r)
-               else f"p{self.padding}")
+        pad = f"p{self.padding}"  # 'same' with a stride: the padding depends on the input
+        if not (self.padding == "same" and self.stride != (1, 1)):
+            (t, b), (lft, r) = self._pads
+            if (t, lft) == (b, r):
+                pad = f"p{_pair_text((t, lft))}"
         text = f"{kh}x{kw} s{_pair_text(self.stride)} {pad}"
         if self.dilation != (1, 1):
             text += f" d{_pair_text(self.dilation)}"
