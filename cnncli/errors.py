@@ -65,3 +65,10 @@ class CheckpointError(CnncliError):
     """A checkpoint cannot be read or does not match."""
 
     exit_code = 2
+
+
+class MemoryLimitError(CnncliError):
+    """A run needs more memory than this machine has (see docs/train.md, "Memory"). Exit 1,
+    not 2: the config is valid and runs where there is more memory."""
+
+    exit_code = 1
