@@ -248,3 +248,23 @@ def test_an_unreadable_source_counts_zero(tmp_path):
                       f"{{type: dense, units: 2}}]}}\n"
                       f"data: {{path: {tmp_path / 'broken.npz'}}}\n").run.data
     assert dataset_bytes(data, (1, 5, 5)) == 0
+
+
+# ---------------------------------------------------------------- the documented examples
+
+def test_the_examples_of_docs_train_md_memory(tmp_path, monkeypatch):
+    text = (CONFIGS.parent / "docs" / "train.md").read_text()
+    block = text.split("### Memory", 1)[1].split("```\n", 2)[1]
+    commands = block.split("$ ")[1:]
+    yaml_text = commands[0].split("\n", 1)[1]
+    (tmp_path / "huge.yaml").write_text(yaml_text)
+    (tmp_path / "configs").symlink_to(CONFIGS)
+    monkeypatch.chdir(tmp_path)
+    for command in commands[1:]:
+        line, expected = command.split("\n", 1)
+        setting, _, argv = line.partition(" cnncli ")
+        monkeypatch.setenv(*setting.split("="))
+        result = run(*argv.split())
+        assert result.exit_code == 1
+        assert result.stderr == expected
+    assert len(commands) == 3
