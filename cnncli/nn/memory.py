@@ -74,8 +74,8 @@ class MemoryEstimate:
                 "backward_peak_bytes": self.backward, "im2col_bytes": self.im2col,
                 "total_bytes": total, "forward_backward_bytes": self.activations}
 
-    def allocated(self) -> MemoryEstimate:
-        """The estimate of what is still to allocate once the weights and gradients exist."""
+    def beyond_weights(self) -> MemoryEstimate:
+        """What is still to allocate once the weights and gradients exist."""
         return replace(self, params=0, grads=0)
 
 

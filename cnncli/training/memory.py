@@ -31,7 +31,7 @@ def still_needed(model, batch_size: int, optimizer: str | None) -> MemoryEstimat
     """What a step of the built ``model`` at ``batch_size`` allocates beyond its weights and
     gradients, which exist already (``optimizer=None``: inference)."""
     return estimate_memory(model.layers, model.shapes, batch_size=batch_size, dtype=model.dtype,
-                           optimizer=optimizer, labels=model.labels).allocated()
+                           optimizer=optimizer, labels=model.labels).beyond_weights()
 
 
 def inference_batch_size(model, batch_size: int) -> int:
