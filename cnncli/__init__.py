@@ -11,7 +11,14 @@ from cnncli.parallel import threads  # noqa: F401
 # isort: split
 import numpy as np
 
-from cnncli.errors import CheckpointError, CnncliError, ConfigError, DataError, ShapeError
+from cnncli.errors import (
+    CheckpointError,
+    CnncliError,
+    ConfigError,
+    DataError,
+    MemoryLimitError,
+    ShapeError,
+)
 from cnncli.nn import layers  # noqa: F401  (fills the registry)
 from cnncli.nn.model import Model, model_from_entries
 from cnncli.parallel.plan import apply_plan
@@ -40,8 +47,18 @@ def build_model(config, *, dtype="float32", seed=None, speedups=None) -> Model:
     if _dtype_name(dtype) not in ("float32", "float64"):
         raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}", key="dtype")
     seed = run.seed if seed is None else seed
+    _check_weights_fit(run, dtype)
     model = model_from_entries(run.model.input_shape, run.model.entries(), dtype=dtype, seed=seed)
     return apply_plan(model, speedups=speedups)
+
+
+def _check_weights_fit(run, dtype) -> None:
+    """Refuse a model whose weights and gradients (what building allocates) do not fit."""
+    from cnncli.nn.memory import check_memory, estimate_memory, unbuilt_layers
+
+    unbuilt, labels, shapes = unbuilt_layers(run.model.input_shape, run.model.entries())
+    check_memory(estimate_memory(unbuilt, shapes, batch_size=0, dtype=dtype, labels=labels),
+                 what="this model", batch_key=None)
 
 
 def _dtype_name(dtype) -> str | None:
@@ -52,4 +69,4 @@ def _dtype_name(dtype) -> str | None:
 
 
 __all__ = ["build_model", "Model", "model_from_entries", "apply_plan", "CnncliError", "ConfigError",
-           "ShapeError", "DataError", "CheckpointError", "__version__"]
+           "ShapeError", "DataError", "CheckpointError", "MemoryLimitError", "__version__"]

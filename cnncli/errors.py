@@ -83,3 +83,10 @@ class MissingExtraError(CnncliError):
     """A command needs an optional extra that is not installed (``pip install 'cnncli[...]'``)."""
 
     exit_code = 2
+
+
+class MemoryLimitError(CnncliError):
+    """A run needs more memory than this machine has (see docs/train.md, "Memory"). Exit 1,
+    not 2: the config is valid and runs where there is more memory."""
+
+    exit_code = 1

@@ -165,8 +165,11 @@ def _compared(line: str) -> bool:
 
 
 def _check_shown(where: str, command: str, shown: list[str], code: int, output: str,
-                 fixed: bool) -> None:
-    expected = 2 if any(s.startswith("cnncli: error:") for s in shown) else 0
+                 fixed: bool, expected: int | None = None) -> None:
+    """``expected``: the exit code a following ``$ echo $?`` shows; else 2 after an error line
+    (bad input), else 0."""
+    if expected is None:
+        expected = 2 if any(s.startswith("cnncli: error:") for s in shown) else 0
     assert code == expected, f"{where}: `{command}` exited {code}, not {expected}:\n{output}"
     got = {_shape(line, fixed) for line in output.splitlines()}
     for line in shown:
@@ -221,7 +224,12 @@ def run_document(doc: str, folder: Path, monkeypatch) -> int:
                 command = block.lines[i][2:]
                 code, output, fixed = session.run_line(command)
                 shown = [session.local(line) for line in block.lines[i + 1:end]]
-                _check_shown(where, command, shown, code, output, fixed)
+                after = block.lines[end:end + 2]
+                expected = (int(after[1]) if len(after) == 2 and after[0] == "$ echo $?"
+                            and after[1].strip().isdigit() else None)
+                if command.strip() == "echo $?":  # shows the previous command's code
+                    expected = code
+                _check_shown(where, command, shown, code, output, fixed, expected)
                 ran += 1
         elif block.lang in SHELLS:
             for line in block.lines:

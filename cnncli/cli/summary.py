@@ -31,6 +31,16 @@ def _warn(warnings) -> None:
         click.echo(f"cnncli: warning: {printable(line)}", err=True)
 
 
+def _warn_memory(needed: int, batch_size: int) -> None:
+    from cnncli.nn.memory import available_memory, does_not_fit, format_bytes
+
+    available = available_memory()
+    if does_not_fit(needed, available):
+        _warn([f"a training step at batch size {batch_size} needs about {format_bytes(needed)} "
+               f"but {format_bytes(available)} is available: cnncli train would refuse it "
+               "(see docs/train.md, 'Memory')"])
+
+
 @main.command()
 @click.argument("config_or_checkpoint", metavar="CONFIG_OR_CHECKPOINT")
 @click.option("--input-shape", metavar="C,H,W", help="Override model.input_shape.")
@@ -58,6 +68,7 @@ def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
     checked = checked_source(config_or_checkpoint, _parse_shape(input_shape))
     _warn(checked.warnings)
     result = summarize(checked, batch_size=batch_size, dtype=dtype)
+    _warn_memory(result.memory["total_bytes"], batch_size)
     fmt = "json" if as_json else fmt
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))

@@ -21,8 +21,10 @@ import numpy as np
 from cnncli.errors import ConfigError
 from cnncli.inspect.walk import walk
 from cnncli.nn.losses import softmax_cross_entropy
+from cnncli.nn.memory import check_memory
 from cnncli.parallel import threads
 from cnncli.parallel.plan import plan_training
+from cnncli.training.memory import still_needed
 from cnncli.training.optim import SGD
 from cnncli.training.trainer import train_step
 
@@ -216,6 +218,8 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
     if batch_size < 1 or steps < 1 or warmup < 0:
         raise ConfigError(f"bench needs batch_size >= 1, steps >= 1, warmup >= 0; got "
                           f"{batch_size}, {steps}, {warmup}")
+    check_memory(still_needed(model, batch_size, "sgd+momentum"), what="bench",
+                 batch_key="batch_size=")
     rng = np.random.default_rng(seed)
     x, y = _synthetic_batch(model, batch_size, rng)
     optimizer = SGD(lr=0.01, momentum=0.9)

@@ -11,7 +11,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from cnncli.config import CheckedConfig
-from cnncli.inspect.walk import Step, fields, walk
+from cnncli.inspect.walk import fields, walk
+from cnncli.nn.memory import (
+    estimate_memory,
+    format_bytes,  # noqa: F401  (render.py imports it from here)
+    optimizer_label,
+)
 
 
 @dataclass
@@ -65,10 +70,6 @@ class Summary:
         }
 
 
-# optimizer state arrays kept per parameter
-OPTIMIZER_SLOTS = {"sgd": 0, "sgd+momentum": 1, "adam": 2, "adamw": 2}
-
-
 def summarize(checked: CheckedConfig, *, batch_size: int = 1, dtype="float32") -> Summary:
     """Summarise a checked config: per-layer rows, totals and a memory estimate."""
     itemsize = np.dtype(dtype).itemsize
@@ -87,15 +88,15 @@ def summarize(checked: CheckedConfig, *, batch_size: int = 1, dtype="float32") -
             buffers=_buffer_count(layer, in_shape), entry=int(entry) + 1))
     trainable = sum(r.params for r in rows)
     train = checked.run.train
-    optimizer = train.optimizer
-    if optimizer == "sgd" and train.momentum > 0:
-        optimizer = "sgd+momentum"
+    optimizer = optimizer_label(train.optimizer, train.momentum)
     summary = Summary(
         input_shape=list(input_shape), layers=rows, dtype=str(np.dtype(dtype)),
         batch_size=int(batch_size), optimizer=optimizer, total_params=trainable,
         trainable_params=trainable, non_trainable_params=0,
         buffers=sum(r.buffers for r in rows), total_macs=sum(r.macs for r in rows))
-    summary.memory = memory_estimate(steps, rows, batch_size, itemsize, optimizer)
+    summary.memory = estimate_memory(checked.layers, checked.shapes, batch_size=batch_size,
+                                     dtype=dtype, optimizer=optimizer,
+                                     labels=checked.labels or None).to_json()
     return summary
 
 
@@ -128,46 +129,6 @@ def _buffer_count(layer, in_shape) -> int:
         return 0
     channels = in_shape[0]
     return 2 * int(channels) + 1
-
-
-def memory_estimate(steps: list[Step], rows, batch_size: int, itemsize: int,
-                    optimizer: str) -> dict:
-    """Bytes for one training step at ``batch_size`` (an estimate; see docs/summary.md).
-
-    params + grads + optimizer state (0/1/2 arrays per parameter for sgd/momentum/adam),
-    forward activations (the input and every layer output, kept for backward), the backward
-    peak (two activation gradients of the largest layer alive at once) and the im2col
-    workspace of layers with weights and a kernel (C*kh*kw*H'*W' values per sample).
-    """
-    n_params = sum(r.params for r in rows)
-    params = n_params * itemsize
-    grads = params
-    opt_state = OPTIMIZER_SLOTS.get(optimizer, 2) * params
-    per_sample_inputs = math.prod(steps[0].in_shape) * itemsize if steps else 0
-    forward = batch_size * (per_sample_inputs + sum(r.activation_bytes for r in rows))
-    largest = max([per_sample_inputs] + [r.activation_bytes for r in rows])
-    backward = 2 * batch_size * largest
-    workspace = 0
-    for step, row in zip(steps, rows, strict=False):
-        if row.params and step.spatial and step.geometry is not None:
-            kh, kw = step.geometry[0]
-            cols = step.in_shape[0] * kh * kw * row.output_shape[1] * row.output_shape[2]
-            workspace += batch_size * cols * itemsize
-    total = params + grads + opt_state + forward + backward + workspace
-    return {"params_bytes": params, "grads_bytes": grads, "optimizer_bytes": opt_state,
-            "forward_activations_bytes": forward, "backward_peak_bytes": backward,
-            "im2col_bytes": workspace, "total_bytes": total,
-            "forward_backward_bytes": forward + backward + workspace}
-
-
-def format_bytes(n: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def format_count(n: int) -> str:

@@ -7,6 +7,7 @@ import numpy as np
 from cnncli.errors import CheckpointError, DataError
 from cnncli.nn.inference import probabilities
 from cnncli.nn.losses import log_softmax
+from cnncli.training.memory import inference_batch_size
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -84,7 +85,8 @@ def top_predictions(model, x: np.ndarray, labels: list[str], class_names: list[s
                     top: int, batch_size: int = 256) -> list[tuple[str, list[tuple[str, float]]]]:
     """``cnncli predict``: per input its label and its ``top`` (class name, probability),
     most likely first. Class names that do not fit the model's output become 0, 1, ..."""
-    logits = check_logits(model.predict_logits(x, batch_size=batch_size))
+    logits = check_logits(model.predict_logits(x, batch_size=inference_batch_size(model,
+                                                                              batch_size)))
     probs = probabilities(logits)
     best = top_k_indices(logits, min(top, probs.shape[1]))
     names = list(class_names) if len(class_names) == probs.shape[1] else \
@@ -115,5 +117,5 @@ def check_logits(logits: np.ndarray) -> np.ndarray:
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, class_names: list[str], top_k: int = 5,
              batch_size: int = 256) -> dict:
-    return classification_report(check_logits(model.predict_logits(x, batch_size=batch_size)),
-                                 y, class_names, top_k)
+    logits = model.predict_logits(x, batch_size=inference_batch_size(model, batch_size))
+    return classification_report(check_logits(logits), y, class_names, top_k)

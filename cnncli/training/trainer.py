@@ -24,6 +24,7 @@ from cnncli.nn.model import model_from_entries
 from cnncli.parallel.plan import plan_training
 from cnncli.training.checkpoint import load_checkpoint
 from cnncli.training.evaluate import evaluate, loss_and_accuracy
+from cnncli.training.memory import check_training_memory
 from cnncli.training.metrics import write_metrics_csv
 from cnncli.training.optim import clip_grad_norm, make_optimizer
 from cnncli.training.run_dir import RunDirectory, same_file
@@ -126,6 +127,7 @@ class Trainer:
                  root=None, overwrite: bool = False, progress=None, init_weights=None):
         from cnncli.data import load_dataset
 
+        check_training_memory(config, root=root)  # before any weight or image is allocated
         self.config = config
         self.reporter = reporter or Callbacks()
         self.ckpt = resume_from
