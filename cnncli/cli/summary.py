@@ -41,14 +41,17 @@ def _warn(warnings) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True, help="Element type for byte counts.")
-def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override any config value by its dotted path, e.g. "
+                   "--set model.layers.0.out_channels=32 (repeatable).")
+def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype, sets):
     """Per-layer output shapes, parameters, MACs, receptive fields and memory of a model."""
     from cnncli.inspect.render import print_summary, summary_csv, summary_markdown
     from cnncli.inspect.summary import summarize
 
     if as_json and fmt not in ("table", "json"):
         raise click.UsageError(f"--json and --format {fmt} ask for two formats; give one")
-    checked = checked_source(config_or_checkpoint, _parse_shape(input_shape))
+    checked = checked_source(config_or_checkpoint, _parse_shape(input_shape), sets)
     _warn(checked.warnings)
     result = summarize(checked, batch_size=batch_size, dtype=dtype)
     fmt = "json" if as_json else fmt

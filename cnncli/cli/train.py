@@ -157,6 +157,9 @@ def _settings_text(train) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override train.lr.")
 @click.option("--seed", type=int, help="Override seed.")
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override any config value by its dotted path, e.g. --set train.lr=0.01 or "
+                   "--set model.layers.0.out_channels=32 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<name>/).")
 @click.option("--resume", "resume", type=click.Path(exists=True, path_type=Path),
@@ -166,7 +169,7 @@ def _settings_text(train) -> str:
                    "are deleted first); without it such a directory is refused.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print the training settings.")
-def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, quiet,
+def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overwrite, quiet,
                   verbose):
     """Train the model CONFIG describes; write config.yaml, metrics.csv, last.npz, best.npz.
 
@@ -177,14 +180,24 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
 
     if config is None and resume is None:
         raise click.UsageError("give a CONFIG file (or --resume RUN_DIR to continue a run)")
+    from cnncli.config.overrides import refuse_both
+
+    refuse_both(sets, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     cfg = None
     if config is not None:
         from cnncli.config import check_config
 
-        checked = check_config(config)
+        checked = check_config(config, sets=sets)
         for line in checked.warnings:     # strides that drop rows: once per layer
             click.echo(f"cnncli: warning: {line}", err=True)
         cfg = checked.run
+    elif sets:                            # --resume RUN --set ...: the run's own config, changed
+        from cnncli.config import check_data
+        from cnncli.training.checkpoint import load_checkpoint
+        from cnncli.training.trainer import resolve_resume_path
+
+        ckpt_path = resolve_resume_path(resume)
+        cfg = check_data(load_checkpoint(ckpt_path).config, file=str(ckpt_path), sets=sets).run
     progress = _Progress(quiet, verbose)
     try:
         with _download_progress(quiet) as show_download:
@@ -235,7 +248,10 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Also report top-k accuracy.")
-def eval_command(checkpoint, data, split, as_json, top_k):
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a data.* value of the run's config, e.g. --set data.val_split=0.2 "
+                   "(repeatable).")
+def eval_command(checkpoint, data, split, as_json, top_k, sets):
     """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from cnncli.data.checkpoint_split import checkpoint_split
     from cnncli.inspect.render import percent, report_tables
@@ -243,6 +259,15 @@ def eval_command(checkpoint, data, split, as_json, top_k):
     from cnncli.training.evaluate import evaluate
 
     ckpt = load_checkpoint(checkpoint)
+    if sets:  # the run's data config changed: checkpoint_split reads ckpt.run
+        import dataclasses
+
+        from cnncli.config import check_data
+        from cnncli.config.overrides import refuse_all_but_data
+
+        refuse_all_but_data(sets)
+        ckpt = dataclasses.replace(ckpt, _run=check_data(ckpt.config, file=str(ckpt.path),
+                                                         sets=sets).run)
     model = ckpt.model()
     with _download_progress(False) as show_download:  # stderr: --json output stays clean
         x, y = checkpoint_split(ckpt, model, data, split, progress=show_download)
