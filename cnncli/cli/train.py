@@ -225,6 +225,14 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
         sys.exit(130)
     finally:
         progress.close()
+    if run.test is not None:              # what `cnncli runs` and `cnncli report` read
+        from cnncli.training.run_dir import write_test_scores
+
+        try:
+            write_test_scores(run.run_dir, run.test)
+        except OSError as err:
+            raise CnncliError(f"cannot write {err.filename or 'test.json'}: "
+                              f"{err.strerror or err}") from None
     if not quiet and run.metrics:
         _console().print(metrics_table(run.metrics, run.best_epoch))
     if run.stopped_early:

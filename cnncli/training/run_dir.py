@@ -24,12 +24,24 @@ MARKER = ".cnncli-run"
 LOCK = ".cnncli-lock"
 #: What makes a directory hold a run that a new one would overwrite.
 RUN_FILES = ("last.npz", "best.npz", "metrics.csv")
+#: The test-split scores of best.npz at the end of training (what ``cnncli runs`` lists).
+TEST_FILE = "test.json"
 #: Every file a training run writes (``overwrite`` deletes only these).
-WRITTEN = (*RUN_FILES, "config.yaml", MARKER)
+WRITTEN = (*RUN_FILES, "config.yaml", TEST_FILE, MARKER)
 
 
 class RunBusy(ConfigError):
     """Another training holds the run directory."""
+
+
+def write_test_scores(run_dir, report: dict) -> Path:
+    """``RUN_DIR/test.json``: best.npz's test-split report, atomically."""
+    import json
+
+    path = Path(run_dir) / TEST_FILE
+    text = json.dumps(report, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
 
 
 def same_file(a: Path, b: Path) -> bool:

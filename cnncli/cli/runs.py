@@ -1,0 +1,36 @@
+"""`cnncli runs`: the runs under a folder as a table (or JSON), with the settings that differ."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cnncli.cli.app import main, table_console
+from cnncli.inspect.runs import SORT_KEYS
+
+
+@main.command("runs")
+@click.argument("folder", required=False, default="runs", type=click.Path(path_type=Path))
+@click.option("--sort", type=click.Choice(list(SORT_KEYS)), default="name", show_default=True,
+              help="Order of the rows (accuracies, epochs and date: largest first).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def runs_command(folder, sort, as_json):
+    """List the runs under FOLDER (default runs/): date, epochs, best val and test accuracy,
+    parameters, training time, and the config settings that differ between them."""
+    from cnncli.inspect.runs import differing_settings, list_runs, runs_table
+
+    runs = list_runs(folder, sort)
+    settings = differing_settings(runs)
+    if as_json:
+        click.echo(json.dumps({"folder": str(folder), "differing": settings,
+                               "runs": [r.to_json(settings) for r in runs]}, indent=2))
+        return
+    for run in runs:
+        if run.problem:
+            click.echo(f"cnncli: warning: {run.path}: {run.problem}", err=True)
+    if not runs:
+        click.echo(f"no runs in {folder}")
+        return
+    table_console().print(runs_table(runs, settings))
