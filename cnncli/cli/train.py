@@ -167,10 +167,13 @@ def _settings_text(train) -> str:
 @click.option("--overwrite", is_flag=True,
               help="Replace a run already in the run directory (its checkpoints and metrics "
                    "are deleted first); without it such a directory is refused.")
+@click.option("--tensorboard", is_flag=True,
+              help="Write TensorBoard event files into RUN_DIR/tensorboard/ (same as "
+                   "--set train.tensorboard=true; needs the [tensorboard] extra).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print the training settings.")
-def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overwrite, quiet,
-                  verbose):
+def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overwrite, tensorboard,
+                  quiet, verbose):
     """Train the model CONFIG describes; write config.yaml, metrics.csv, last.npz, best.npz.
 
     With --resume, CONFIG may be omitted: the run's stored config is used.
@@ -183,6 +186,8 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
     from cnncli.config.overrides import refuse_both
 
     refuse_both(sets, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    if tensorboard:
+        sets = (*sets, "train.tensorboard=true")
     cfg = None
     if config is not None:
         from cnncli.config import check_config
@@ -198,7 +203,12 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
 
         ckpt_path = resolve_resume_path(resume)
         cfg = check_data(load_checkpoint(ckpt_path).config, file=str(ckpt_path), sets=sets).run
-    progress = _Progress(quiet, verbose)
+    from cnncli.inspect.tensorboard import TensorBoardReporter, summary_writer_class
+    from cnncli.training.reporters import Reporters
+
+    if cfg is not None and cfg.train.tensorboard:
+        summary_writer_class()            # a missing extra stops here, before any work
+    progress = Reporters(_Progress(quiet, verbose), TensorBoardReporter())
     try:
         with _download_progress(quiet) as show_download:
             run = train(cfg, out_dir=out, resume=resume, epochs=epochs, batch_size=batch_size,

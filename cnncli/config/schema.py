@@ -182,6 +182,8 @@ class TrainConfig:
         "these defaults; metric `val_accuracy` or `val_loss`)", type_doc="mapping or null")
     label_smoothing: float = setting(0.0, number_rule(0, 1, high_open=True),
                                      "as torch.nn.CrossEntropyLoss")
+    tensorboard: bool = setting(False, BOOL, "write TensorBoard event files into the run "
+                                "directory (the `[tensorboard]` extra; same as `--tensorboard`)")
 
 
 @dataclass(frozen=True)
