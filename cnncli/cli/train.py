@@ -269,13 +269,22 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
 @click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a data.* value of the run's config, e.g. --set data.val_split=0.2 "
                    "(repeatable).")
-def eval_command(checkpoint, data, split, as_json, top_k, sets):
+@click.option("--plot", "plot_png", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE.png", help="Draw the confusion matrix into this PNG.")
+@click.option("--errors", "errors_png", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE.png",
+              help="Draw the most confidently misclassified images into this PNG.")
+def eval_command(checkpoint, data, split, as_json, top_k, sets, plot_png, errors_png):
     """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from cnncli.data.checkpoint_split import checkpoint_split
     from cnncli.inspect.render import percent, report_tables
     from cnncli.training.checkpoint import load_checkpoint
     from cnncli.training.evaluate import evaluate
 
+    if plot_png is not None or errors_png is not None:
+        from cnncli.inspect.eval_pictures import check_picture_names
+
+        check_picture_names(plot=plot_png, errors=errors_png)
     ckpt = load_checkpoint(checkpoint)
     if sets:  # the run's data config changed: checkpoint_split reads ckpt.run
         import dataclasses
@@ -292,6 +301,12 @@ def eval_command(checkpoint, data, split, as_json, top_k, sets):
     class_names = ckpt.class_names
     report = evaluate(model, x, y, class_names, top_k=top_k)
     report = {"checkpoint": str(ckpt.path), "split": split, **report}
+    if plot_png is not None or errors_png is not None:
+        from cnncli.inspect.eval_pictures import write_eval_pictures
+
+        for line in write_eval_pictures(report, model, x, y, class_names, plot=plot_png,
+                                        errors=errors_png):
+            click.echo(line, err=as_json)     # --json: stdout stays the JSON
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
