@@ -1,4 +1,5 @@
-"""`cnncli runs`: the runs under a folder as a table (or JSON), with the settings that differ."""
+"""`cnncli runs` (the runs under a folder, with the settings that differ) and `cnncli report`
+(one HTML page about a run)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ def runs_command(folder, sort, as_json):
         click.echo(f"no runs in {folder}")
         return
     table_console().print(runs_table(runs, settings))
+
+
+@main.command("report")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write (default: RUN/report.html).")
+def report_command(run, out):
+    """One self-contained HTML page about a run: config, layers, curves, metrics, confusion
+    matrix, errors and first-layer filters (opens from disk, no network)."""
+    from cnncli.inspect.report import write_report
+
+    click.echo(f"wrote {write_report(run, out)}")
