@@ -9,11 +9,13 @@ from pathlib import Path
 import click
 
 from cnncli.cli.app import main, table_console
+from cnncli.cli.complete import complete_folder, complete_run
 from cnncli.inspect.runs import SORT_KEYS
 
 
 @main.command("runs")
-@click.argument("folder", required=False, default="runs", type=click.Path(path_type=Path))
+@click.argument("folder", required=False, default="runs", type=click.Path(path_type=Path),
+                shell_complete=complete_folder)
 @click.option("--sort", type=click.Choice(list(SORT_KEYS)), default="name", show_default=True,
               help="Order of the rows (accuracies, epochs and date: largest first).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -38,7 +40,7 @@ def runs_command(folder, sort, as_json):
 
 
 @main.command("report")
-@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("run", type=click.Path(path_type=Path), shell_complete=complete_run)
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
               help="HTML file to write (default: RUN/report.html).")
 def report_command(run, out):

@@ -8,6 +8,7 @@ import json
 import click
 
 from cnncli.cli.app import main, table_console
+from cnncli.cli.complete import complete_checkpoint_or_config
 from cnncli.config import dump_config
 from cnncli.errors import ConfigError
 from cnncli.inspect.sources import checked_source
@@ -32,7 +33,8 @@ def _warn(warnings) -> None:
 
 
 @main.command()
-@click.argument("config_or_checkpoint", metavar="CONFIG_OR_CHECKPOINT")
+@click.argument("config_or_checkpoint", metavar="CONFIG_OR_CHECKPOINT",
+                shell_complete=complete_checkpoint_or_config)
 @click.option("--input-shape", metavar="C,H,W", help="Override model.input_shape.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size for the memory estimate.")
@@ -67,7 +69,7 @@ def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype, 
 
 
 @main.command("config")
-@click.argument("config", metavar="CONFIG")
+@click.argument("config", metavar="CONFIG", shell_complete=complete_checkpoint_or_config)
 def config_command(config):
     """Check a config and print it resolved (every default filled in) as YAML."""
     checked = checked_source(config)

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from cnncli.cli.app import main
+from cnncli.cli.complete import complete_config, complete_run
 from cnncli.errors import CheckpointError, CnncliError
 from cnncli.files import atomic_write
 
@@ -152,7 +153,8 @@ def _settings_text(train) -> str:
 
 
 @main.command("train")
-@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path),
+                shell_complete=complete_config)
 @click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override train.lr.")
@@ -163,7 +165,8 @@ def _settings_text(train) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<name>/).")
 @click.option("--resume", "resume", type=click.Path(exists=True, path_type=Path),
-              metavar="RUN_DIR_OR_CKPT", help="Continue a run from its last.npz.")
+              metavar="RUN_DIR_OR_CKPT", help="Continue a run from its last.npz.",
+              shell_complete=complete_run)
 @click.option("--overwrite", is_flag=True,
               help="Replace a run already in the run directory (its checkpoints and metrics "
                    "are deleted first); without it such a directory is refused.")
@@ -258,7 +261,7 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
 # ---------------------------------------------------------------- eval
 
 @main.command("eval")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path), shell_complete=complete_run)
 @click.option("--data", "data", metavar="PATH_OR_DATASET",
               help="Evaluate on another dataset name or path (default: the run's data).")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
