@@ -135,8 +135,12 @@ def test_summary_shows_the_override():
 
 
 def test_the_documented_messages_are_the_real_ones():
-    text = " ".join(DOCS_TRAIN.read_text().split())
+    readme = (CONFIGS.parent / "README.md").read_text()
+    text = " ".join((DOCS_TRAIN.read_text() + readme).split())
     for sets in (["train.lrr=1"], ["train.lr=-1"]):
         with pytest.raises(ConfigError) as err:
             check_config(DIGITS, sets=sets)
         assert f"cnncli: error: {err.value}" in text
+    with pytest.raises(ConfigError) as err:
+        check_config(DIGITS, sets=["train.lrr=0.1"])
+    assert f"cnncli: error: {err.value}" in readme

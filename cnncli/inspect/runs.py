@@ -114,7 +114,9 @@ def _read_config(path: Path, info: RunInfo) -> None:
     from cnncli.config import check_data
     from cnncli.inspect.summary import summarize
 
-    info.parameters = summarize(check_data(config, file=str(path / "config.yaml"))).total_params
+    checked = check_data(config, file=str(path / "config.yaml"))
+    info.config = checked.config   # resolved: a key newer than the run reads as its default
+    info.parameters = summarize(checked).total_params
 
 
 def _read_metrics(path: Path, info: RunInfo) -> None:
