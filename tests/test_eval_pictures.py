@@ -85,3 +85,10 @@ def test_cli_refuses_a_non_png_name(tmp_path):
     assert result.exit_code == 2
     assert result.stderr == (f"cnncli: error: --plot {tmp_path / 'cm.jpg'} is not a .png file "
                              "(give a name ending in .png)\n")
+
+
+def test_feature_vectors_have_no_error_pictures():
+    from cnncli.errors import DataError
+
+    with pytest.raises(DataError, match="the inputs are vectors of 5 values, not images"):
+        errors_picture(np.zeros((3, 5)), np.array([0, 1, 0]), np.zeros((3, 2)), ["a", "b"])

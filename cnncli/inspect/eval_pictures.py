@@ -69,6 +69,11 @@ def most_confident_errors(logits, labels, count: int = MAX_ERRORS):
 def errors_picture(x, labels, logits, class_names, count: int = MAX_ERRORS):
     """(picture, number shown) of the most confidently misclassified images, each labelled
     with its true and predicted class and the predicted probability."""
+    if np.ndim(x) != 4:
+        from cnncli.errors import DataError
+
+        raise DataError(f"the inputs are vectors of {np.shape(x)[-1]} values, not images; "
+                        "there are no errors to draw", key="errors")
     picks, probs = most_confident_errors(logits, labels, count)
     n = probs.shape[1]
     names = [str(c) for c in class_names] if len(class_names) == n else \

@@ -177,8 +177,11 @@ def build_report(run_dir) -> str:
         body["confusion"] = _img(confusion_picture(report["confusion_matrix"], names),
                                  "confusion matrix")
         if x is not None:
-            image, _ = errors_picture(x, y, model.predict_logits(x), names)
-            body["errors"] = _img(image, "most confidently misclassified test images")
+            try:
+                image, _ = errors_picture(x, y, model.predict_logits(x), names)
+                body["errors"] = _img(image, "most confidently misclassified test images")
+            except DataError as err:            # a model of feature vectors
+                body["errors"] = _missing(err.message)
         else:
             body["errors"] = _missing(data_problem)
     else:
