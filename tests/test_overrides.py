@@ -102,11 +102,15 @@ def test_train_records_the_overrides_in_config_yaml(tmp_path):
                                        "--set", "train.epochs=2"])
     assert result.exit_code == 0, result.output
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 2
-    # eval: data keys only
+    # eval: data keys only; a larger val_split gives a larger validation split
     result = CliRunner().invoke(main, ["eval", str(out), "--split", "val", "--json",
                                        "--set", "data.val_split=0.3"])
     assert result.exit_code == 0, result.stderr
-    assert result.stdout and '"split": "val"' in result.stdout
+    plain = CliRunner().invoke(main, ["eval", str(out), "--split", "val", "--json"])
+    import json
+
+    larger, usual = json.loads(result.stdout), json.loads(plain.stdout)
+    assert larger["num_samples"] == pytest.approx(3 * usual["num_samples"], rel=0.05)
     result = CliRunner().invoke(main, ["eval", str(out), "--set", "train.lr=1"])
     assert result.exit_code == 2
     assert "only data.* keys can change" in result.stderr

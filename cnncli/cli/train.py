@@ -270,7 +270,7 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Also report top-k accuracy.")
 @click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override a data.* value of the run's config, e.g. --set data.val_split=0.2 "
+              help="Override a data.* value of the run's config, e.g. --set data.cache_dir=DIR "
                    "(repeatable).")
 @click.option("--plot", "plot_png", type=click.Path(dir_okay=False, path_type=Path),
               metavar="FILE.png", help="Draw the confusion matrix into this PNG.")

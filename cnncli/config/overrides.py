@@ -193,4 +193,4 @@ def refuse_all_but_data(sets) -> None:
         if path[0] != "data":
             raise ConfigError(f"only data.* keys can change for a trained checkpoint, not "
                               f"{_dotted(path)}", file=set_source(text),
-                              hint="e.g. --set data.val_split=0.2")
+                              hint="e.g. --set data.cache_dir=/data/cache")
