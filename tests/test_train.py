@@ -78,7 +78,8 @@ def test_run_directory_contents(tmp_path, blobs):
     run = train(_config(blobs), out_dir=tmp_path / "run", epochs=3)
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
     # .cnncli-run marks the folder as cnncli's (the lock file is gone once the run ends)
-    assert files == [".cnncli-run", "best.npz", "config.yaml", "last.npz", "metrics.csv"]
+    assert files == [".cnncli-run", "best.npz", "config.yaml", "last.npz", "metrics.csv",
+                     "test.json"]
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 3 and saved["model"]["layers"][1]["name"] == "hidden"
     with open(tmp_path / "run" / "metrics.csv") as f:
@@ -533,7 +534,7 @@ def test_resuming_into_a_new_directory_gives_it_last_and_best(tmp_path, blobs):
     source_best = load_checkpoint(tmp_path / "r" / "best.npz")
     fork = train(None, resume=tmp_path / "r", epochs=3, out_dir=tmp_path / "f")
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == \
-        [".cnncli-run", "best.npz", "config.yaml", "last.npz", "metrics.csv"]
+        [".cnncli-run", "best.npz", "config.yaml", "last.npz", "metrics.csv", "test.json"]
     assert load_checkpoint(tmp_path / "f" / "last.npz").epoch == 3
     copied = load_checkpoint(tmp_path / "f" / "best.npz")
     assert copied.epoch == fork.best_epoch == source_best.epoch

@@ -141,7 +141,8 @@ ARGUMENT_FLAGS = (("overwrite=True", "--overwrite"), ("out_dir=", "--out "),
                   ("resume=", "--resume "), ("epochs=", "--epochs "),
                   ("batch_size=", "--batch-size "), ("lr=", "--lr "), ("seed=", "--seed "),
                   ("data=", "--data "), ("split=", "--split "), ("out=", "--out "),
-                  ("at=", "--at "), ("terminal=True", "--terminal"))
+                  ("at=", "--at "), ("terminal=True", "--terminal"), ("plot=", "--plot "),
+                  ("errors=", "--errors "))
 
 
 def as_flags(text: str) -> str:

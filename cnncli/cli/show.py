@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cnncli.cli.app import main
+from cnncli.cli.complete import complete_run
 from cnncli.errors import ConfigError, MissingExtraError, printable
 from cnncli.files import safe_path
 from cnncli.inspect import pictures, plot, receptive
@@ -20,7 +21,8 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 @main.command("plot")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path),
+                shell_complete=complete_run)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG to write (default: RUN_DIR/curves.png for one run, ./curves.png "
                    "for several).")

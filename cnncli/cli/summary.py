@@ -8,6 +8,7 @@ import json
 import click
 
 from cnncli.cli.app import main, table_console
+from cnncli.cli.complete import complete_checkpoint_or_config
 from cnncli.config import dump_config
 from cnncli.errors import ConfigError, printable
 from cnncli.inspect.sources import checked_source
@@ -42,7 +43,8 @@ def _warn_memory(needed: int, batch_size: int) -> None:
 
 
 @main.command()
-@click.argument("config_or_checkpoint", metavar="CONFIG_OR_CHECKPOINT")
+@click.argument("config_or_checkpoint", metavar="CONFIG_OR_CHECKPOINT",
+                shell_complete=complete_checkpoint_or_config)
 @click.option("--input-shape", metavar="C,H,W", help="Override model.input_shape.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size for the memory estimate.")
@@ -51,7 +53,10 @@ def _warn_memory(needed: int, batch_size: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True, help="Element type for byte counts.")
-def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override any config value by its dotted path, e.g. "
+                   "--set model.layers.0.out_channels=32 (repeatable).")
+def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype, sets):
     """Per-layer output shapes, parameters, MACs, receptive fields and memory of a model.
 
     \b
@@ -59,13 +64,14 @@ def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
       cnncli summary configs/digits.yaml
       cnncli summary runs/digits/best.npz --batch-size 64 --json
       cnncli summary configs/lenet5.yaml --format markdown
+      cnncli summary configs/digits.yaml --set model.layers.0.out_channels=32
     """
     from cnncli.inspect.render import print_summary, summary_csv, summary_markdown
     from cnncli.inspect.summary import summarize
 
     if as_json and fmt not in ("table", "json"):
         raise click.UsageError(f"--json and --format {fmt} ask for two formats; give one")
-    checked = checked_source(config_or_checkpoint, _parse_shape(input_shape))
+    checked = checked_source(config_or_checkpoint, _parse_shape(input_shape), sets)
     _warn(checked.warnings)
     result = summarize(checked, batch_size=batch_size, dtype=dtype)
     _warn_memory(result.memory["total_bytes"], batch_size)
@@ -82,7 +88,7 @@ def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype):
 
 
 @main.command("config")
-@click.argument("config", metavar="CONFIG")
+@click.argument("config", metavar="CONFIG", shell_complete=complete_checkpoint_or_config)
 def config_command(config):
     """Check a config and print it resolved (every default filled in) as YAML.
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from cnncli.cli.app import main
+from cnncli.cli.complete import complete_config, complete_run
 from cnncli.errors import CheckpointError, CnncliError, printable
 from cnncli.files import atomic_write
 
@@ -170,15 +171,20 @@ def _run_dir_option(ctx, param, value):
 
 
 @main.command("train")
-@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path),
+                shell_complete=complete_config)
 @click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override train.lr.")
 @click.option("--seed", type=int, help="Override seed.")
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override any config value by its dotted path, e.g. --set train.lr=0.01 or "
+                   "--set model.layers.0.out_channels=32 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), callback=_run_dir_option,
               help="Run directory (default: runs/<name>/).")
 @click.option("--resume", "resume", type=click.Path(exists=True, path_type=Path),
-              metavar="RUN_DIR_OR_CKPT", help="Continue a run from its last.npz.")
+              metavar="RUN_DIR_OR_CKPT", help="Continue a run from its last.npz.",
+              shell_complete=complete_run)
 @click.option("--overwrite", is_flag=True,
               help="Replace a run already in the run directory (its checkpoints and metrics "
                    "are deleted first); without it such a directory is refused.")
@@ -190,10 +196,13 @@ def _run_dir_option(ctx, param, value):
 @click.option("--reinit", multiple=True, metavar="LAYER",
               help="With --init-from: keep this layer's fresh weights, even if its shape "
                    "differs from the source's (repeatable).")
+@click.option("--tensorboard", is_flag=True,
+              help="Write TensorBoard event files into RUN_DIR/tensorboard/ (same as "
+                   "--set train.tensorboard=true; needs the [tensorboard] extra).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print the training settings.")
-def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, quiet,
-                  verbose, init_from, freeze, reinit):
+def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overwrite,
+                  init_from, freeze, reinit, tensorboard, quiet, verbose):
     """Train the model CONFIG describes; write config.yaml, metrics.csv, last.npz, best.npz.
 
     With --resume, CONFIG may be omitted: the run's stored config is used.
@@ -209,19 +218,36 @@ def train_command(config, epochs, batch_size, lr, seed, out, resume, overwrite, 
 
     if config is None and resume is None:
         raise click.UsageError("give a CONFIG file (or --resume RUN_DIR to continue a run)")
+    from cnncli.config.overrides import refuse_both
+
+    refuse_both(sets, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    if tensorboard:
+        sets = (*sets, "train.tensorboard=true")
     cfg = None
     if config is not None:
         from cnncli.config import check_config
 
-        checked = check_config(config)
+        checked = check_config(config, sets=sets)
         for line in checked.warnings:     # strides that drop rows: once per layer
             click.echo(f"cnncli: warning: {printable(line)}", err=True)
         cfg = checked.run
+    elif sets:                            # --resume RUN --set ...: the run's own config, changed
+        from cnncli.config import check_data
+        from cnncli.training.checkpoint import load_checkpoint
+        from cnncli.training.trainer import resolve_resume_path
+
+        ckpt_path = resolve_resume_path(resume)
+        cfg = check_data(load_checkpoint(ckpt_path).config, file=str(ckpt_path), sets=sets).run
+    from cnncli.inspect.tensorboard import TensorBoardReporter, summary_writer_class
+    from cnncli.training.reporters import Reporters
+
+    if cfg is not None and cfg.train.tensorboard:
+        summary_writer_class()            # a missing extra stops here, before any work
     extra = {}
     if init_from is not None or freeze or reinit:
         cfg, extra["init_weights"] = _initial_weights(cfg, init_from, freeze, reinit, resume,
                                                       seed, quiet)
-    progress = _Progress(quiet, verbose)
+    progress = Reporters(_Progress(quiet, verbose), TensorBoardReporter())
     try:
         with _download_progress(quiet) as show_download:
             run = train(cfg, out_dir=out, resume=resume, epochs=epochs, batch_size=batch_size,
@@ -305,7 +331,7 @@ def _init_table(report):
 # ---------------------------------------------------------------- eval
 
 @main.command("eval")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path), shell_complete=complete_run)
 @click.option("--data", "data", metavar="PATH_OR_DATASET",
               help="Evaluate on another dataset name or path (default: the run's data).")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test",
@@ -316,7 +342,15 @@ def _init_table(report):
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Also report top-k accuracy.")
-def eval_command(checkpoint, data, split, as_json, top_k):
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a data.* value of the run's config, e.g. --set data.cache_dir=DIR "
+                   "(repeatable).")
+@click.option("--plot", "plot_png", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE.png", help="Draw the confusion matrix into this PNG.")
+@click.option("--errors", "errors_png", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE.png",
+              help="Draw the most confidently misclassified images into this PNG.")
+def eval_command(checkpoint, data, split, as_json, top_k, sets, plot_png, errors_png):
     """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint.
 
     By default on the test split of the run's own data, re-split as in training.
@@ -326,19 +360,39 @@ def eval_command(checkpoint, data, split, as_json, top_k):
       cnncli eval runs/digits/best.npz
       cnncli eval runs/digits --split val --json
       cnncli eval runs/digits/best.npz --data my_images/ --split all
+      cnncli eval runs/digits/best.npz --plot confusion.png --errors errors.png
     """
     from cnncli.data.checkpoint_split import checkpoint_split
     from cnncli.inspect.render import percent, report_tables
     from cnncli.training.checkpoint import load_checkpoint
     from cnncli.training.evaluate import evaluate
 
+    if plot_png is not None or errors_png is not None:
+        from cnncli.inspect.eval_pictures import check_picture_names
+
+        check_picture_names(plot=plot_png, errors=errors_png)
     ckpt = load_checkpoint(checkpoint)
+    if sets:  # the run's data config changed: checkpoint_split reads ckpt.run
+        import dataclasses
+
+        from cnncli.config import check_data
+        from cnncli.config.overrides import refuse_all_but_data
+
+        refuse_all_but_data(sets)
+        ckpt = dataclasses.replace(ckpt, _run=check_data(ckpt.config, file=str(ckpt.path),
+                                                         sets=sets).run)
     model = ckpt.model()
     with _download_progress(False) as show_download:  # stderr: --json output stays clean
         x, y = checkpoint_split(ckpt, model, data, split, progress=show_download)
     class_names = ckpt.class_names
     report = evaluate(model, x, y, class_names, top_k=top_k)
     report = {"checkpoint": str(ckpt.path), "split": split, **report}
+    if plot_png is not None or errors_png is not None:
+        from cnncli.inspect.eval_pictures import write_eval_pictures
+
+        for line in write_eval_pictures(report, model, x, y, class_names, plot=plot_png,
+                                        errors=errors_png):
+            click.echo(line, err=as_json)     # --json: stdout stays the JSON
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from cnncli.checks import MAX_INT, is_int, shown
+from cnncli.config.overrides import SetPosition, apply_overrides
 from cnncli.config.schema import (
     BETA,
     DATASETS,
@@ -76,16 +77,23 @@ class CheckedConfig:
         return self.run.to_dict()
 
     def where(self, path) -> str:
-        line, col = find_position(self.locations, path)
-        return location_prefix(self.file, line, col)
+        return location_prefix(*_position(self.file, self.locations, path))
 
     def locate(self, err):
         """Point an unlocated error that names a config key (``key="path"``) at that key."""
         section = _SECTION_OF_KEY.get(err.key) if isinstance(err.key, str) else None
         if err.file is None and section is not None:
-            line, col = find_position(self.locations, (section, err.key))
-            err.located(file=self.file, line=line, column=col)
+            file, line, col = _position(self.file, self.locations, (section, err.key))
+            err.located(file=file, line=line, column=col)
         return err
+
+
+def _position(file, locations, path) -> tuple:
+    """(file, line, column) of ``path``; a value given by ``--set`` names that instead."""
+    found = find_position(locations, path)
+    if isinstance(found, SetPosition):
+        return found.text, None, None
+    return (file, *found)
 
 
 # ---------------------------------------------------------------- located checks
@@ -99,10 +107,13 @@ class Checker:
     def error(self, path, message, hint=None, layer=None, key=None) -> ConfigError:
         """A ConfigError at ``path`` (or its nearest written ancestor) naming ``key``, by
         default the last part of the path."""
-        line, col = find_position(self.locations, path)
+        file, line, col = self.position(path)
         key = key if key is not None else (str(path[-1]) if path else None)
-        return ConfigError(message, file=self.file, line=line, column=col, hint=hint,
+        return ConfigError(message, file=file, line=line, column=col, hint=hint,
                            layer=layer, key=key)
+
+    def position(self, path) -> tuple:
+        return _position(self.file, self.locations, path)
 
     @staticmethod
     def dotted(path) -> str:
@@ -386,8 +397,8 @@ def _check_layers(checked: CheckedConfig, ck: Checker) -> None:
             written = [epath + (k,) for k in (err.key, *(a for a, t in layer.aliases.items()
                                                           if t == err.key))]
             at = next((w for w in written if w in ck.locations), epath + ("type",))
-            line, col = find_position(ck.locations, at)
-            raise err.located(file=ck.file, line=line, column=col, layer=label) from None
+            file, line, col = ck.position(at)
+            raise err.located(file=file, line=line, column=col, layer=label) from None
         except (TypeError, ValueError, OverflowError, ArithmeticError) as err:
             raise ck.error(epath + ("type",), f"cannot take input shape {list(shape)} ({err})",
                            layer=label) from None
@@ -479,27 +490,30 @@ def _locate_layer_error(err: ConfigError, ck: Checker, epath, entry, label) -> C
         except ConfigError:
             pass
     path = epath + (key,) if key is not None else epath
-    line, col = find_position(ck.locations, path)
-    return err.located(file=ck.file, line=line, column=col, layer=label)
+    file, line, col = ck.position(path)
+    return err.located(file=file, line=line, column=col, layer=label)
 
 
 # ---------------------------------------------------------------- entry points
 
-def check_text(text: str, file="<config>", *, input_shape=None) -> CheckedConfig:
-    """Validate YAML text fully (sections, layers, shapes); ``input_shape`` overrides the file."""
+def check_text(text: str, file="<config>", *, input_shape=None, sets=()) -> CheckedConfig:
+    """Validate YAML text fully (sections, layers, shapes); ``input_shape`` and ``sets``
+    (``KEY.PATH=VALUE`` texts, see ``overrides``) override the file."""
     data, locations = parse_yaml(text, file)
     stem = Path(str(file)).stem if file != "<config>" else "run"
     default_name = stem if RUN_NAME_RE.match(stem or "") else "run"
     return check_data(data, file=file, locations=locations, default_name=default_name,
-                      input_shape=input_shape)
+                      input_shape=input_shape, sets=sets)
 
 
 def check_data(data, *, file="<config>", locations=None, default_name="run",
-               input_shape=None) -> CheckedConfig:
-    """Validate already-parsed config data (e.g. a checkpoint's resolved config)."""
+               input_shape=None, sets=()) -> CheckedConfig:
+    """Validate already-parsed config data (e.g. a checkpoint's resolved config), with the
+    ``KEY.PATH=VALUE`` overrides ``sets`` applied first."""
     if isinstance(data, RunConfig):
         data = data.to_dict()
-    locations = locations or {}
+    locations = locations if locations is not None else {}
+    data = apply_overrides(data, locations, sets)
     ck = Checker(file, locations)
     if isinstance(data, dict) and "model" in data and input_shape is not None:
         data = dict(data)
@@ -512,9 +526,10 @@ def check_data(data, *, file="<config>", locations=None, default_name="run",
     return checked
 
 
-def check_config(path, *, input_shape=None) -> CheckedConfig:
-    """Read and validate a config file; errors carry file:line:col."""
-    return check_text(read_config_text(path), str(path), input_shape=input_shape)
+def check_config(path, *, input_shape=None, sets=()) -> CheckedConfig:
+    """Read and validate a config file (with ``--set`` overrides ``sets``); errors carry
+    file:line:col, or the ``--set`` text of an overridden value."""
+    return check_text(read_config_text(path), str(path), input_shape=input_shape, sets=sets)
 
 
 def resolve_config(source) -> RunConfig:

@@ -198,6 +198,8 @@ class TrainConfig:
         None, None, "the weights the run started from (`cnncli train --init-from`): "
         "`{source: PATH, freeze: [layer, ...], reinit: [layer, ...]}`; frozen layers get no "
         "updates", type_doc="mapping or null")
+    tensorboard: bool = setting(False, BOOL, "write TensorBoard event files into the run "
+                                "directory (the `[tensorboard]` extra; same as `--tensorboard`)")
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,17 @@ from cnncli.inspect.walk import walk
 from cnncli.training.checkpoint import is_checkpoint, load_checkpoint
 
 
-def checked_source(path, input_shape=None) -> CheckedConfig:
+def checked_source(path, input_shape=None, sets=()) -> CheckedConfig:
     """Check a config file, or the config stored in a checkpoint; ``input_shape`` overrides
-    the model's (a checkpoint's dense weights must still fit it)."""
+    the model's (a checkpoint's dense weights must still fit it), ``sets`` any value."""
     if is_checkpoint(path):
         ckpt = load_checkpoint(path)
-        checked = check_data(ckpt.config, file=str(path), input_shape=input_shape)
+        checked = check_data(ckpt.config, file=str(path), input_shape=input_shape, sets=sets)
         if input_shape is not None:
             _check_dense_inputs(checked, ckpt.state, path, input_shape,
                                 ckpt.run.model.input_shape)
         return checked
-    return check_config(path, input_shape=input_shape)
+    return check_config(path, input_shape=input_shape, sets=sets)
 
 
 def _check_dense_inputs(checked, state: dict, path, input_shape, trained_shape) -> None:

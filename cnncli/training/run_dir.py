@@ -10,6 +10,7 @@ the pid) is taken for the whole run and released by the kernel if the process di
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -24,8 +25,10 @@ MARKER = ".cnncli-run"
 LOCK = ".cnncli-lock"
 #: What makes a directory hold a run that a new one would overwrite.
 RUN_FILES = ("last.npz", "best.npz", "metrics.csv")
+#: The test-split scores of best.npz at the end of training (what ``cnncli runs`` lists).
+TEST_FILE = "test.json"
 #: Every file a training run writes (``overwrite`` deletes only these).
-WRITTEN = (*RUN_FILES, "config.yaml", MARKER)
+WRITTEN = (*RUN_FILES, "config.yaml", TEST_FILE, MARKER)
 
 
 class RunBusy(ConfigError):
@@ -179,6 +182,13 @@ class RunDirectory:
                      f"{ckpt.epoch} with out_dir=NEW_DIR")
 
     # -- writes
+    def write_test_scores(self, report: dict) -> Path:
+        """``RUN_DIR/test.json``: best.npz's test-split report (``cnncli runs``/``report``)."""
+        path = self.path / TEST_FILE
+        text = json.dumps(report, indent=2) + "\n"
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+        return path
+
     def write_config(self, text: str) -> None:
         atomic_write(self.path / "config.yaml", lambda f: f.write(text.encode()))
 

@@ -182,6 +182,8 @@ class Trainer:
             if run.metrics and not self.dir.metrics.exists():
                 write_metrics_csv(self.dir.metrics, run.metrics)
             run.test = self._test_best()
+            if run.test is not None:  # what `cnncli runs` and `cnncli report` read
+                self.dir.write_test_scores(run.test)
         return run
 
     def _prepare_directory(self) -> None:
