@@ -467,10 +467,12 @@ def _dropped(layer, shape) -> str | None:
     if geom is None:
         return None
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geom
+    sides = (layer.padding_sides(shape) if hasattr(layer, "padding_sides")
+             else ((ph, ph), (pw, pw)))
     parts = []
-    for size, k, s, p, d, axis in ((shape[1], kh, sh, ph, dh, "row"),
-                                   (shape[2], kw, sw, pw, dw, "column")):
-        real = (size + 2 * p - d * (k - 1) - 1) % s - p
+    for size, k, s, (lo, hi), d, axis in ((shape[1], kh, sh, sides[0], dh, "row"),
+                                          (shape[2], kw, sw, sides[1], dw, "column")):
+        real = (size + lo + hi - d * (k - 1) - 1) % s - hi
         if real > 0:
             parts.append(f"{real} {axis}{'s' if real > 1 else ''}")
     if not parts:

@@ -342,6 +342,11 @@ class Conv2d(Layer):
         (t, _), (lft, _) = self._pads_for(*self.require_spatial(input_shape)[1:])
         return self.kernel_size, self.stride, (t, lft), self.dilation
 
+    def padding_sides(self, input_shape) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, bottom), (left, right)) zero padding for this input ('same' with a stride
+        pads one more pixel at the end than at the start)."""
+        return self._pads_for(*self.require_spatial(input_shape)[1:])
+
     def describe(self) -> str:
         kh, kw = self.kernel_size
         pad = f"p{self.padding}"  # 'same' with a stride: the padding depends on the input
