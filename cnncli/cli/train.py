@@ -213,36 +213,14 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
       cnncli train configs/digits.yaml --epochs 5 --out runs/quick --overwrite
       cnncli train --resume runs/digits --epochs 40
     """
-    from cnncli.inspect.render import metrics_table, percent
+    from cnncli.inspect.tensorboard import TensorBoardReporter
+    from cnncli.training.reporters import Reporters
     from cnncli.training.trainer import TrainingInterrupted, train
 
     if config is None and resume is None:
         raise click.UsageError("give a CONFIG file (or --resume RUN_DIR to continue a run)")
-    from cnncli.config.overrides import refuse_both
-
-    refuse_both(sets, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    if tensorboard:
-        sets = (*sets, "train.tensorboard=true")
-    cfg = None
-    if config is not None:
-        from cnncli.config import check_config
-
-        checked = check_config(config, sets=sets)
-        for line in checked.warnings:     # strides that drop rows: once per layer
-            click.echo(f"cnncli: warning: {printable(line)}", err=True)
-        cfg = checked.run
-    elif sets:                            # --resume RUN --set ...: the run's own config, changed
-        from cnncli.config import check_data
-        from cnncli.training.checkpoint import load_checkpoint
-        from cnncli.training.trainer import resolve_resume_path
-
-        ckpt_path = resolve_resume_path(resume)
-        cfg = check_data(load_checkpoint(ckpt_path).config, file=str(ckpt_path), sets=sets).run
-    from cnncli.inspect.tensorboard import TensorBoardReporter, summary_writer_class
-    from cnncli.training.reporters import Reporters
-
-    if cfg is not None and cfg.train.tensorboard:
-        summary_writer_class()            # a missing extra stops here, before any work
+    checked, cfg = _run_config(config, resume, sets, tensorboard, epochs=epochs,
+                               batch_size=batch_size, lr=lr, seed=seed)
     extra = {}
     if init_from is not None or freeze or reinit:
         cfg, extra["init_weights"] = _initial_weights(cfg, init_from, freeze, reinit, resume,
@@ -254,9 +232,7 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
                         lr=lr, seed=seed, callbacks=progress, overwrite=overwrite,
                         progress=show_download, **extra)
     except CnncliError as err:        # data.path missing, wrong input_shape: point at the key
-        if config is None:
-            raise
-        raise checked.locate(err) from None
+        raise (err if checked is None else checked.locate(err)) from None
     except OSError as err:  # run directory or checkpoint writes: disk full, not a folder, ...
         raise CnncliError(f"cannot write {err.filename or 'the run directory'}: "
                           f"{err.strerror or err}",
@@ -264,16 +240,55 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
                                "written are intact") from None
     except TrainingInterrupted as stop:
         progress.close()
-        # No CONFIG: the run's stored config keeps this run's --lr/--batch-size overrides;
-        # the file may also have been edited since.
-        again = ["cnncli", "train", "--resume", str(stop.run_dir)] + \
-            (["--epochs", str(epochs)] if epochs else [])
-        click.echo("\n" + printable(f"interrupted: state after epoch {stop.epoch} saved to "
-                                    f"{stop.run_dir / 'last.npz'}"), err=True)
-        click.echo(printable(f"resume with: {shlex.join(again)}"), err=True)
-        sys.exit(130)
+        _interrupted(stop, epochs)
     finally:
         progress.close()
+    _report_run(run, quiet)
+
+
+def _run_config(config, resume, sets, tensorboard, **flags):
+    """(the CheckedConfig of CONFIG or None, the RunConfig to train or None for the resumed
+    run's own): --set applied, warnings printed, a missing [tensorboard] extra refused."""
+    from cnncli.config import check_config, check_data
+    from cnncli.config.overrides import refuse_both
+    from cnncli.inspect.tensorboard import summary_writer_class
+
+    refuse_both(sets, **flags)
+    if tensorboard:
+        sets = (*sets, "train.tensorboard=true")
+    checked = cfg = None
+    if config is not None:
+        checked = check_config(config, sets=sets)
+        for line in checked.warnings:     # strides that drop rows: once per layer
+            click.echo(f"cnncli: warning: {printable(line)}", err=True)
+        cfg = checked.run
+    elif sets:                            # --resume RUN --set ...: the run's own config, changed
+        from cnncli.training.checkpoint import load_checkpoint
+        from cnncli.training.trainer import resolve_resume_path
+
+        ckpt_path = resolve_resume_path(resume)
+        cfg = check_data(load_checkpoint(ckpt_path).config, file=str(ckpt_path), sets=sets).run
+    if cfg is not None and cfg.train.tensorboard:
+        summary_writer_class()            # a missing extra stops here, before any work
+    return checked, cfg
+
+
+def _interrupted(stop, epochs) -> None:
+    """Ctrl-C: where the state is and the command that resumes it; exit 130."""
+    # No CONFIG: the run's stored config keeps this run's --lr/--batch-size overrides; the
+    # file may also have been edited since.
+    again = ["cnncli", "train", "--resume", str(stop.run_dir)] + \
+        (["--epochs", str(epochs)] if epochs else [])
+    click.echo("\n" + printable(f"interrupted: state after epoch {stop.epoch} saved to "
+                                f"{stop.run_dir / 'last.npz'}"), err=True)
+    click.echo(printable(f"resume with: {shlex.join(again)}"), err=True)
+    sys.exit(130)
+
+
+def _report_run(run, quiet: bool) -> None:
+    """The end of a run: the epoch table, early stopping, the best epoch and the test score."""
+    from cnncli.inspect.render import metrics_table, percent
+
     if not quiet and run.metrics:
         _console().print(metrics_table(run.metrics, run.best_epoch))
     if run.stopped_early:
