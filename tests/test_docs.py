@@ -7,7 +7,8 @@ layer lists, and Python blocks. Paths under /tmp/ are moved into that folder. HT
 right above a block steer it:
 
 - ``<!-- not run: reason -->``: skipped (network downloads, torch, Ctrl-C);
-- ``<!-- needs: MODULE -->``: skipped where that optional module is not installed;
+- ``<!-- needs: MODULE -->``: skipped where that optional module is not installed (``two-cores``:
+  where fewer than two cores are usable);
 - ``<!-- file: NAME -->``: the block is written to NAME for the commands after it;
 - ``<!-- setup: COMMAND -->``: a shell command run first (files a reader would have).
 
@@ -164,6 +165,14 @@ def _compared(line: str) -> bool:
                                                                         line)
 
 
+def _available(need: str) -> bool:
+    """A ``needs:`` note: a module name, or ``two-cores`` (output that only a machine with two
+    usable cores prints, such as training on two processes)."""
+    if need == "two-cores":
+        return len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else False
+    return importlib.util.find_spec(need) is not None
+
+
 def _check_shown(where: str, command: str, shown: list[str], code: int, output: str,
                  fixed: bool, expected: int | None = None) -> None:
     """``expected``: the exit code a following ``$ echo $?`` shows; else 2 after an error line
@@ -200,7 +209,7 @@ def run_document(doc: str, folder: Path, monkeypatch) -> int:
     for block in read_blocks(ROOT / doc):
         where = f"{doc}:{block.line}"
         if "not run" in block.notes or not all(
-                importlib.util.find_spec(m) for m in block.notes.get("needs", [])):
+                _available(need) for need in block.notes.get("needs", [])):
             continue
         for command in block.notes.get("setup", []):
             code, output, _ = session.run_line(command)

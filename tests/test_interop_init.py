@@ -52,7 +52,7 @@ def test_a_shape_mismatch_is_an_error_unless_reinit_and_changes_nothing(tmp_path
         apply_initial_weights(target, source)
     assert str(info.value) == (
         f"{source}: layer 'head' (dense): head.weight has shape [3, 64] but the model's is "
-        "[7, 64] (pass --reinit head to start that layer afresh)")
+        "[7, 64] (pass reinit=head to start that layer afresh)")
     assert all(np.array_equal(v, before[k]) for k, v in target.state_dict().items())
 
 

@@ -109,7 +109,7 @@ def test_export_refusals_are_one_line_and_write_nothing(tmp_path):
     missing = export(tmp_path / "nope.npz", "--format", "safetensors")
     assert missing.exit_code == 2 and "no checkpoint at" in missing.output
     opset = export(tmp_path / "last.npz", "--format", "safetensors", "--opset", "17")
-    assert opset.exit_code == 2 and "--opset applies to --format onnx" in opset.output
+    assert opset.exit_code == 2 and "opset applies only to --format onnx" in opset.output
     (tmp_path / "afile").write_text("x")
     folder = export(tmp_path / "last.npz", "--format", "pytorch", "-o", tmp_path / "afile")
     assert folder.exit_code == 2 and "afile is a file" in folder.output

@@ -142,7 +142,9 @@ ARGUMENT_FLAGS = (("overwrite=True", "--overwrite"), ("out_dir=", "--out "),
                   ("batch_size=", "--batch-size "), ("lr=", "--lr "), ("seed=", "--seed "),
                   ("data=", "--data "), ("split=", "--split "), ("out=", "--out "),
                   ("at=", "--at "), ("terminal=True", "--terminal"), ("plot=", "--plot "),
-                  ("errors=", "--errors "))
+                  ("errors=", "--errors "), ("format=", "--format "), ("opset=", "--opset "),
+                  ("reinit=", "--reinit "), ("freeze=", "--freeze "), ("resize=", "--resize "),
+                  ("input_shape=", "--input-shape "))
 
 
 def as_flags(text: str) -> str:

@@ -275,7 +275,7 @@ def read_image(path: Path, channels: int, size: tuple[int, int] | None = None,
                 if resize == "none":
                     raise DataError(f"{path} is {img.size[0]}x{img.size[1]} (WxH) but the model "
                                     f"takes {size[1]}x{size[0]} images",
-                                    hint="use --resize fit or --resize crop")
+                                    hint="use resize=fit or resize=crop")
                 if resize == "crop":
                     img = _cover(img, size, Image.BILINEAR)
                 img = img.resize((size[1], size[0]), Image.BILINEAR)

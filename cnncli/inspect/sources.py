@@ -36,7 +36,7 @@ def _check_dense_inputs(checked, state: dict, path, input_shape, trained_shape) 
             given = ",".join(map(str, input_shape))
             trained = ",".join(map(str, trained_shape))
             raise ShapeError(f"its input size changed: the checkpoint's weights take "
-                             f"{weight.shape[1]} features, --input-shape {given} gives it "
+                             f"{weight.shape[1]} features, input_shape={given} gives it "
                              f"{features}", file=str(path), layer=checked.labels[step.index],
                              hint=f"dense layers fix the input size; this model was trained "
                                   f"on {trained}")

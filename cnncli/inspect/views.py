@@ -33,7 +33,7 @@ def filters_view(model, layer_name: str | None = None):
                               hint="conv layers: " + ", ".join(model.layers[j].name
                                                               for j in convs))
     elif not convs:
-        raise ConfigError("the model has no conv layer; --filters shows conv kernels")
+        raise ConfigError("the model has no conv layer, and the filter picture shows conv kernels")
     else:
         i = convs[0]
     layer = model.layers[i]

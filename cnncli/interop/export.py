@@ -16,9 +16,9 @@ def export(source, fmt: str, out=None, *, opset: int | None = None,
     """Write the checkpoint ``source`` (or a run directory's last.npz) in ``fmt``; returns
     the file (or, for pytorch, the folder) written."""
     if fmt not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if opset is not None and fmt != "onnx":
-        raise ConfigError(f"--opset applies to --format onnx, not {fmt}")
+        raise ConfigError(f"opset applies only to format=onnx, not {fmt}")
     if fmt == "onnx":  # before reading anything: a missing extra is the first thing to say
         from cnncli.interop.onnx_export import DEFAULT_OPSET, check_opset, export_onnx
 

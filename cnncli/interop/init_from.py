@@ -67,7 +67,7 @@ def _layer_names(model, names, option: str) -> list[str]:
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
-            raise ConfigError(f"{option} {name}: the model has no layer {name!r}",
+            raise ConfigError(f"{option}{name}: the model has no layer {name!r}",
                               hint=f"did you mean '{close[0]}'?" if close else
                               "layers: " + ", ".join(known))
     return list(dict.fromkeys(names))
@@ -77,8 +77,8 @@ def apply_initial_weights(model, source, reinit=(), freeze=()) -> InitReport:
     """Copy the source's arrays into ``model`` where names match. A shape mismatch is an
     error unless its layer is in ``reinit`` (whose parameters all keep their fresh values).
     Checks everything before changing anything."""
-    reinit = _layer_names(model, reinit, "--reinit")
-    frozen = _layer_names(model, freeze, "--freeze")
+    reinit = _layer_names(model, reinit, "reinit=")
+    frozen = _layer_names(model, freeze, "freeze=")
     state = read_weights(source)
     report = InitReport(str(source), frozen=frozen)
     updates = []
@@ -94,7 +94,7 @@ def apply_initial_weights(model, source, reinit=(), freeze=()) -> InitReport:
                         f"{name} has shape {list(np.shape(new))} but the model's is "
                         f"{list(value.shape)}", file=source,
                         layer=f"layer '{layer.name}' ({layer.type_name})",
-                        hint=f"pass --reinit {layer.name} to start that layer afresh")
+                        hint=f"pass reinit={layer.name} to start that layer afresh")
                 report.mismatched.append(name)
             elif layer.name in reinit:
                 report.reinit.append(name)

@@ -205,7 +205,7 @@ def check_opset(opset: int) -> int:
     onnx = require("onnx", "onnx")
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
-        raise ConfigError(f"--opset {opset} is outside the opsets this export supports "
+        raise ConfigError(f"opset={opset} is outside the opsets this export supports "
                           f"({MIN_OPSET}..{newest})", hint=f"the default is {DEFAULT_OPSET}")
     return opset
 

@@ -162,7 +162,7 @@ def export_pytorch(ckpt, model, folder, *, normalization: bool = True) -> Path:
     """``folder``/model.py and ``folder``/model.safetensors."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{folder} is a file; --format pytorch writes a folder",
+        raise ConfigError(f"{folder} is a file; format=pytorch writes a folder",
                           hint="give -o a folder name")
     make_folder(folder)
     text = model_source(ckpt, model, normalization=normalization)
