@@ -35,10 +35,6 @@ TORCH_VERSION = "2.13.0"
 NETWORKS = {"LeNet-5": "configs/lenet5.yaml", "CIFAR-small": "configs/cifar_small.yaml"}
 
 
-def _default_python(candidate: str) -> str:
-    return candidate if Path(candidate).exists() else sys.executable
-
-
 def torch_version(python: str) -> str | None:
     """torch.__version__ in that interpreter, or None if it cannot import torch."""
     proc = subprocess.run([python, "-c", "import torch; print(torch.__version__)"],
@@ -150,8 +146,12 @@ def render(header: list[str], body: list[list[str]], markdown: bool) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cnncli-python", default=_default_python("/work/venv/bin/python"))
-    ap.add_argument("--torch-python", default=_default_python("/work/torchvenv/bin/python"))
+    ap.add_argument("--cnncli-python", default=sys.executable,
+                    help="the interpreter with cnncli installed (default: this one)")
+    ap.add_argument("--torch-python", default=os.environ.get("CNNCLI_TORCH_PYTHON",
+                                                             sys.executable),
+                    help="an interpreter with torch==2.13.0 (default: $CNNCLI_TORCH_PYTHON, "
+                         "else this one)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-sizes", default="32,64,128")
     ap.add_argument("--networks", default=",".join(NETWORKS),
