@@ -157,9 +157,10 @@ class RunDirectory:
         found = [name for name in RUN_FILES if (self.path / name).exists()]
         if not found:
             return
-        if overwrite:
-            for name in found:
-                (self.path / name).unlink()
+        if overwrite:   # the old test scores too: runs/report would credit them to the new run
+            for name in (*found, TEST_FILE):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / name).unlink()
             return
         epoch = stored_epoch(self.last)
         held = ", ".join(found) + (f"; last.npz at epoch {epoch}" if epoch is not None else "")
