@@ -154,12 +154,17 @@ def as_flags(text: str) -> str:
     return text
 
 
-def table_console():
+def table_console(table=None):
     """The Rich console tables print on; not a terminal (pipe, file, test runner): wide enough
-    that tables never wrap."""
+    that tables never wrap (200 columns, or as wide as ``table`` needs)."""
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    width = 200
+    if table is not None:
+        width = max(width, Console(width=1 << 16).measure(table).maximum)
+    return Console(width=width, highlight=False)
 
 
 def _reopen_closed_streams() -> None:
