@@ -34,6 +34,17 @@ def test_lr_written_1e_minus_3_is_text_in_yaml_11_and_the_hint_says_how_to_write
     assert check_text(NET + "train: {lr: 1.0e-3}\n").config["train"]["lr"] == 0.001
 
 
+@pytest.mark.parametrize("written, suggested", [("1e6", "1.0e+6"), ("1.0e6", "1.0e+6"),
+                                                ("2.5e3", "2.5e+3"), ("1e+6", "1.0e+6"),
+                                                ("1E-3", "1.0e-3")])
+def test_lr_in_e_notation_without_a_dot_or_exponent_sign_gets_a_hint_that_yaml_reads(
+        written, suggested):
+    err = error_of(NET + f"train: {{lr: {written}}}\n")
+    assert err.hint == f"YAML reads {written} as text; write {suggested}"
+    assert check_text(NET + f"train: {{lr: {suggested}}}\n").config["train"]["lr"] == float(
+        written)
+
+
 def test_units_written_1_colon_10_is_a_base_60_number_and_refused():
     err = error_of(NET.replace("units: 10", "units: 1:10"))
     assert (err.line, err.column) == (5, 28) and "base-60" in err.message and "(70)" in err.message
