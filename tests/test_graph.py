@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gradcheck import _numeric
 
-from cnncli.errors import ConfigError, ShapeError
+from cnncli.errors import ConfigError, DataError, ShapeError
 from cnncli.nn.layers.merge import Add, Concat
 from cnncli.nn.model import model_from_entries
 from cnncli.parallel.plan import ExecutionPlan, apply_plan
@@ -133,3 +133,19 @@ def test_plan_keeps_shared_arrays_and_gives_equal_results():
     np.testing.assert_allclose(plain.backward(dy), fast.backward(dy), rtol=1e-6, atol=1e-6)
     for (name, _, g1), (_, _, g2) in zip(plain.parameters(), fast.parameters(), strict=True):
         np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("cls", [Add, Concat])
+def test_a_merge_layer_alone_checks_its_calls(cls):
+    layer = cls()
+    layer.build([(2, 4, 4), (2, 4, 4)], np.random.default_rng(0))
+    xs = [np.random.default_rng(k).standard_normal((2, 4, 4, 3)) for k in range(2)]
+    with pytest.raises(DataError, match="backward needs a forward pass first"):
+        layer.backward(np.ones((2, 4, 4, 3)))
+    with pytest.raises(DataError, match="takes a list of arrays"):
+        layer.forward(xs[0])
+    y = layer.forward(xs)
+    with pytest.raises(DataError, match="dy must have the shape"):
+        layer.backward(np.ones(y.shape[:-1] + (4,)))
+    dxs = layer.backward(np.ones_like(y))
+    assert [dx.shape for dx in dxs] == [x.shape for x in xs]
