@@ -217,3 +217,77 @@ def test_graph_model_from_config_runs_forward():
     model = model_from_entries((1, 8, 8), checked.run.model.entries(), dtype=np.float64)
     out = model.forward(np.ones((2, 1, 8, 8)))
     assert out.shape == (2, 10) and np.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- summary of a branching model
+
+INCEPTION = """\
+model:
+  input_shape: [3, 8, 8]
+  layers:
+    - {type: conv2d, name: a, out_channels: 4, kernel_size: 1}
+    - {type: conv2d, name: b, out_channels: 4, kernel_size: 3, padding: 1, from: input}
+    - {type: conv2d, name: c, out_channels: 4, kernel_size: 5, padding: 2, from: input}
+    - {type: concat, name: cat, from: [a, b, c]}
+    - {type: conv2d, name: d, out_channels: 12, kernel_size: 3, stride: 2, padding: 1,
+       from: b}
+    - {type: max_pool2d, name: p, kernel_size: 2, from: cat}
+    - {type: add, name: sum, from: [d, p], activation: relu}
+    - {type: flatten}
+    - {type: dense, units: 3}
+"""
+
+
+def summary_json(text, tmp_path, *extra):
+    from click.testing import CliRunner
+
+    from cnncli.cli.app import main
+
+    path = tmp_path / "net.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["summary", str(path), *extra])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_summary_json_rows_name_their_inputs(tmp_path):
+    import json
+
+    rows = json.loads(summary_json(INCEPTION, tmp_path, "--json"))["layers"]
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["a"]["from"] == ["input"] and by_name["c"]["from"] == ["input"]
+    assert by_name["cat"]["from"] == ["a", "b", "c"]
+    assert by_name["sum"]["from"] == ["d", "p"]
+    assert by_name["cat"]["output_shape"] == [12, 8, 8]
+    # receptive fields through branches: the largest over the paths (c's 5x5 through cat;
+    # then the pool: 5 + 1 = 6; d's path is 3 + 2 = 5; the union is 6x6 with jump 2)
+    assert by_name["cat"]["receptive_field"] == [5, 5]
+    assert by_name["d"]["receptive_field"] == [5, 5] and by_name["d"]["jump"] == [2, 2]
+    assert by_name["p"]["receptive_field"] == [6, 6]
+    assert by_name["sum"]["receptive_field"] == [6, 6] and by_name["sum"]["jump"] == [2, 2]
+
+
+def test_summary_table_has_a_from_column_only_when_the_model_branches(tmp_path):
+    table = summary_json(INCEPTION, tmp_path)
+    assert "from" in table and "a, b, c" in table
+    chain = summary_json("model:\n  input_shape: [1, 4, 4]\n  layers:\n"
+                         "    - {type: flatten}\n    - {type: dense, units: 2}\n", tmp_path)
+    assert "from" not in chain
+    markdown = summary_json(INCEPTION, tmp_path, "--format", "markdown")
+    assert "| from |" in markdown and "| a, b, c |" in markdown
+    csv = summary_json(INCEPTION, tmp_path, "--format", "csv")
+    assert csv.splitlines()[0].endswith(",from") and '"a, b, c"' in csv
+
+
+def test_summary_graph_draws_lanes(tmp_path):
+    lines = summary_json(INCEPTION, tmp_path, "--graph").splitlines()
+    assert lines[0] == "● input  3x8x8"
+    cat = next(line for line in lines if " cat  concat" in line)
+    assert cat.endswith("<- a, b, c") and "12x8x8" in cat
+    assert any(set(line.strip()) <= set("├─┐┘┬┴┼│ ") and "├" in line for line in lines)
+    assert lines[-1].startswith("● dense_1  dense")
+    chain = summary_json("model:\n  input_shape: [1, 4, 4]\n  layers:\n"
+                         "    - {type: flatten}\n    - {type: dense, units: 2}\n", tmp_path,
+                         "--graph")
+    assert chain.splitlines() == ["● input  1x4x4", "● flatten_1  flatten  16",
+                                  "● dense_1  dense  2"]
