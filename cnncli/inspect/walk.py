@@ -59,7 +59,7 @@ def walk(layers, input_shape, shapes=None, sources=None) -> list[Step]:
     ``input_shape`` unless given (a model's or a checked config's). ``sources``: what each
     layer reads (``Model.sources``); by default each reads the one before. A merge layer's
     ``in_shape`` is its first input's."""
-    sources = [tuple(s) for s in sources] if sources is not None else chain_sources(len(layers))
+    sources = [tuple(s) for s in sources] if sources else chain_sources(len(layers))
     if shapes is None:
         shapes = graph_shapes(layers, input_shape, sources)
     steps = []
