@@ -149,3 +149,12 @@ def test_a_merge_layer_alone_checks_its_calls(cls):
         layer.backward(np.ones(y.shape[:-1] + (4,)))
     dxs = layer.backward(np.ones_like(y))
     assert [dx.shape for dx in dxs] == [x.shape for x in xs]
+
+
+def test_entries_may_count_back_as_config_yaml_writes_them():
+    absolute = build(RESIDUAL)
+    relative = build([{**e, "from": [r if r == "input" else r - k for r in e["from"]]}
+                      if "from" in e else e for k, e in enumerate(RESIDUAL)])
+    assert relative.sources == absolute.sources
+    with pytest.raises(ConfigError, match="counting back"):
+        build([{"type": "relu"}, {"type": "relu", "from": -3}])

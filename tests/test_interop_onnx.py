@@ -293,3 +293,25 @@ def test_bad_opset_is_refused_before_writing(tmp_path):
     result = cli("export", tmp_path / "last.npz", "--format", "onnx", "--opset", "7")
     assert result.exit_code == 2 and "--opset 7 is outside" in result.output
     assert not (tmp_path / "last.onnx").exists()
+
+
+def test_a_branching_model_exports_and_runs_in_onnx_runtime(tmp_path):
+    layers = [
+        {"type": "conv2d", "name": "stem", "out_channels": 4, "kernel_size": 3, "padding": 1,
+         "activation": "relu"},
+        {"type": "conv2d", "name": "a", "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"type": "add", "name": "sum", "from": [-1, "stem"], "activation": "relu"},
+        {"type": "conv2d", "name": "side", "out_channels": 2, "kernel_size": 1, "from": "stem"},
+        {"type": "dropout", "from": "side"},
+        {"type": "concat", "name": "cat", "from": ["sum", -1]},
+        {"type": "flatten"}, {"type": "dense", "name": "out", "units": 3}]
+    ckpt = make_checkpoint(tmp_path / "last.npz", small_config(layers))
+    export(ckpt, "--format", "onnx", "-o", tmp_path / "g.onnx")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "g.onnx")).graph.node}
+    assert {"Sum", "Concat"} <= ops
+    raw = raw_batch((3, 9, 9), n=3)
+    np.testing.assert_allclose(run_onnx(tmp_path / "g.onnx", raw), cnncli_logits(ckpt, raw),
+                               atol=1e-4, rtol=0)
+    result = CliRunner().invoke(main, ["export", str(ckpt), "--format", "pytorch", "-o",
+                                       str(tmp_path / "torch")])
+    assert result.exit_code == 2 and "branches" in result.output

@@ -370,14 +370,18 @@ def model_from_entries(input_shape, entries: list[dict], *, dtype=np.float32,
 
 def entry_inputs(entry, index: int):
     """An entry's ``from`` as a list of absolute entry indices / "input", or None (the entry
-    before it). Raises ConfigError(key="from") for anything else."""
+    before it). Negative indices count back from the entry (-1: the one before; a resolved
+    config.yaml writes them so). Raises ConfigError(key="from") for anything else."""
     refs = entry.get("from") if isinstance(entry, dict) else None
     if refs is None:
         return None
-    refs = refs if isinstance(refs, list) else [refs]
-    for ref in refs:
+    out = []
+    for ref in refs if isinstance(refs, list) else [refs]:
+        if isinstance(ref, int) and not isinstance(ref, bool) and -index - 1 <= ref < 0:
+            ref = index + ref if index + ref >= 0 else "input"
         if ref != "input" and not (isinstance(ref, int) and not isinstance(ref, bool)
                                    and 0 <= ref < index):
-            raise ConfigError(f"from must list earlier entries (0 .. {index - 1}) or 'input', "
-                              f"got {ref!r}", key="from")
-    return list(refs)
+            raise ConfigError(f"from must list earlier entries (0 .. {index - 1}, or -1 .. "
+                              f"{-index - 1} counting back) or 'input', got {ref!r}", key="from")
+        out.append(ref)
+    return out
