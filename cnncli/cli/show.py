@@ -188,8 +188,8 @@ def _show_receptive(source: Path, layer_name, at, background, row: int, out):
     checked = sources.checked_source(source)
     layers, input_shape = checked.layers, tuple(checked.shapes[0])
     index = (views.find_layer(layers, layer_name) if layer_name is not None
-             else receptive.last_spatial_index(layers, input_shape))
-    box = receptive.input_box(layers, input_shape, index, at)
+             else receptive.last_spatial_index(layers, input_shape, checked.sources))
+    box = receptive.input_box(layers, input_shape, index, at, checked.sources)
     under = None
     if background is not None:
         from cnncli.data import load_inputs
