@@ -9,8 +9,9 @@ that neither framework shares an interpreter, allocator or thread pool with the 
 The torch side needs PyTorch: ``pip install torch==2.13.0`` (pinned; the figures in
 RESULTS.md are for that version). It builds the network from the same YAML config with
 torch.nn (lazy layers infer the input sizes; a config with blocks or ``from:`` runs as a graph
-of its flat layer list, read from the YAML by this script) and never imports cnncli; the cnncli side never
-imports torch. The thread variables must be set by the parent before this process starts.
+of its flat layer list, read from the YAML by this script) and never imports cnncli; the
+cnncli side never imports torch. The thread variables must be set by the parent before this
+process starts.
 
 Memory: ``step_peak_rss_mb`` is the rise of the resident set during the training steps over
 the resident set just before them (the kernel's high-water mark is reset via
