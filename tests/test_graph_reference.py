@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from graph_support import BRANCHING, NOT_BUILT
 from test_torch_reference import assert_close
 
 import cnncli
@@ -26,14 +25,12 @@ FIXTURES = Path(__file__).parent / "fixtures" / "graph_reference.npz"
 _DATA = np.load(FIXTURES, allow_pickle=False)
 CASES = [str(name) for name in _DATA["cases"]]
 RESNET18_PARAMS = 11_689_512  # torchvision.models.resnet18()
-RESNET18_MACS = 1.82e9        # torchvision's published 1.81 GFLOPS, plus batch norm and pooling
-
-needs_branching = pytest.mark.skipif(not BRANCHING, reason=NOT_BUILT)
+RESNET18_MACS = 1.82e9  # torchvision's published 1.81 GFLOPS, plus batch norm and pooling
 
 
 def case_arrays(name: str) -> tuple[dict, dict[str, np.ndarray]]:
     prefix = name + "__"
-    arrays = {k[len(prefix):]: _DATA[k] for k in _DATA.files if k.startswith(prefix)}
+    arrays = {k[len(prefix) :]: _DATA[k] for k in _DATA.files if k.startswith(prefix)}
     return json.loads(str(arrays.pop("hparams")[0])), arrays
 
 
@@ -48,20 +45,28 @@ def config_path(name: str, hp: dict, folder: Path) -> Path:
 
 def test_fixture_file_is_small_and_covers_the_graph_shapes():
     assert FIXTURES.stat().st_size < 2_000_000
-    assert {"add_two_branches", "concat", "two_consumers", "block_repeated",
-            "projection_shortcut", "resnet20_cifar"} <= set(CASES)
+    assert {
+        "add_two_branches",
+        "concat",
+        "two_consumers",
+        "block_repeated",
+        "projection_shortcut",
+        "resnet20_cifar",
+    } <= set(CASES)
     for name in CASES:
         hp, a = case_arrays(name)
         assert [k[2:] for k in a if k.startswith("w.")] == hp["keys"], name
-        assert {k[2:] for k in a if k.startswith("g.")} | {k[2:] for k in a if k.startswith(
-            "s.")} == set(hp["keys"]), name
+        assert {k[2:] for k in a if k.startswith("g.")} | {
+            k[2:] for k in a if k.startswith("s.")
+        } == set(hp["keys"]), name
 
 
 def test_torch_resnet18_of_the_fixture_has_torchvisions_parameter_count():
     hp, _ = case_arrays("resnet18")
     shapes = dict((k, tuple(s)) for k, s in hp["state_dict"])
-    weights = [k for k in shapes if not k.endswith(("running_mean", "running_var",
-                                                    "num_batches_tracked"))]
+    weights = [
+        k for k in shapes if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
     assert sum(int(np.prod(shapes[k])) for k in weights) == hp["params"] == RESNET18_PARAMS
     assert shapes["layer2.0.downsample.0.weight"] == (128, 64, 1, 1)
     assert shapes["fc.weight"] == (1000, 512)
@@ -77,7 +82,6 @@ def load_case(name: str, folder: Path, dtype: str, speedups: bool):
     return hp, a, model
 
 
-@needs_branching
 @pytest.mark.parametrize("speedups", [False, True], ids=["plain", "speedups"])
 @pytest.mark.parametrize("name", CASES)
 def test_graph_training_step_matches_torch(name, speedups, tmp_path):
@@ -98,11 +102,11 @@ def test_graph_training_step_matches_torch(name, speedups, tmp_path):
             assert int(state[key]) == int(a["s." + key]), f"{name} {key}"
         else:
             assert_close(state[key], a["s." + key], stored, f"{name} {key}")
-    assert_close(model.forward(a["x_eval"], train=False), a["logits_eval"], stored,
-                 f"{name} eval logits")
+    assert_close(
+        model.forward(a["x_eval"], train=False), a["logits_eval"], stored, f"{name} eval logits"
+    )
 
 
-@needs_branching
 @pytest.mark.parametrize("name", CASES)
 def test_graph_float32_forward_matches_torch(name, tmp_path):
     """cnncli's default dtype: the logits agree to float32 precision. (Gradients are compared
@@ -110,18 +114,17 @@ def test_graph_float32_forward_matches_torch(name, tmp_path):
     float32, in any framework.)"""
     _, a, model = load_case(name, tmp_path, "float32", speedups=True)
     assert_close(model.forward(a["x"], train=True), a["logits"], "float32", f"{name} logits")
-    assert_close(model.forward(a["x_eval"], train=False), a["logits_eval"], "float32",
-                 f"{name} eval logits")
+    assert_close(
+        model.forward(a["x_eval"], train=False), a["logits_eval"], "float32", f"{name} eval logits"
+    )
 
 
-@needs_branching
 def test_resnet18_config_has_torchvisions_names_and_parameters():
     hp, _ = case_arrays("resnet18")
     model = cnncli.build_model(ROOT / hp["config"])
     assert [[k, list(v.shape)] for k, v in model.state_dict().items()] == hp["state_dict"]
 
 
-@needs_branching
 def test_summary_of_resnet18_reports_torchvisions_size():
     result = CliRunner().invoke(main, ["summary", str(ROOT / "configs/resnet18.yaml"), "--json"])
     assert result.exit_code == 0, result.output

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from cnncli.checks import is_int, shown
+from cnncli.nn.layers.base import LAYER_NAME
 
 BLOCK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)\Z")
@@ -193,8 +194,9 @@ class Expander:
                 env[pname] = (default, block.path + ("params", pname))
         count = self.uses[block.name] = self.uses.get(block.name, 0) + 1
         name = item.get("name", f"{block.name}_{count}")
-        if not isinstance(name, str) or not BLOCK_NAME.match(name.replace("-", "_")):
-            raise self.error(path + ("name",), f"name must be letters, digits, _ and -, got "
+        if not isinstance(name, str) or not LAYER_NAME.fullmatch(name):
+            raise self.error(path + ("name",), f"name must be letters, digits, _ and -, with "
+                                             f"dots only between parts (layer2.0), got "
                                              f"{shown(name)}", hint="it prefixes the block's "
                                                                     "parameter names")
         repeated = "repeat" in item
