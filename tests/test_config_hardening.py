@@ -108,10 +108,18 @@ def test_alexnet_config_does_not_warn():
 def test_dropped_rows_warning_counts_real_pixels():
     (warning,) = _warnings("[1, 9, 9]", "    - {type: maxpool2d, kernel_size: 2}\n")
     assert "drops the last 1 row and 1 column of input pixels" in warning
-    (warning,) = _warnings("[1, 11, 10]", "    - {type: conv2d, out_channels: 2, "
-                           "kernel_size: 2, stride: 4}\n")
-    # rows: (11 - 1 - 1) mod 4 = 1; columns: (10 - 2) mod 4 = 0
+    (warning,) = _warnings("[1, 14, 13]", "    - {type: conv2d, out_channels: 2, "
+                           "kernel_size: 5, stride: 4}\n")
+    # rows: (14 - 4 - 1) mod 4 = 1; columns: (13 - 4 - 1) mod 4 = 0
     assert "drops the last 1 row of input pixels" in warning and "column" not in warning
+
+
+def test_a_window_narrower_than_its_stride_does_not_warn():
+    """A 1x1 stride-2 shortcut skips every other pixel by design, the last one included."""
+    assert _warnings("[1, 32, 32]", "    - {type: conv2d, out_channels: 2, kernel_size: 1, "
+                     "stride: 2}\n") == []
+    for name in ("resnet20_cifar.yaml", "resnet18.yaml"):
+        assert check_config(CONFIGS / name).warnings == []
 
 
 def test_same_padding_with_a_stride_never_warns():

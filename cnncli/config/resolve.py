@@ -478,7 +478,9 @@ def _dropped(layer, shape) -> str | None:
 
     The last ``(size + 2p - d(k-1) - 1) mod s`` padded rows are never covered; only those
     beyond the padding at the end are real pixels (a ResNet stem's 7x7/2 conv with padding 3
-    on 224 leaves out a row of zero padding only, and gets no warning).
+    on 224 leaves out a row of zero padding only, and gets no warning). A window narrower
+    than its stride (a ResNet shortcut's 1x1 stride-2 conv) skips pixels between windows by
+    design, so the last one left out is no surprise: no warning along that axis either.
     """
     if len(shape) != 3 or getattr(layer, "ceil_mode", False):
         return None
@@ -495,7 +497,7 @@ def _dropped(layer, shape) -> str | None:
     for size, k, s, (lo, hi), d, axis in ((shape[1], kh, sh, sides[0], dh, "row"),
                                           (shape[2], kw, sw, sides[1], dw, "column")):
         real = (size + lo + hi - d * (k - 1) - 1) % s - hi
-        if real > 0:
+        if real > 0 and d * (k - 1) + 1 >= s:
             parts.append(f"{real} {axis}{'s' if real > 1 else ''}")
     if not parts:
         return None
