@@ -272,7 +272,25 @@ def _on_ranks(ranks) -> bool:
         return False
     if ranks is None or ranks == 1:
         return False
-    sys.exit(mpi.launch(ranks, sys.argv[1:]))
+    sys.exit(mpi.launch(ranks, _command_words(click.get_current_context())))
+
+
+def _command_words(ctx) -> list[str]:
+    """The command line of this command, rebuilt from its parsed parameters (the process's
+    own argv may belong to another program, a test runner say); --ranks left out."""
+    words = [ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "ranks" or value is None or value is False or value == ():
+            continue
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+        elif getattr(param, "is_flag", False):
+            words.append(param.opts[0])
+        else:
+            for item in (value if param.multiple else (value,)):
+                words += [param.opts[0], str(item)]
+    return words
 
 
 def _run_config(config, resume, sets, tensorboard, **flags):
@@ -306,7 +324,7 @@ def _run_config(config, resume, sets, tensorboard, **flags):
 def _interrupted(stop, epochs) -> None:
     """Ctrl-C: where the state is and the command that resumes it; exit 130."""
     if mpi.is_follower():  # rank 0 says it
-        sys.exit(130)
+        mpi.stop_together(130)
     # No CONFIG: the run's stored config keeps this run's --lr/--batch-size overrides; the
     # file may also have been edited since.
     again = ["cnncli", "train", "--resume", str(stop.run_dir)] + \
@@ -314,6 +332,7 @@ def _interrupted(stop, epochs) -> None:
     click.echo("\n" + printable(f"interrupted: state after epoch {stop.epoch} saved to "
                                 f"{stop.run_dir / 'last.npz'}"), err=True)
     click.echo(printable(f"resume with: {shlex.join(again)}"), err=True)
+    mpi.stop_together(130)
     sys.exit(130)
 
 

@@ -73,6 +73,9 @@ class World:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.timeout = timeout
         self.bytes_sent = 0  # by this rank, in every exchange so far (benchmarks)
+        # A second communicator for stopping together: an interrupted exchange may still be
+        # pending on the first, and collectives on one communicator must pair up in order.
+        self.control = comm.Dup()
 
     def gather(self, array):
         """Every rank's ``array`` (same shape and dtype on each), stacked in rank order."""
@@ -158,6 +161,19 @@ def stop_now(code: int) -> None:
         except (OSError, ValueError, AttributeError):
             pass
     os._exit(code)
+
+
+def stop_together(code: int) -> None:
+    """Under MPI, after Ctrl-C or SIGTERM: wait until every rank got here (rank 0 once it has
+    saved; at most the timeout), then end this rank with ``code``, skipping MPI_Finalize,
+    which would complain about the exchange the signal interrupted. Without MPI, return."""
+    if _world is None:
+        return
+    try:
+        _world._wait(_world.control.Ibarrier(), "stopping")
+    except (RankTimeout, KeyboardInterrupt):
+        pass
+    stop_now(code)
 
 
 class RankSums:
@@ -261,6 +277,7 @@ def launch(ranks: int, argv: list[str]) -> int:
     returns its exit code. Raises ConfigError without mpi4py or mpiexec."""
     import signal
     import subprocess
+    import threading
 
     try:
         import mpi4py  # noqa: F401
@@ -275,14 +292,35 @@ def launch(ranks: int, argv: list[str]) -> int:
     # processes.py); each rank imports the very cnncli this process runs.
     start = (f"import sys; sys.path[0] = {root!r}; from cnncli.cli import main; "
              f"main(prog_name='cnncli')")
+    # Its own session: a Ctrl-C at the terminal reaches this process alone, which passes it
+    # on once (mpiexec takes a second one as "abort now").
     mpiexec_run = subprocess.Popen([mpiexec, "-n", str(ranks), sys.executable, "-c", start,
-                                    *argv])
+                                    *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, bufsize=1, start_new_session=True)
+    # Relayed line by line rather than inherited: this process's sys.stdout may not be its
+    # file descriptor 1 (a caller that captures the output).
+    relays = [threading.Thread(target=_relay, args=(source, target), daemon=True)
+              for source, target in ((mpiexec_run.stdout, sys.stdout),
+                                     (mpiexec_run.stderr, sys.stderr))]
+    for relay in relays:
+        relay.start()
     previous = signal.signal(signal.SIGTERM, lambda *_: mpiexec_run.send_signal(signal.SIGTERM))
     try:
         while True:
             try:
-                return mpiexec_run.wait()
-            except KeyboardInterrupt:  # mpiexec had it too: it passes it on to the ranks,
-                continue               # which save once and stop; wait for that
+                code = mpiexec_run.wait()
+                break
+            except KeyboardInterrupt:  # mpiexec passes it on to the ranks, which save once
+                mpiexec_run.send_signal(signal.SIGINT)  # and stop; wait for that
     finally:
         signal.signal(signal.SIGTERM, previous)
+    for relay in relays:
+        relay.join()
+    return code
+
+
+def _relay(source, target) -> None:
+    for line in source:
+        target.write(line)
+        target.flush()
+    source.close()
