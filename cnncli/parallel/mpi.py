@@ -73,6 +73,7 @@ class World:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.timeout = timeout
         self.bytes_sent = 0  # by this rank, in every exchange so far (benchmarks)
+        self.exchange_seconds = 0.0  # spent in exchanges so far, waiting included (benchmarks)
         # A second communicator for stopping together: an interrupted exchange may still be
         # pending on the first, and collectives on one communicator must pair up in order.
         self.control = comm.Dup()
@@ -98,7 +99,8 @@ class World:
     def _wait(self, request, what: str) -> None:
         from mpi4py import MPI
 
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
         pause = 0.0
         while not request.Test():
             if time.monotonic() > deadline:
@@ -110,6 +112,7 @@ class World:
                          "wait longer")
             time.sleep(pause)  # spin first: most exchanges finish in microseconds
             pause = min(0.001, pause + 0.0001)
+        self.exchange_seconds += time.monotonic() - started
 
 
 _world: World | None = None
