@@ -35,6 +35,8 @@ from cnncli.parallel import mpi_launched
 #: How long a rank waits for the others in one exchange before it gives up (seconds).
 TIMEOUT_VAR = "CNNCLI_MPI_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
+#: How long a wait spins before it sleeps between polls (seconds).
+SPIN_SECONDS = 0.05
 #: What to install for MPI (mpi4py and the mpich wheel, which provides mpiexec).
 INSTALL_HINT = "pip install 'cnncli[mpi]'"
 
@@ -101,7 +103,6 @@ class World:
 
         started = time.monotonic()
         deadline = started + self.timeout
-        pause = 0.0
         while not request.Test():
             if time.monotonic() > deadline:
                 raise RankTimeout(
@@ -110,8 +111,9 @@ class World:
                     f"({MPI.Get_processor_name()})",
                     hint=f"look for the other ranks' errors; set {TIMEOUT_VAR}=SECONDS to "
                          "wait longer")
-            time.sleep(pause)  # spin first: most exchanges finish in microseconds
-            pause = min(0.001, pause + 0.0001)
+            # Spin (yielding the core) while the others are about to arrive, as MPI's own
+            # blocking calls do; sleep once they are late, so a wait costs no core.
+            time.sleep(0 if time.monotonic() - started < SPIN_SECONDS else 0.001)
         self.exchange_seconds += time.monotonic() - started
 
 
