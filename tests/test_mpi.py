@@ -437,3 +437,16 @@ def test_ctrl_c_under_mpiexec_saves_once_and_says_how_to_resume(tmp_path):
     assert "resume with: cnncli train --resume run --epochs 200" in stderr
     saved = load_checkpoint(tmp_path / "run" / "last.npz")
     assert stderr.count(f"state after epoch {saved.epoch} saved") == 1
+
+
+@needs_mpi
+@pytest.mark.parametrize("sets, code, says", [
+    (["--set", "train.lr=-1"], 2, "train.lr must be a finite number > 0"),
+    (["--set", "train.lr=50.0", "--set", "train.momentum=0.99"], 1, "times its starting value"),
+])
+def test_an_error_every_rank_meets_is_told_once_by_rank_0(sets, code, says, tmp_path):
+    (tmp_path / "tiny.yaml").write_text(CONFIG)
+    done = _ranks(2, "tiny.yaml", "--out", "run", *sets, folder=tmp_path, timeout=60)
+    assert done.returncode == code
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("cnncli: error:") and says in errors[0]
