@@ -338,18 +338,25 @@ def test_two_ranks_follow_one_process_and_repeat_bit_for_bit(tmp_path):
 
 
 @needs_mpi
-def test_a_run_on_two_ranks_resumes_on_one(tmp_path):
+def test_a_run_on_two_ranks_resumes_on_one_or_two(tmp_path):
+    """On 1 rank: the 2-rank run's numbers to rounding; on 2 ranks: bit for bit."""
     (tmp_path / "tiny.yaml").write_text(CONFIG)
     first = _ranks(2, "tiny.yaml", "--out", "split", folder=tmp_path)
     assert first.returncode == 0, first.stderr
+    shutil.copytree(tmp_path / "split", tmp_path / "again")
     resumed = _cli("--resume", "split", "--epochs", "2", folder=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    again = _ranks(2, "--resume", "again", "--epochs", "2", folder=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("resuming tiny on 2 ranks: ")
     whole = _ranks(2, "tiny.yaml", "--out", "whole", "--epochs", "2", folder=tmp_path)
     assert whole.returncode == 0, whole.stderr
-    split, straight = (_weights(tmp_path / d / "last.npz") for d in ("split", "whole"))
+    split, two, straight = (_weights(tmp_path / d / "last.npz")
+                            for d in ("split", "again", "whole"))
     for name, value in straight.items():
         if name.startswith("params/"):
             assert _relative(value, split[name]) < 1e-5, name
+        assert np.array_equal(value, two[name]), name
     assert load_checkpoint(tmp_path / "split" / "last.npz").epoch == 2
 
 
