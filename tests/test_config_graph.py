@@ -276,8 +276,15 @@ def test_summary_table_has_a_from_column_only_when_the_model_branches(tmp_path):
     assert "from" not in chain
     markdown = summary_json(INCEPTION, tmp_path, "--format", "markdown")
     assert "| from |" in markdown and "| a, b, c |" in markdown
+    # blank where a layer reads just the row above (a reads the input, relu_1 reads sum);
+    # the rows that branch name their inputs
+    rows = {line.split(" | ")[1]: line.split(" | ")[3] for line in markdown.splitlines()[3:]
+            if line.startswith("| ")}
+    assert rows["a"] == rows["relu_1"] == rows["flatten_1"] == ""
+    assert rows["b"] == rows["c"] == "input" and rows["p"] == "cat" and rows["d"] == "b"
     csv = summary_json(INCEPTION, tmp_path, "--format", "csv")
     assert csv.splitlines()[0].endswith(",from") and '"a, b, c"' in csv
+    assert csv.splitlines()[1].endswith(",input")   # the CSV lists every layer's inputs
 
 
 def test_summary_graph_draws_lanes(tmp_path):
