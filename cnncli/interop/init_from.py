@@ -27,6 +27,7 @@ class InitReport:
     mismatched: list[str] = field(default_factory=list)  # shape differs (all in --reinit)
     unused: list[str] = field(default_factory=list)      # in the source, not in the model
     frozen: list[str] = field(default_factory=list)      # layer names
+    statistics: list[str] = field(default_factory=list)  # buffers: batch norm's running ones
 
     def rows(self) -> list[tuple[str, str]]:
         """(parameter, what happened) in model order, for the CLI's table."""
@@ -35,6 +36,13 @@ class InitReport:
                **{n: "re-initialised" for n in self.reinit},
                **{n: "re-initialised (shape differs)" for n in self.mismatched}}
         return [(name, why[name]) for name in why]
+
+    def trained(self, name: str) -> str:
+        """Whether training changes a parameter: a frozen layer's running statistics still
+        follow the batches in training mode (as in PyTorch with requires_grad=False)."""
+        if name.rsplit(".", 1)[0] not in self.frozen:
+            return "yes"
+        return "statistics still update" if name in self.statistics else "frozen"
 
 
 def record(source, freeze=(), reinit=()) -> dict:
@@ -63,14 +71,21 @@ def read_weights(source) -> dict[str, np.ndarray]:
 
 
 def _layer_names(model, names, option: str) -> list[str]:
+    """The layers ``names`` stand for: a layer's own name, or a block's (a name before a dot,
+    ``layer1`` or ``layer1.0``), which stands for the layers with parameters inside it."""
     known = [layer.name for layer in model.layers]
+    weighted = {layer.name for layer in model.layers if layer.params or layer.buffers}
+    out = []
     for name in names:
-        if name not in known:
+        inside = [name] if name in known else [k for k in known if k.startswith(name + ".")
+                                                and k in weighted]
+        if not inside:
             close = difflib.get_close_matches(name, known, n=1)
-            raise ConfigError(f"{option}{name}: the model has no layer {name!r}",
+            raise ConfigError(f"{option}{name}: the model has no layer or block {name!r}",
                               hint=f"did you mean '{close[0]}'?" if close else
                               "layers: " + ", ".join(known))
-    return list(dict.fromkeys(names))
+        out.extend(inside)
+    return list(dict.fromkeys(out))
 
 
 def apply_initial_weights(model, source, reinit=(), freeze=()) -> InitReport:
@@ -85,6 +100,8 @@ def apply_initial_weights(model, source, reinit=(), freeze=()) -> InitReport:
     for layer in model.layers:
         for key, value in {**layer.params, **layer.buffers}.items():
             name = f"{layer.name}.{key}"
+            if key in layer.buffers:
+                report.statistics.append(name)
             new = state.get(name)
             if new is None:
                 report.fresh.append(name)
