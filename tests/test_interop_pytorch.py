@@ -6,11 +6,22 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from interop_models import EVERY_LAYER, make_checkpoint, raw_batch, shipped_config, small_config
+from hypothesis import given
+from hypothesis import strategies as st
+from interop_models import (
+    EVERY_LAYER,
+    make_checkpoint,
+    random_graph,
+    randomize,
+    raw_batch,
+    shipped_config,
+    small_config,
+)
 
 from cnncli.cli import main
 from cnncli.data import normalize
@@ -103,3 +114,26 @@ def test_a_layer_with_weights_that_also_holds_layers_is_refused(tmp_path):
     assert result.output.startswith("cnncli: error: layer 'a' has weights and also holds")
     assert len(result.output.splitlines()) == 1
     assert not (tmp_path / "torch").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch==2.13.0")
+@given(graph=st.composite(lambda draw: random_graph(draw, st))(), seed=st.integers(0, 2**16))
+def test_random_small_graphs_give_cnncli_logits_in_pytorch(tmp_path_factory, graph, seed):
+    import torch
+
+    from cnncli.interop.common import torch_state_dict
+    from cnncli.interop.pytorch import model_source
+    from cnncli.nn.model import model_from_entries
+
+    layers, shape = graph
+    model = model_from_entries(shape, layers)
+    randomize(model, seed)
+    folder = tmp_path_factory.mktemp("graph")
+    source = SimpleNamespace(run=SimpleNamespace(name="graph"), path="graph.npz",
+                             class_names=["a", "b", "c"], normalization={"mode": "none"})
+    (folder / "model.py").write_text(model_source(source, model))
+    safetensors.write(folder / "model.safetensors", torch_state_dict(model)[0])
+    x = raw_batch(shape, n=3, seed=seed) / 255
+    with torch.no_grad():
+        logits = load_module(folder).load()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(logits, model.forward(x), atol=1e-4, rtol=1e-5)
