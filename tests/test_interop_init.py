@@ -232,3 +232,42 @@ def test_fine_tuning_a_branching_model_with_a_new_head_and_a_frozen_block(tmp_pa
     # as in PyTorch, a frozen batch norm's running statistics follow the batches
     assert not np.array_equal(after["layer1.0.bn1.running_mean"],
                               before["layer1.0.bn1.running_mean"])
+
+
+def test_bad_sources_are_one_located_line_and_nothing_is_written(tmp_path):
+    import yaml
+
+    from cnncli.interop import safetensors
+
+    digits = tmp_path / "digits.yaml"
+    digits.write_text(yaml.safe_dump(shipped_config_digits()))
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(TINY_RESNET.replace("UNITS", "10"))
+    resnet = make_checkpoint(tmp_path / "resnet.npz", yaml.safe_load(TINY_RESNET.replace(
+        "UNITS", "10")))
+    ckpt = load_checkpoint(resnet)
+    export_safetensors(ckpt, ckpt.model(), tmp_path / "w.safetensors")
+    tensors, meta = safetensors.read(tmp_path / "w.safetensors")
+    tensors["layer1.0.conv2.weight"][0, 0, 0, 0] = np.inf
+    safetensors.write(tmp_path / "inf.safetensors", tensors, meta)
+    (tmp_path / "text.safetensors").write_text("not weights at all")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "w.safetensors").read_bytes()[:300])
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
+    cases = [
+        # conv1 and fc have digits' names, but nothing fits: the architecture, not one layer
+        (digits, resnet, "matches the model's (conv1.bias, conv1.weight, conv2.bias, ...) "
+                         "(2 names match, with other shapes); it is for another architecture"),
+        (tiny, tmp_path / "inf.safetensors", "inf.safetensors: layer 'layer1.0.conv2' "
+                                             "(conv2d): layer1.0.conv2.weight holds NaN"),
+        (tiny, tmp_path / "text.safetensors", "no JSON header follows; it is some other kind"),
+        (tiny, tmp_path / "cut.safetensors", "exceeds the file's 300 bytes; truncated?"),
+        (tiny, tmp_path / "m.onnx", "m.onnx is an ONNX model, not weights that start a run "
+                                    "(import it first"),
+    ]
+    for config, source, words in cases:
+        result = CliRunner().invoke(main, ["train", str(config), "--init-from", str(source),
+                                           "--out", str(tmp_path / "run")])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("cnncli: error: ") and words in result.output, words
+        assert len(result.output.splitlines()) == 1
+        assert not (tmp_path / "run").exists()

@@ -270,6 +270,10 @@ def test_foreign_matmul_reshape_models_import(tmp_path):
 @pytest.mark.parametrize("make, words", [
     (lambda p: p.write_bytes(b"\x08\x07garbage that is no protobuf" * 3), "not a readable ONNX"),
     (lambda p: p.write_bytes(b""), "not a readable ONNX"),
+    (lambda p: p.write_bytes(b"PK\x03\x04" + bytes(40)),
+     "not a readable ONNX model (it is a zip archive, such as a cnncli .npz checkpoint)"),
+    (lambda p: p.write_bytes(b"\x10" + bytes(7) + b'{"a": 1}  '),
+     "not a readable ONNX model (it is a safetensors file)"),
 ])
 def test_foreign_or_empty_files_are_one_line_and_write_nothing(tmp_path, make, words):
     path = tmp_path / "bad.onnx"

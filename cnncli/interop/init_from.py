@@ -65,6 +65,10 @@ def read_weights(source) -> dict[str, np.ndarray]:
             layer, _, param = key.rpartition(".")
             out[f"{renamed.get(layer, layer)}.{param}" if layer else key] = value
         return out
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path} is an ONNX model, not weights that start a run",
+                              hint="import it first (the import command writes a checkpoint "
+                                   "and its config), then start from that checkpoint")
     ckpt = load_checkpoint(path)
     ckpt.check_finite()
     return ckpt.state
@@ -96,7 +100,7 @@ def apply_initial_weights(model, source, reinit=(), freeze=()) -> InitReport:
     frozen = _layer_names(model, freeze, "freeze=")
     state = read_weights(source)
     report = InitReport(str(source), frozen=frozen)
-    updates = []
+    updates, refused = [], []
     for layer in model.layers:
         for key, value in {**layer.params, **layer.buffers}.items():
             name = f"{layer.name}.{key}"
@@ -107,12 +111,16 @@ def apply_initial_weights(model, source, reinit=(), freeze=()) -> InitReport:
                 report.fresh.append(name)
             elif np.shape(new) != value.shape:
                 if layer.name not in reinit:
-                    raise CheckpointError(
+                    refused.append(CheckpointError(
                         f"{name} has shape {list(np.shape(new))} but the model's is "
                         f"{list(value.shape)}", file=source,
                         layer=f"layer '{layer.name}' ({layer.type_name})",
-                        hint=f"pass reinit={layer.name} to start that layer afresh")
+                        hint=f"pass reinit={layer.name} to start that layer afresh"))
                 report.mismatched.append(name)
+            elif not np.all(np.isfinite(new)):
+                raise CheckpointError(f"{name} holds NaN or infinite values", file=source,
+                                      layer=f"layer '{layer.name}' ({layer.type_name})",
+                                      hint="start from weights of a run that did not diverge")
             elif layer.name in reinit:
                 report.reinit.append(name)
             else:
@@ -120,12 +128,16 @@ def apply_initial_weights(model, source, reinit=(), freeze=()) -> InitReport:
                 report.loaded.append(name)
     expected = {n for n, _ in report.rows()}
     report.unused = sorted(set(state) - expected)
-    if not report.loaded:
+    if not report.loaded:  # before a shape: reinit= on one layer would not help
         sample = ", ".join(sorted(state)[:3]) or "nothing"
+        shapes = (f" ({len(report.mismatched)} names match, with other shapes)"
+                  if report.mismatched else "")
         raise CheckpointError(f"{source}: none of its parameters ({sample}, ...) matches the "
-                              f"model's ({', '.join(sorted(expected)[:3])}, ...); it is for "
-                              "another architecture",
+                              f"model's ({', '.join(sorted(expected)[:3])}, ...){shapes}; it is "
+                              "for another architecture",
                               hint="name the layers as the source does, with name: in the config")
+    if refused:
+        raise refused[0]
     for value, new in updates:
         value[...] = new
     return report

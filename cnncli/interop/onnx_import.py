@@ -441,6 +441,15 @@ def _tidy(value: float) -> float:
     return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
 
 
+def _kind_of(blob: bytes) -> str | None:
+    """What a file that is no ONNX model is, when its first bytes tell."""
+    if blob[:4] == b"PK\x03\x04":
+        return "it is a zip archive, such as a cnncli .npz checkpoint"
+    if blob[8:10] in (b'{"', b"{ ") and len(blob) > 8:
+        return "it is a safetensors file"
+    return None
+
+
 def read_onnx(path):
     """The checked ModelProto of a .onnx file; a foreign or truncated file is one line."""
     onnx = require("onnx", "onnx")
@@ -454,7 +463,8 @@ def read_onnx(path):
         onnx.checker.check_model(proto)
     except Exception as err:  # protobuf's DecodeError, onnx's ValidationError, ...
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path} is not a readable ONNX model ({first[:160]})",
+        why = _kind_of(blob) or first[:160]
+        raise CheckpointError(f"{path} is not a readable ONNX model ({why})",
                               hint="pass a complete .onnx file") from None
     if not proto.graph.node:
         raise CheckpointError(f"{path} is not a readable ONNX model (its graph has no nodes)")
