@@ -85,7 +85,8 @@ class _Chain:
         name = node.input[index]
         if name not in self.consts:
             raise self.fail(node, f"input {name!r} is computed, not a stored weight; only "
-                                  "single-chain networks import (branches are not supported)")
+                                  "weights stored in the file (initializers, Constant nodes) "
+                                  "import")
         return self.consts[name]
 
     def spatial(self) -> dict[str, list[int]]:
