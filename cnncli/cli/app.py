@@ -154,12 +154,17 @@ def as_flags(text: str) -> str:
     return text
 
 
-def table_console(piped_width: int = 200):
-    """The Rich console tables print on; not a terminal (pipe, file, test runner):
-    ``piped_width`` columns, wide enough that tables never wrap."""
+def table_console(table=None, piped_width: int = 200):
+    """The Rich console tables print on; not a terminal (pipe, file, test runner): wide enough
+    that tables never wrap (``piped_width`` columns, or as wide as ``table`` needs)."""
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else piped_width, highlight=False)
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    width = piped_width
+    if table is not None:
+        width = max(width, Console(width=1 << 16).measure(table).maximum)
+    return Console(width=width, highlight=False)
 
 
 def _reopen_closed_streams() -> None:

@@ -184,8 +184,9 @@ def _run_dir_option(ctx, param, value):
               metavar="RUN_DIR_OR_CKPT", help="Continue a run from its last.npz.",
               shell_complete=complete_run)
 @click.option("--overwrite", is_flag=True,
-              help="Replace a run already in the run directory (its checkpoints and metrics "
-                   "are deleted first); without it such a directory is refused.")
+              help="Replace a run already in the run directory (its checkpoints, metrics, "
+                   "test scores and TensorBoard events are deleted first); without it such a "
+                   "directory is refused.")
 @click.option("--init-from", "init_from", type=click.Path(exists=True, path_type=Path),
               metavar="CKPT_OR_SAFETENSORS",
               help="Start from these weights, matched by parameter name (a new run).")

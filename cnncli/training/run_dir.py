@@ -29,6 +29,8 @@ RUN_FILES = ("last.npz", "best.npz", "metrics.csv")
 TEST_FILE = "test.json"
 #: Every file a training run writes (``overwrite`` deletes only these).
 WRITTEN = (*RUN_FILES, "config.yaml", TEST_FILE, MARKER)
+#: ``train.tensorboard``'s event files (``events.out.tfevents.*``) go into this subfolder.
+TENSORBOARD_FOLDER = "tensorboard"
 
 
 class RunBusy(ConfigError):
@@ -157,9 +159,11 @@ class RunDirectory:
         found = [name for name in RUN_FILES if (self.path / name).exists()]
         if not found:
             return
-        if overwrite:
-            for name in found:
-                (self.path / name).unlink()
+        if overwrite:   # the old test scores and curves too, or they pass for the new run's
+            events = (self.path / TENSORBOARD_FOLDER).glob("events.out.tfevents.*")
+            for path in (*(self.path / name for name in (*found, TEST_FILE)), *events):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             return
         epoch = stored_epoch(self.last)
         held = ", ".join(found) + (f"; last.npz at epoch {epoch}" if epoch is not None else "")

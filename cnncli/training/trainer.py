@@ -315,7 +315,8 @@ def train(config, *, out_dir=None, resume=None, epochs=None, batch_size=None, lr
     ``resume`` is a run directory or checkpoint; training continues from its last epoch up to
     train.epochs (``epochs`` may raise it). ``epochs``, ``batch_size``, ``lr`` and ``seed``
     override the config and are checked like it. A run directory that already holds another
-    run is refused unless ``overwrite``, which deletes that run's checkpoints and metrics.
+    run is refused unless ``overwrite``, which deletes that run's checkpoints, metrics, test
+    scores and TensorBoard events.
     ``progress(url, done, total)`` hears about first-use downloads; ``init_weights(model)``
     loads a fresh run's starting weights (``interop.init_from``).
     """
