@@ -17,9 +17,11 @@ class BufferPool:
 
     def __init__(self):
         self._arrays: dict[str, np.ndarray] = {}
+        self._interiors: dict[str, tuple] = {}  # get_bordered's key per role
 
     def get(self, role: str, shape, dtype, zero: bool = False) -> np.ndarray:
         shape = tuple(int(s) for s in shape)
+        self._interiors.pop(role, None)  # contents are the caller's from here on
         arr = self._arrays.get(role)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
             arr = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
@@ -28,8 +30,19 @@ class BufferPool:
             arr.fill(0)
         return arr
 
+    def get_bordered(self, role: str, shape, dtype, interior) -> np.ndarray:
+        """A zero-bordered buffer, zeroed only when it is new or ``interior`` (a key for where
+        callers write: the input's size and offset) changes: every caller overwrites the same
+        interior and never the border, so the border is still zero."""
+        key = (tuple(int(s) for s in shape), np.dtype(dtype), interior)
+        if self._interiors.get(role) != key:
+            self.get(role, shape, dtype, zero=True)
+            self._interiors[role] = key
+        return self._arrays[role]
+
     def clear(self) -> None:
         self._arrays.clear()
+        self._interiors.clear()
 
 
 def pad_into(buf: np.ndarray, x: np.ndarray, top: int, left: int) -> np.ndarray:

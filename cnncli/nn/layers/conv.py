@@ -172,8 +172,8 @@ class Conv2d(Layer):
         if self._pads == ((0, 0), (0, 0)):
             self._x = x
         else:
-            xp = self._buffers.get("xpad", (c, *self._padded_size(h, w), n), self.dtype,
-                                   zero=True)
+            xp = self._buffers.get_bordered("xpad", (c, *self._padded_size(h, w), n),
+                                            self.dtype, (h, w, t, lft))
             self._x = kernels.pad_into(xp, x, t, lft)
         g, o = self.groups, self.out_channels
         weight = _by_group(np.ascontiguousarray(self.params["weight"]), g)
@@ -188,24 +188,21 @@ class Conv2d(Layer):
         y_all = np.empty((padded, out_h, out_w, n), self.dtype)
         y = y_all[:o]  # still C-contiguous
         chunks = self._chunks(c, out_h, out_w, n)
+        bias = self.params["bias"][:, None, None, None] if self.bias else None
 
         def part(lo, hi):
-            # Each thread fills its own im2col buffers; output rows do not overlap.
+            # Each thread fills its own im2col buffers; output rows do not overlap. The bias
+            # goes on each piece while it is still in cache.
             for row0, rows in chunks[lo:hi]:
                 role = f"cols{lo}" if rows == chunks[0][1] else "cols_tail"
                 cols = self._fill_cols(row0, rows, out_w, role)
                 np.matmul(weight, _by_group(cols, g),
                           out=_by_group(y_all[:, row0:row0 + rows], g))
+                if bias is not None:
+                    y[:, row0:row0 + rows] += bias
 
         self.splitter.split_matmuls(part, len(chunks), self._macs(out_h, out_w, n))
         self._cols_kept = len(chunks) == 1  # then "cols0" still holds it for backward
-        if self.bias:
-            bias = self.params["bias"]
-
-            def add_bias(lo, hi):
-                y[lo:hi] += bias[lo:hi, None, None, None]
-
-            self.splitter.split(add_bias, o, y.size)
         return y
 
     def _backward(self, dy: np.ndarray, need_dx: bool = True):
@@ -302,9 +299,9 @@ class Conv2d(Layer):
         (kh, kw), ((t, b), (lft, r)) = self.kernel_size, self._pads
         c = self._x.shape[0]
         h, w = self._in_hw
-        dyp = self._buffers.get("dypad", (o, out_h + 2 * kh - 2 - t - b,
-                                          out_w + 2 * kw - 2 - lft - r, n), self.dtype,
-                                zero=True)
+        dyp = self._buffers.get_bordered("dypad", (o, out_h + 2 * kh - 2 - t - b,
+                                                   out_w + 2 * kw - 2 - lft - r, n),
+                                         self.dtype, (out_h, out_w, t, lft))
         kernels.pad_into(dyp, dy, kh - 1 - t, kw - 1 - lft)
         flipped = self.params["weight"][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
         flipped = np.ascontiguousarray(flipped).reshape(c, o * kh * kw)

@@ -70,7 +70,9 @@ class _BatchNorm(Layer):
             centred = x2 - mean[:, None]
             # Pairwise summation (mean/sum along the contiguous axis) keeps float32 close to
             # PyTorch's double accumulation; einsum's running sum drifts by ~1e-5.
-            var = (centred * centred).mean(axis=1)
+            squared = np.multiply(centred, centred)
+            var = squared.mean(axis=1)
+            del squared
             if train and self.track_running_stats:
                 self._update_running(mean, var, count)
         else:
@@ -78,9 +80,12 @@ class _BatchNorm(Layer):
             var = self.buffers["running_var"].astype(x.dtype, copy=False)
             centred = x2 - mean[:, None]
         inv_std = 1 / np.sqrt(var + t(self.eps))
-        x_hat = centred * inv_std[:, None]
+        # In place where the array is this layer's own: the same operations in the same order
+        # (the same numbers), fewer big temporaries.
+        x_hat = np.multiply(centred, inv_std[:, None], out=centred)
         if self.affine:
-            y = x_hat * self.params["weight"][:, None] + self.params["bias"][:, None]
+            y = np.multiply(x_hat, self.params["weight"][:, None])
+            y += self.params["bias"][:, None]
         else:
             y = x_hat
         self._cache = (x_hat, inv_std, use_batch_stats, shape)
@@ -102,7 +107,8 @@ class _BatchNorm(Layer):
         x_hat, inv_std, batch_stats, shape = self._cache
         dy2 = dy.reshape(shape[0], math.prod(shape[1:]))
         sum_dy = dy2.sum(axis=1)
-        sum_dy_xhat = (dy2 * x_hat).sum(axis=1)
+        product = np.multiply(dy2, x_hat)
+        sum_dy_xhat = product.sum(axis=1)
         if self.affine:
             self.grads["weight"] += sum_dy_xhat
             self.grads["bias"] += sum_dy
@@ -111,12 +117,16 @@ class _BatchNorm(Layer):
         gamma = self.params["weight"] if self.affine else np.ones_like(inv_std)
         scale = gamma * inv_std
         if not batch_stats:  # eval with running stats: a fixed affine map per channel
-            return (dy2 * scale[:, None]).reshape(shape)
-        # d/dx of (x - mean) / std with batch mean and biased batch variance.
+            return np.multiply(dy2, scale[:, None], out=product).reshape(shape)
+        # d/dx of (x - mean) / std with batch mean and biased batch variance:
+        # (dy - mean_dy - x_hat * mean_dy_xhat) * scale, in that order, in place.
         count = dy2.shape[1]
         mean_dy = sum_dy / count
         mean_dy_xhat = sum_dy_xhat / count
-        dx = (dy2 - mean_dy[:, None] - x_hat * mean_dy_xhat[:, None]) * scale[:, None]
+        correction = np.multiply(x_hat, mean_dy_xhat[:, None], out=product)
+        dx = np.subtract(dy2, mean_dy[:, None])
+        dx -= correction
+        dx *= scale[:, None]
         return dx.reshape(shape)
 
     def num_params(self, input_shape=None):
