@@ -32,6 +32,8 @@ class SerialSplitter:
     split_k_min = 0
     #: An input gradient whose im2col matrix is at most this big skips the row pieces.
     whole_dcols_bytes = 0
+    #: Compute an uncut weight-gradient product as (cols @ dy.T).T (the same sum to rounding).
+    transposed_weight_grad = False
 
     def split(self, fn, length: int, elements: int) -> None:
         """Element-wise work over [0, length) of a leading axis."""

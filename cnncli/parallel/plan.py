@@ -57,6 +57,9 @@ class ThreadSplitter(SerialSplitter):
     def whole_dcols_bytes(self) -> int:
         return thresholds.WHOLE_DCOLS_BYTES
 
+    #: OpenBLAS runs conv weight gradients 1.2-2.6x faster as (cols @ dy.T).T.
+    transposed_weight_grad = True
+
     def split(self, fn, length: int, elements: int) -> None:
         if elements >= thresholds.MIN_ELEMENTS:
             threads.split(fn, length)

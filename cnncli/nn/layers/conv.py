@@ -228,7 +228,7 @@ class Conv2d(Layer):
     def _add_weight_grad(self, dy: np.ndarray, chunks) -> None:
         """dW += dy @ cols.T, chunk by chunk (rebuilding cols unless forward kept them), each
         product cut along its long axis if the splitter says so, so that the pieces stay in
-        cache (split-K)."""
+        cache (split-K), or else computed transposed if the splitter says so."""
         g, (kh, kw), out_w, n = self.groups, self.kernel_size, dy.shape[2], dy.shape[3]
         dweight = _by_group(self.grads["weight"], g)
         for row0, rows in chunks:
@@ -242,6 +242,11 @@ class Conv2d(Layer):
             dy_g = _by_group(dy[:, row0:row0 + rows], g)
             length = dy_g.shape[-1]
             step = self._split_k_step(cols_g.shape[-2] + dy_g.shape[-2], length)
+            if step >= length and self.splitter.transposed_weight_grad:
+                # (cols @ dy.T).T: OpenBLAS runs the product with the taps as its long output
+                # side faster than dy @ cols.T (benchmarks/RESULTS.md).
+                dweight += np.matmul(cols_g, dy_g.swapaxes(-1, -2)).swapaxes(-1, -2)
+                continue
             for start in range(0, length, step):
                 piece = slice(start, start + step)
                 dweight += np.matmul(dy_g[..., piece], cols_g[..., piece].swapaxes(-1, -2))
