@@ -194,6 +194,25 @@ def test_chunked_im2col_equals_unchunked():
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_transposed_weight_gradient_equals_the_plain_product(groups):
+    # (cols @ dy.T).T sums the same products as dy @ cols.T, in another order.
+    rng = np.random.default_rng(6)
+    x, results = rng.standard_normal((4, 4, 9, 7)), []
+    for least in (None, 0):
+        layer = build_layer(Conv2d(out_channels=6, kernel_size=3, padding=1, groups=groups),
+                            (4, 9, 7), seed=2)
+        layer.splitter = SerialSplitter()
+        layer.splitter.transposed_weight_grad_macs = least
+        y = layer.forward(to_internal(x), train=True)
+        dy = rng.standard_normal(y.shape) if not results else results[0][0]
+        layer.zero_grad()
+        layer.backward(dy, need_dx=False)
+        results.append((dy, layer.grads["weight"].copy()))
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-12, atol=1e-12)
+    assert np.abs(results[0][1]).sum() > 0
+
+
 def test_reused_padding_buffer_keeps_a_zero_border_when_the_input_size_changes():
     # 'same' with stride 2 pads 6 rows as 0 + 1 and 5 rows as 1 + 1: the same 7-row buffer
     # with the input at another offset, so the zero border must be laid again.

@@ -29,6 +29,10 @@ SPLIT_K_MIN = 1024
 #: An input gradient whose im2col matrix is at most this big is one product and one col2im
 #: over all rows: fewer, bigger adds.
 WHOLE_DCOLS_BYTES = 8 * 2**20
+#: A conv weight-gradient product (not cut by split-K) of this many multiply-adds or more
+#: is computed as (cols @ dy.T).T: OpenBLAS runs the conv shapes 1.2-2.6x faster that way
+#: (taps as the long output side); below it the two take about as long.
+TRANSPOSED_WEIGHT_GRAD_MACS = 1_000_000
 
 # ---------------------------------------------------------------- chunked inference
 #: Inference splits a batch over threads (one chunk and layer copy each) only when every

@@ -242,7 +242,8 @@ class Conv2d(Layer):
             dy_g = _by_group(dy[:, row0:row0 + rows], g)
             length = dy_g.shape[-1]
             step = self._split_k_step(cols_g.shape[-2] + dy_g.shape[-2], length)
-            if step >= length and self.splitter.transposed_weight_grad:
+            least = self.splitter.transposed_weight_grad_macs
+            if step >= length and least is not None and dweight.size * length >= least:
                 # (cols @ dy.T).T: OpenBLAS runs the product with the taps as its long output
                 # side faster than dy @ cols.T (benchmarks/RESULTS.md).
                 dweight += np.matmul(cols_g, dy_g.swapaxes(-1, -2)).swapaxes(-1, -2)
