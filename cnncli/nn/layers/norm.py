@@ -66,28 +66,36 @@ class _BatchNorm(Layer):
                                 f"input size {[shape[-1], *shape[:-1]]}",
                                 layer=f"'{self.name}' ({self.type_name})",
                                 hint="train with batch_size >= 2 and no final batch of 1 sample")
-            mean = x2.mean(axis=1)
-            centred = x2 - mean[:, None]
-            # Pairwise summation (mean/sum along the contiguous axis) keeps float32 close to
-            # PyTorch's double accumulation; einsum's running sum drifts by ~1e-5.
-            squared = np.multiply(centred, centred)
-            var = squared.mean(axis=1)
-            del squared
-            if train and self.track_running_stats:
-                self._update_running(mean, var, count)
-        else:
-            mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
-            var = self.buffers["running_var"].astype(x.dtype, copy=False)
-            centred = x2 - mean[:, None]
-        inv_std = 1 / np.sqrt(var + t(self.eps))
-        # In place where the array is this layer's own: the same operations in the same order
-        # (the same numbers), fewer big temporaries.
-        x_hat = np.multiply(centred, inv_std[:, None], out=centred)
-        if self.affine:
-            y = np.multiply(x_hat, self.params["weight"][:, None])
-            y += self.params["bias"][:, None]
-        else:
-            y = x_hat
+        channels = shape[0]
+        mean = np.empty(channels, x.dtype)
+        var = np.empty(channels, x.dtype)
+        inv_std = np.empty(channels, x.dtype)
+        if not use_batch_stats:
+            mean[:] = self.buffers["running_mean"]
+            var[:] = self.buffers["running_var"]
+        # Each channel is normalised by itself, so the work splits by channel (the same
+        # operations per element on any split). In place where the array is this layer's own.
+        x_hat = np.empty_like(x2)
+        y = np.empty_like(x2) if self.affine else x_hat
+
+        def part(lo, hi):
+            xs, centred = x2[lo:hi], x_hat[lo:hi]
+            if use_batch_stats:
+                mean[lo:hi] = xs.mean(axis=1)
+            np.subtract(xs, mean[lo:hi, None], out=centred)
+            if use_batch_stats:
+                # Pairwise summation (mean/sum along the contiguous axis) keeps float32 close
+                # to PyTorch's double accumulation; einsum's running sum drifts by ~1e-5.
+                var[lo:hi] = np.multiply(centred, centred).mean(axis=1)
+            inv_std[lo:hi] = 1 / np.sqrt(var[lo:hi] + t(self.eps))
+            np.multiply(centred, inv_std[lo:hi, None], out=centred)
+            if self.affine:
+                np.multiply(centred, self.params["weight"][lo:hi, None], out=y[lo:hi])
+                y[lo:hi] += self.params["bias"][lo:hi, None]
+
+        self.splitter.split(part, channels, x2.size)
+        if train and self.track_running_stats:
+            self._update_running(mean, var, count)
         self._cache = (x_hat, inv_std, use_batch_stats, shape)
         return y.reshape(shape)
 
@@ -106,28 +114,36 @@ class _BatchNorm(Layer):
     def _backward(self, dy, need_dx=True):
         x_hat, inv_std, batch_stats, shape = self._cache
         dy2 = dy.reshape(shape[0], math.prod(shape[1:]))
-        sum_dy = dy2.sum(axis=1)
-        product = np.multiply(dy2, x_hat)
-        sum_dy_xhat = product.sum(axis=1)
+        count = dy2.shape[1]
+        sum_dy = np.empty_like(inv_std)
+        sum_dy_xhat = np.empty_like(inv_std)
+        gamma = self.params["weight"] if self.affine else np.ones_like(inv_std)
+        dx = np.empty_like(dy2) if need_dx else None
+
+        def part(lo, hi):
+            d = dy2[lo:hi]
+            sum_dy[lo:hi] = d.sum(axis=1)
+            product = np.multiply(d, x_hat[lo:hi])
+            sum_dy_xhat[lo:hi] = product.sum(axis=1)
+            if dx is None:
+                return
+            scale = (gamma[lo:hi] * inv_std[lo:hi])[:, None]
+            if not batch_stats:  # eval with running stats: a fixed affine map per channel
+                np.multiply(d, scale, out=dx[lo:hi])
+                return
+            # d/dx of (x - mean) / std with batch mean and biased batch variance:
+            # (dy - mean_dy - x_hat * mean_dy_xhat) * scale, in that order.
+            correction = np.multiply(x_hat[lo:hi], (sum_dy_xhat[lo:hi] / count)[:, None],
+                                     out=product)
+            out = np.subtract(d, (sum_dy[lo:hi] / count)[:, None], out=dx[lo:hi])
+            out -= correction
+            out *= scale
+
+        self.splitter.split(part, shape[0], dy2.size)
         if self.affine:
             self.grads["weight"] += sum_dy_xhat
             self.grads["bias"] += sum_dy
-        if not need_dx:
-            return None
-        gamma = self.params["weight"] if self.affine else np.ones_like(inv_std)
-        scale = gamma * inv_std
-        if not batch_stats:  # eval with running stats: a fixed affine map per channel
-            return np.multiply(dy2, scale[:, None], out=product).reshape(shape)
-        # d/dx of (x - mean) / std with batch mean and biased batch variance:
-        # (dy - mean_dy - x_hat * mean_dy_xhat) * scale, in that order, in place.
-        count = dy2.shape[1]
-        mean_dy = sum_dy / count
-        mean_dy_xhat = sum_dy_xhat / count
-        correction = np.multiply(x_hat, mean_dy_xhat[:, None], out=product)
-        dx = np.subtract(dy2, mean_dy[:, None])
-        dx -= correction
-        dx *= scale[:, None]
-        return dx.reshape(shape)
+        return None if dx is None else dx.reshape(shape)
 
     def num_params(self, input_shape=None):
         shape = input_shape if input_shape is not None else self.input_shape
