@@ -54,12 +54,39 @@ def blas_kernel() -> str:
                  for i in threadpool_info() if i.get("user_api") == "blas"]
         if found:
             return "; ".join(found)
+    core = openblas_corename()
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         config = " ".join(str(blas.get("openblas configuration", "")).split())
-        return f"{blas.get('name')} {blas.get('version')} (build: {config}; no threadpoolctl)"
+        return (f"{blas.get('name')} {blas.get('version')} {core or ''} (build: {config}; "
+                f"no threadpoolctl)")
     except (KeyError, TypeError, ValueError):
-        return "unknown"
+        return core or "unknown"
+
+
+def openblas_corename() -> str | None:
+    """The kernel the loaded OpenBLAS picked (OPENBLAS_CORETYPE can force one), asked through
+    ctypes as threadpoolctl does; None where NumPy's BLAS is not a loaded OpenBLAS."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = sorted({line.split()[-1] for line in fh
+                            if "openblas" in line.lower() and line.split()[-1].startswith("/")})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("openblas_get_corename", "scipy_openblas_get_corename64_",
+                     "openblas_get_corename64_", "scipy_openblas_get_corename"):
+            function = getattr(lib, name, None)
+            if function is not None:
+                function.restype = ctypes.c_char_p
+                return function().decode()
+    return None
 
 
 def blas_variables() -> str:
