@@ -5,7 +5,7 @@ the conv layers' GFLOP/s as a fraction of this machine's sgemm peak.
         [--threads 1] [--peak GFLOPS]
 
 Wall-clock timers wrap each layer's forward and backward, the conv kernels' phases (im2col,
-the matmuls, col2im, padding, Winograd transforms), the optimizer, the loss, the layout
+the matmuls, col2im, padding), the optimizer, the loss, the layout
 changes and the data pipeline (the config's batching and augmentation on synthetic images),
 so the figures are direct, not sampled. Run with one thread (the default: CNNCLI_THREADS=1,
 BLAS on one thread) to attribute the time cleanly; with more, phases that run on several
@@ -75,13 +75,8 @@ def instrument_library() -> None:
     import cnncli.nn.layers.dense as dense
     import cnncli.nn.model as model_module
 
-    for name, phase in (("im2col", "im2col"), ("col2im_add", "col2im"), ("pad_into", "pad"),
-                        ("winograd_input", "winograd transforms"),
-                        ("winograd_output", "winograd transforms"),
-                        ("winograd_input_grad", "winograd transforms"),
-                        ("winograd_output_grad", "winograd transforms")):
-        if hasattr(kernels, name):
-            setattr(kernels, name, timed(phase, getattr(kernels, name)))
+    for name, phase in (("im2col", "im2col"), ("col2im_add", "col2im"), ("pad_into", "pad")):
+        setattr(kernels, name, timed(phase, getattr(kernels, name)))
     conv.np = TimedNumpy("conv GEMM")
     dense.np = TimedNumpy("dense GEMM")
     for name in ("to_internal", "from_internal"):
@@ -231,11 +226,11 @@ def main() -> None:
         print(f"| {name} | {1e3 * t:.3f} | {100 * t / train_total:.0f}% | {1e3 * i:.3f} | "
               f"{100 * i / infer_total:.0f}% |")
 
-    conv_parts = ["im2col", "conv GEMM", "col2im", "pad", "winograd transforms"]
+    conv_parts = ["im2col", "conv GEMM", "col2im", "pad"]
     conv_t, conv_i = by_kind.pop("conv", [0.0, 0.0])
     for phase in conv_parts:
         row(f"conv: {phase}", train.get(phase, 0.0), infer.get(phase, 0.0))
-    row("conv: rest (bias, relu epilogue, glue)",
+    row("conv: rest (bias and its gradient, buffers, glue)",
         conv_t - sum(train.get(p, 0.0) for p in conv_parts),
         conv_i - sum(infer.get(p, 0.0) for p in conv_parts))
     for kind in ("pool", "activation", "dense", "other layers"):
