@@ -21,6 +21,8 @@ class _BatchNorm(Layer):
     """
 
     spatial_rank = 0  # number of per-sample axes after the channel axis
+    fresh_output = True       # y and dx are new arrays, never kept (see Layer)
+    fresh_input_grad = True
 
     def __init__(self, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  name: str | None = None):
@@ -60,29 +62,47 @@ class _BatchNorm(Layer):
         count = x2.shape[1]
         t = x.dtype.type
         use_batch_stats = train or not self.track_running_stats
+        if use_batch_stats and train and count <= 1:
+            raise DataError(f"Expected more than 1 value per channel when training, got "
+                            f"input size {[shape[-1], *shape[:-1]]}",
+                            layer=f"'{self.name}' ({self.type_name})",
+                            hint="train with batch_size >= 2 and no final batch of 1 sample")
         if use_batch_stats:
-            if train and count <= 1:
-                raise DataError(f"Expected more than 1 value per channel when training, got "
-                                f"input size {[shape[-1], *shape[:-1]]}",
-                                layer=f"'{self.name}' ({self.type_name})",
-                                hint="train with batch_size >= 2 and no final batch of 1 sample")
-            mean = x2.mean(axis=1)
-            centred = x2 - mean[:, None]
-            # Pairwise summation (mean/sum along the contiguous axis) keeps float32 close to
-            # PyTorch's double accumulation; einsum's running sum drifts by ~1e-5.
-            var = (centred * centred).mean(axis=1)
-            if train and self.track_running_stats:
-                self._update_running(mean, var, count)
+            mean, var = np.empty(shape[0], x.dtype), np.empty(shape[0], x.dtype)
         else:
             mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
             var = self.buffers["running_var"].astype(x.dtype, copy=False)
-            centred = x2 - mean[:, None]
-        inv_std = 1 / np.sqrt(var + t(self.eps))
-        x_hat = centred * inv_std[:, None]
-        if self.affine:
-            y = x_hat * self.params["weight"][:, None] + self.params["bias"][:, None]
-        else:
-            y = x_hat
+        inv_std = np.empty(shape[0], x.dtype)
+        # x_hat is kept for backward; it may take x's place when the plan hands x over.
+        x_hat = x2 if self.may_overwrite_input else np.empty_like(x2)
+        y = np.empty_like(x2)
+        weight = self.params["weight"] if self.affine else None
+        bias = self.params["bias"] if self.affine else None
+
+        def part(lo, hi):
+            # A few channels at a time, so each pass over them reads what the last one left
+            # in cache; every channel's numbers are those of whole-array NumPy.
+            for a, b in _row_groups(lo, hi, count):
+                rows, out, centred = x2[a:b], y[a:b], x_hat[a:b]
+                if use_batch_stats:
+                    # Pairwise summation (mean/sum along the contiguous axis) keeps float32
+                    # close to PyTorch's double accumulation; einsum's running sum drifts.
+                    mean[a:b] = rows.mean(axis=1)
+                    np.subtract(rows, mean[a:b, None], out=centred)
+                    var[a:b] = np.multiply(centred, centred, out=out).mean(axis=1)
+                else:
+                    np.subtract(rows, mean[a:b, None], out=centred)
+                np.divide(1, np.sqrt(var[a:b] + t(self.eps)), out=inv_std[a:b])
+                centred *= inv_std[a:b, None]
+                if weight is None:
+                    out[...] = centred
+                else:
+                    np.multiply(centred, weight[a:b, None], out=out)
+                    out += bias[a:b, None]
+
+        self.splitter.split(part, shape[0], x2.size)
+        if use_batch_stats and train and self.track_running_stats:
+            self._update_running(mean, var, count)
         self._cache = (x_hat, inv_std, use_batch_stats, shape)
         return y.reshape(shape)
 
@@ -101,23 +121,40 @@ class _BatchNorm(Layer):
     def _backward(self, dy, need_dx=True):
         x_hat, inv_std, batch_stats, shape = self._cache
         dy2 = dy.reshape(shape[0], math.prod(shape[1:]))
-        sum_dy = dy2.sum(axis=1)
-        sum_dy_xhat = (dy2 * x_hat).sum(axis=1)
+        count = dy2.shape[1]
+        sum_dy = np.empty(shape[0], dy.dtype)
+        sum_dy_xhat = np.empty(shape[0], dy.dtype)
+        gamma = self.params["weight"] if self.affine else np.ones_like(inv_std)
+        scale = gamma * inv_std
+        dx = None
+        if need_dx:
+            dx = dy2 if self.may_overwrite_grad else np.empty_like(dy2)
+
+        def part(lo, hi):
+            scratch = None
+            for a, b in _row_groups(lo, hi, count):
+                grad, x_h = dy2[a:b], x_hat[a:b]
+                if scratch is None or scratch.shape[0] != b - a:
+                    scratch = np.empty((b - a, count), dy.dtype)
+                sum_dy[a:b] = grad.sum(axis=1)
+                sum_dy_xhat[a:b] = np.multiply(grad, x_h, out=scratch).sum(axis=1)
+                if dx is None:
+                    continue
+                out = dx[a:b]
+                if not batch_stats:  # eval with running stats: a fixed affine map per channel
+                    np.multiply(grad, scale[a:b, None], out=out)
+                    continue
+                # d/dx of (x - mean) / std with batch mean and biased batch variance:
+                # (dy - mean(dy) - x_hat * mean(dy * x_hat)) * gamma / std
+                np.subtract(grad, (sum_dy[a:b] / count)[:, None], out=out)
+                out -= np.multiply(x_h, (sum_dy_xhat[a:b] / count)[:, None], out=scratch)
+                out *= scale[a:b, None]
+
+        self.splitter.split(part, shape[0], dy2.size)
         if self.affine:
             self.grads["weight"] += sum_dy_xhat
             self.grads["bias"] += sum_dy
-        if not need_dx:
-            return None
-        gamma = self.params["weight"] if self.affine else np.ones_like(inv_std)
-        scale = gamma * inv_std
-        if not batch_stats:  # eval with running stats: a fixed affine map per channel
-            return (dy2 * scale[:, None]).reshape(shape)
-        # d/dx of (x - mean) / std with batch mean and biased batch variance.
-        count = dy2.shape[1]
-        mean_dy = sum_dy / count
-        mean_dy_xhat = sum_dy_xhat / count
-        dx = (dy2 - mean_dy[:, None] - x_hat * mean_dy_xhat[:, None]) * scale[:, None]
-        return dx.reshape(shape)
+        return None if dx is None else dx.reshape(shape)
 
     def num_params(self, input_shape=None):
         shape = input_shape if input_shape is not None else self.input_shape
@@ -128,6 +165,12 @@ class _BatchNorm(Layer):
 
     def describe(self):
         return f"eps={self.eps:g}"
+
+
+def _row_groups(lo: int, hi: int, length: int, elements: int = 1 << 15):
+    """[lo, hi) in runs of rows of ``length`` values each, about ``elements`` values a run."""
+    step = max(1, elements // max(1, length))
+    return [(a, min(a + step, hi)) for a in range(lo, hi, step)]
 
 
 @register("batchnorm2d")
