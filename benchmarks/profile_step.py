@@ -2,11 +2,14 @@
 
     python benchmarks/profile_step.py configs/lenet5.yaml [--batch-size 64] [--steps 50]
 
-Kinds: conv matmul (conv forward/backward minus the im2col and col2im they call), im2col,
-col2im, pooling, activations, dense, loss, optimizer, other (zero_grad, layout changes,
-flatten, dropout, Python glue). Percentages are of the profiled steps' total time; cProfile
-adds a little overhead per Python call, so small layers look slightly dearer than they are.
-Run it with OPENBLAS_NUM_THREADS set to the thread count you care about.
+Kinds: the file of cnncli that spends the time: im2col/col2im (nn/kernels.py), conv (the rest
+of nn/layers/conv.py: matmuls, bias, padding), batch norm, activations, pooling, dense, add /
+concat, graph bookkeeping (nn/model.py), loss, optimizer, other. Time in NumPy (C functions
+and NumPy's own Python) counts for the cnncli function that called it. The model runs with
+its execution plan but on one thread (cProfile sees only the calling thread), so shares are
+of the work, not of the wall time with threads. Percentages are of the profiled steps' total
+time; cProfile adds a little overhead per Python call, so small layers look slightly dearer
+than they are. Run it with OPENBLAS_NUM_THREADS set to the thread count you care about.
 """
 
 from __future__ import annotations
@@ -19,33 +22,68 @@ import time
 import numpy as np
 
 from cnncli import build_model
+from cnncli.parallel import threads
 from cnncli.training.optim import SGD
 from cnncli.training.trainer import train_step
 
-# (kind, module suffix, function names): cumulative time of these functions.
+# (kind, cnncli file suffix, function names or None for every function of the file)
 KINDS = [
-    ("im2col", "cnncli/nn/kernels.py", {"im2col"}),
+    ("im2col", "cnncli/nn/kernels.py", {"im2col", "window_view", "pad_into"}),
     ("col2im", "cnncli/nn/kernels.py", {"col2im_add"}),
-    ("conv (matmul, bias, pad)", "cnncli/nn/layers/conv.py", {"forward", "backward"}),
-    ("pooling", "cnncli/nn/layers/pool.py", {"forward", "backward"}),
-    ("activations", "cnncli/nn/layers/activation.py", {"forward", "backward"}),
-    ("dense", "cnncli/nn/layers/dense.py", {"forward", "backward"}),
-    ("loss", "cnncli/nn/losses.py", {"softmax_cross_entropy"}),
-    ("optimizer", "cnncli/training/optim.py", {"step"}),
+    ("conv (matmul, bias, pad)", "cnncli/nn/layers/conv.py", None),
+    ("conv (matmul, bias, pad)", "cnncli/nn/kernels.py", None),
+    ("batch norm", "cnncli/nn/layers/norm.py", None),
+    ("activations", "cnncli/nn/layers/activation.py", None),
+    ("pooling", "cnncli/nn/layers/pool.py", None),
+    ("dense", "cnncli/nn/layers/dense.py", None),
+    ("add / concat", "cnncli/nn/layers/merge.py", None),
+    ("graph bookkeeping (model.py)", "cnncli/nn/model.py", None),
+    ("loss", "cnncli/nn/losses.py", None),
+    ("optimizer", "cnncli/training/optim.py", None),
 ]
 
 
+def _kind(func) -> str | None:
+    path, _, name = func
+    path = path.replace("\\", "/")
+    for kind, suffix, names in KINDS:
+        if path.endswith(suffix) and (names is None or name in names):
+            return kind
+    return "other" if "/cnncli/" in path else None
+
+
 def breakdown(stats: pstats.Stats, total: float) -> list[tuple[str, float]]:
-    """Seconds per kind; conv excludes the im2col/col2im time it calls."""
-    cum = {kind: 0.0 for kind, _, _ in KINDS}
-    for (path, _, func), (_, _, _, ct, _) in stats.stats.items():
-        for kind, suffix, funcs in KINDS:
-            if path.replace("\\", "/").endswith(suffix) and func in funcs:
-                cum[kind] += ct
-    cum["conv (matmul, bias, pad)"] -= cum["im2col"] + cum["col2im"]
-    rows = list(cum.items())
-    rows.append(("other", total - sum(cum.values())))
-    return rows
+    """Seconds per kind: each function's own time, NumPy's counted for its cnncli caller
+    (split over several callers as cProfile measured them)."""
+    shares: dict = {}
+
+    def owners(func, seen=frozenset()) -> dict[str, float]:
+        """{kind: fraction} of ``func``'s time."""
+        if func in shares:
+            return shares[func]
+        kind = _kind(func)
+        if kind is not None:
+            result = {kind: 1.0}
+        else:
+            callers = stats.stats[func][4]
+            weight = sum(entry[2] for entry in callers.values()) or 1.0
+            result = {}
+            for caller, entry in callers.items():
+                if caller in seen or caller not in stats.stats:
+                    continue
+                for k, part in owners(caller, seen | {func}).items():
+                    result[k] = result.get(k, 0.0) + part * entry[2] / weight
+            result = result or {"other": 1.0}
+        shares[func] = result
+        return result
+
+    seconds = {kind: 0.0 for kind, _, _ in KINDS}
+    seconds["other"] = 0.0
+    for func, (_, _, own, _, _) in stats.stats.items():
+        for kind, part in owners(func).items():
+            seconds[kind] += own * part
+    seconds["other"] += total - sum(seconds.values())   # cProfile's own and untracked time
+    return list(seconds.items())
 
 
 def main() -> None:
@@ -64,12 +102,13 @@ def main() -> None:
         train_step(model, optimizer, x, y)
 
     profiler = cProfile.Profile()
-    start = time.perf_counter()
-    profiler.enable()
-    for _ in range(args.steps):
-        train_step(model, optimizer, x, y)
-    profiler.disable()
-    total = time.perf_counter() - start
+    with threads.serial():  # every part on this thread, where cProfile sees it
+        start = time.perf_counter()
+        profiler.enable()
+        for _ in range(args.steps):
+            train_step(model, optimizer, x, y)
+        profiler.disable()
+        total = time.perf_counter() - start
     stats = pstats.Stats(profiler)
     print(f"{args.config}, batch {args.batch_size}: {1e3 * total / args.steps:.2f} ms per "
           f"profiled step ({args.steps} steps)")
