@@ -92,3 +92,17 @@ def test_a_branch_ends_a_feature_group_so_each_picture_is_an_output_some_layer_r
     model = model_from_entries((1, 6, 6), entries, dtype=np.float64)
     assert feature_groups(model.layers, model.shapes, model.sources) == [
         (0, 0), (3, 3), (6, 7)]
+
+
+def test_an_add_gets_a_feature_group_with_its_activation():
+    """A residual block's sum (after its relu) is the stream the next block reads."""
+    entries = [{"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1,
+                "name": "conv", "activation": "relu"},
+               {"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1,
+                "name": "conv2"},
+               {"type": "add", "from": [1, 0], "name": "sum", "activation": "relu"},
+               {"type": "flatten"}, {"type": "dense", "units": 3}]
+    model = model_from_entries((1, 5, 5), entries, dtype=np.float64)
+    names = [layer.name for layer in model.layers]
+    assert names[:5] == ["conv", "relu_1", "conv2", "sum", "relu_2"]
+    assert feature_groups(model.layers, model.shapes, model.sources) == [(0, 1), (2, 2), (3, 4)]

@@ -20,6 +20,16 @@ NETS = {
         {"type": "flatten"},
         {"type": "dense", "units": 6, "activation": "relu"},
         {"type": "dense", "units": 3}]),
+    # batch norm takes its conv's output over (x_hat in its place) and hands its own output
+    # to the ReLU after it; a dense layer's batchnorm1d the same
+    "bn": ((2, 8, 8), [
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"type": "batchnorm2d"}, {"type": "relu"},
+        {"type": "conv2d", "out_channels": 3, "kernel_size": 3},
+        {"type": "batchnorm2d", "affine": False},
+        {"type": "flatten"},
+        {"type": "dense", "units": 6}, {"type": "batchnorm1d"}, {"type": "relu"},
+        {"type": "dense", "units": 3}]),
 }
 
 
@@ -72,3 +82,13 @@ def test_relu_on_its_own_leaves_its_arguments_alone():
     np.testing.assert_array_equal(x, keep_x)
     np.testing.assert_array_equal(dy, keep_dy)
     np.testing.assert_array_equal(y, np.maximum(keep_x, 0))
+
+
+def test_batch_norm_works_in_place_between_a_conv_and_a_relu():
+    shape, entries = NETS["bn"]
+    model = apply_plan(model_from_entries(shape, entries, seed=0))
+    kinds = [type(layer).__name__ for layer in model.layers]
+    norm = kinds.index("BatchNorm2d")
+    assert model.layers[norm].may_overwrite_input          # the conv's output becomes x_hat
+    assert model.layers[norm + 1].may_overwrite_input      # the ReLU overwrites norm's output
+    assert model.layers[norm].may_overwrite_grad           # and hands its dx over

@@ -81,8 +81,8 @@ def _parse_at(text: str | None):
                 metavar="CHECKPOINT_OR_CONFIG", shell_complete=complete_checkpoint_or_config)
 @click.option("--filters", "mode", flag_value="filters", help="Grid of a conv layer's kernels.")
 @click.option("--features", "features_input", metavar="INPUT", default=None,
-              help="Feature maps this input (image, .npy or .npz) produces at each conv/pool "
-                   "layer.")
+              help="Feature maps this input (image, .npy or .npz) produces at each "
+                   "conv/pool/add layer.")
 @click.option("--receptive-field", "receptive_flag", is_flag=True,
               help="The input region one output unit of a layer sees.")
 @click.option("--layer", "layer_name", default=None, metavar="NAME",

@@ -67,7 +67,7 @@ def filters_view(model, layer_name: str | None = None):
 
 def features_view(model, x_chw: np.ndarray, label: str, layer_name: str | None = None,
                   class_names=None):
-    """(lines, image) of the feature maps one input produces after each conv/pool layer
+    """(lines, image) of the feature maps one input produces after each conv/pool/add layer
     (with the position-wise layers after it), or after the named layer only; a model that
     ends in class scores adds its prediction."""
     groups = feature_groups(model.layers, model.shapes, model.sources)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cnncli.nn.layers.merge import Add
 from cnncli.nn.model import chain_sources, graph_shapes
 
 
@@ -130,10 +131,11 @@ def union(seen: list[Field]) -> Field:
 
 
 def feature_groups(layers, shapes, sources=None) -> list[tuple[int, int]]:
-    """[(first, last)] layer index ranges: each window layer (conv, pool) with a spatial
-    output plus the position-wise layers right after it (reading it), whose output the next
-    layer sees. A layer whose output another layer also reads (a branch) ends its group, so
-    each picture is an output some layer reads."""
+    """[(first, last)] layer index ranges: each window layer (conv, pool) or ``add`` (a
+    residual sum; a concat's maps are its inputs') with a spatial output plus the
+    position-wise layers right after it (reading it), whose output the next layer sees. A
+    layer whose output another layer also reads (a branch) ends its group, so each picture is
+    an output some layer reads."""
     steps = walk(layers, shapes[0], shapes, sources)
     readers = [0] * (len(steps) + 1)
     for step in steps:
@@ -141,7 +143,7 @@ def feature_groups(layers, shapes, sources=None) -> list[tuple[int, int]]:
             readers[source] += 1
     groups = []
     for step in steps:
-        if not step.spatial or step.geometry is None:
+        if not step.spatial or (step.geometry is None and not isinstance(step.layer, Add)):
             continue
         last = step.index
         while (last + 1 < len(steps) and steps[last + 1].pointwise

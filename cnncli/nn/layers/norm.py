@@ -35,6 +35,8 @@ class _BatchNorm(Layer):
     """
 
     spatial_rank = 0  # number of per-sample axes after the channel axis
+    fresh_output = True       # y and dx are new arrays, never kept (see Layer)
+    fresh_input_grad = True
     #: The batch statistics' reduction hook (``LocalBatch``); set per layer to synchronise.
     batch_sums = LOCAL_BATCH
 
@@ -79,60 +81,61 @@ class _BatchNorm(Layer):
         split = train and self.batch_sums is not LOCAL_BATCH
         if split:  # statistics of the whole batch, of which x is a part
             count = int(self.batch_sums.total(np.array([count], np.float64))[0])
+        if use_batch_stats and train and count <= 1:
+            raise DataError(f"Expected more than 1 value per channel when training, got "
+                            f"input size {[shape[-1], *shape[:-1]]}",
+                            layer=f"'{self.name}' ({self.type_name})",
+                            hint="train with batch_size >= 2 and no final batch of 1 sample")
         if use_batch_stats:
-            if train and count <= 1:
-                raise DataError(f"Expected more than 1 value per channel when training, got "
-                                f"input size {[shape[-1], *shape[:-1]]}",
-                                layer=f"'{self.name}' ({self.type_name})",
-                                hint="train with batch_size >= 2 and no final batch of 1 sample")
-        channels = shape[0]
-        mean = np.empty(channels, x.dtype)
-        var = np.empty(channels, x.dtype)
-        inv_std = np.empty(channels, x.dtype)
-        if not use_batch_stats:
-            mean[:] = self.buffers["running_mean"]
-            var[:] = self.buffers["running_var"]
-        # Each channel is normalised by itself, so the work splits by channel (the same
-        # operations per element on any split). In place where the array is this layer's own.
-        # Pairwise summation (sum along the contiguous axis) keeps float32 close to PyTorch's
-        # double accumulation; einsum's running sum drifts by ~1e-5. A mean is its sum / count
-        # (np.mean's own arithmetic), so a split batch's summed parts give the same numbers.
-        x_hat = np.empty_like(x2)
-        y = np.empty_like(x2) if self.affine else x_hat
+            mean, var = np.empty(shape[0], x.dtype), np.empty(shape[0], x.dtype)
+        else:
+            mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
+            var = self.buffers["running_var"].astype(x.dtype, copy=False)
+        inv_std = np.empty(shape[0], x.dtype)
+        # x_hat is kept for backward; it may take x's place when the plan hands x over.
+        x_hat = x2 if self.may_overwrite_input else np.empty_like(x2)
+        y = np.empty_like(x2)
+        weight = self.params["weight"] if self.affine else None
+        bias = self.params["bias"] if self.affine else None
 
-        def sum_x(lo, hi):
-            mean[lo:hi] = x2[lo:hi].sum(axis=1)
-
-        def centre(lo, hi):  # x_hat = x - mean; var holds the sums of its squares
-            centred = np.subtract(x2[lo:hi], mean[lo:hi, None], out=x_hat[lo:hi])
+        # Pairwise summation (mean/sum along the contiguous axis) keeps float32 close to
+        # PyTorch's double accumulation; einsum's running sum drifts. On a split batch the
+        # means are the exchanged sums / count, the same numbers computed on one part.
+        def centre(a, b):
+            centred = np.subtract(x2[a:b], mean[a:b, None], out=x_hat[a:b])
             if use_batch_stats:
-                var[lo:hi] = np.multiply(centred, centred).sum(axis=1)
+                squares = np.multiply(centred, centred, out=y[a:b])
+                var[a:b] = squares.sum(axis=1) if split else squares.mean(axis=1)
 
-        def normalise(lo, hi):
-            inv_std[lo:hi] = 1 / np.sqrt(var[lo:hi] + t(self.eps))
-            np.multiply(x_hat[lo:hi], inv_std[lo:hi, None], out=x_hat[lo:hi])
-            if self.affine:
-                np.multiply(x_hat[lo:hi], self.params["weight"][lo:hi, None], out=y[lo:hi])
-                y[lo:hi] += self.params["bias"][lo:hi, None]
+        def normalise(a, b):
+            out, centred = y[a:b], x_hat[a:b]
+            np.divide(1, np.sqrt(var[a:b] + t(self.eps)), out=inv_std[a:b])
+            centred *= inv_std[a:b, None]
+            if weight is None:
+                out[...] = centred
+            else:
+                np.multiply(centred, weight[a:b, None], out=out)
+                out += bias[a:b, None]
 
         def part(lo, hi):
-            if use_batch_stats:
-                sum_x(lo, hi)
-                mean[lo:hi] /= count
-            centre(lo, hi)
-            if use_batch_stats:
-                var[lo:hi] /= count
-            normalise(lo, hi)
+            # A few channels at a time, so each pass over them reads what the last one left
+            # in cache; every channel's numbers are those of whole-array NumPy.
+            for a, b in _row_groups(lo, hi, count):
+                if use_batch_stats:
+                    mean[a:b] = x2[a:b].mean(axis=1)
+                centre(a, b)
+                normalise(a, b)
 
-        if split:  # statistics of the whole batch, of which x is a part: sums exchanged
-            self.splitter.split(sum_x, channels, x2.size)
+        if split:  # sums, exchanged between the parts, between the passes
+            self.splitter.split(_in_groups(lambda a, b: np.sum(x2[a:b], axis=1, out=mean[a:b]),
+                                           count), shape[0], x2.size)
             mean[:] = self.batch_sums.total(mean) / count
-            self.splitter.split(centre, channels, x2.size)
+            self.splitter.split(_in_groups(centre, count), shape[0], x2.size)
             var[:] = self.batch_sums.total(var) / count
-            self.splitter.split(normalise, channels, x2.size)
+            self.splitter.split(_in_groups(normalise, count), shape[0], x2.size)
         else:
-            self.splitter.split(part, channels, x2.size)
-        if train and self.track_running_stats:
+            self.splitter.split(part, shape[0], x2.size)
+        if use_batch_stats and train and self.track_running_stats:
             self._update_running(mean, var, count)
         self._cache = (x_hat, inv_std, use_batch_stats, shape, count if split else None)
         return y.reshape(shape)
@@ -155,45 +158,48 @@ class _BatchNorm(Layer):
         # On a split batch the means are over the whole batch (the weight gradients stay
         # this part's sums: they are summed with the other parts' later).
         count = dy2.shape[1] if split_count is None else split_count
-        sum_dy = np.empty_like(inv_std)
-        sum_dy_xhat = np.empty_like(inv_std)
+        length = dy2.shape[1]
+        sum_dy = np.empty(shape[0], dy.dtype)
+        sum_dy_xhat = np.empty(shape[0], dy.dtype)
         gamma = self.params["weight"] if self.affine else np.ones_like(inv_std)
-        dx = np.empty_like(dy2) if need_dx else None
+        scale = gamma * inv_std
+        dx = None
+        if need_dx:
+            dx = dy2 if self.may_overwrite_grad else np.empty_like(dy2)
 
-        def sums(lo, hi):
-            product = np.multiply(dy2[lo:hi], x_hat[lo:hi])
-            sum_dy[lo:hi] = dy2[lo:hi].sum(axis=1)
-            sum_dy_xhat[lo:hi] = product.sum(axis=1)
-            return product
+        def sums(a, b, scratch):
+            grad = dy2[a:b]
+            sum_dy[a:b] = grad.sum(axis=1)
+            sum_dy_xhat[a:b] = np.multiply(grad, x_hat[a:b], out=scratch).sum(axis=1)
 
-        def input_grad(lo, hi, mean_dy, mean_dy_xhat, product=None):
-            d = dy2[lo:hi]
-            scale = (gamma[lo:hi] * inv_std[lo:hi])[:, None]
+        def input_grad(a, b, scratch, mean_dy, mean_dy_xhat):
+            grad, out = dy2[a:b], dx[a:b]
             if not batch_stats:  # eval with running stats: a fixed affine map per channel
-                np.multiply(d, scale, out=dx[lo:hi])
+                np.multiply(grad, scale[a:b, None], out=out)
                 return
             # d/dx of (x - mean) / std with batch mean and biased batch variance:
-            # (dy - mean_dy - x_hat * mean_dy_xhat) * scale, in that order.
-            correction = np.multiply(x_hat[lo:hi], mean_dy_xhat[:, None], out=product)
-            out = np.subtract(d, mean_dy[:, None], out=dx[lo:hi])
-            out -= correction
-            out *= scale
+            # (dy - mean(dy) - x_hat * mean(dy * x_hat)) * gamma / std
+            np.subtract(grad, mean_dy[:, None], out=out)
+            out -= np.multiply(x_hat[a:b], mean_dy_xhat[:, None], out=scratch)
+            out *= scale[a:b, None]
 
         def part(lo, hi):
-            product = sums(lo, hi)
-            if dx is not None:
-                input_grad(lo, hi, sum_dy[lo:hi] / count, sum_dy_xhat[lo:hi] / count, product)
+            for a, b, scratch in _row_groups_with_scratch(lo, hi, length, dy.dtype):
+                sums(a, b, scratch)
+                if dx is not None:
+                    input_grad(a, b, scratch, sum_dy[a:b] / count, sum_dy_xhat[a:b] / count)
 
         if split_count is None:
             self.splitter.split(part, shape[0], dy2.size)
         else:
-            self.splitter.split(sums, shape[0], dy2.size)
+            self.splitter.split(_in_groups(sums, length, dy.dtype), shape[0], dy2.size)
             if dx is not None:
                 mean_dy = self.batch_sums.total(sum_dy) / count
                 mean_dy_xhat = self.batch_sums.total(sum_dy_xhat) / count
-                self.splitter.split(lambda lo, hi: input_grad(lo, hi, mean_dy[lo:hi],
-                                                              mean_dy_xhat[lo:hi]),
-                                    shape[0], dy2.size)
+                self.splitter.split(_in_groups(
+                    lambda a, b, scratch: input_grad(a, b, scratch, mean_dy[a:b],
+                                                     mean_dy_xhat[a:b]), length, dy.dtype),
+                    shape[0], dy2.size)
         if self.affine:
             self.grads["weight"] += sum_dy_xhat
             self.grads["bias"] += sum_dy
@@ -208,6 +214,30 @@ class _BatchNorm(Layer):
 
     def describe(self):
         return f"eps={self.eps:g}"
+
+
+def _row_groups(lo: int, hi: int, length: int, elements: int = 1 << 15):
+    """[lo, hi) in runs of rows of ``length`` values each, about ``elements`` values a run."""
+    step = max(1, elements // max(1, length))
+    return [(a, min(a + step, hi)) for a in range(lo, hi, step)]
+
+
+def _row_groups_with_scratch(lo: int, hi: int, length: int, dtype):
+    """``_row_groups`` with a scratch array of each run's shape, reused between runs."""
+    scratch = None
+    for a, b in _row_groups(lo, hi, length):
+        if scratch is None or scratch.shape[0] != b - a:
+            scratch = np.empty((b - a, length), dtype)
+        yield a, b, scratch
+
+
+def _in_groups(step, length: int, dtype=None):
+    """A splitter part that runs ``step(a, b)`` (or ``step(a, b, scratch)`` given a dtype)
+    over [lo, hi) a few rows at a time."""
+    if dtype is None:
+        return lambda lo, hi: [step(a, b) for a, b in _row_groups(lo, hi, length)]
+    return lambda lo, hi: [step(a, b, scratch)
+                           for a, b, scratch in _row_groups_with_scratch(lo, hi, length, dtype)]
 
 
 @register("batchnorm2d")
