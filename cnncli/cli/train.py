@@ -180,6 +180,9 @@ def _run_dir_option(ctx, param, value):
 @click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override any config value by its dotted path, e.g. --set train.lr=0.01 or "
                    "--set model.layers.0.out_channels=32 (repeatable).")
+@click.option("--data", "data", metavar="PATH_OR_DATASET",
+              help="Train on this dataset name or path instead of the config's data.path "
+                   "(one config, several copies of the data).")
 @click.option("--out", type=click.Path(file_okay=False), callback=_run_dir_option,
               help="Run directory (default: runs/<name>/).")
 @click.option("--resume", "resume", type=click.Path(exists=True, path_type=Path),
@@ -201,7 +204,7 @@ def _run_dir_option(ctx, param, value):
                    "--set train.tensorboard=true; needs the [tensorboard] extra).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print the training settings.")
-def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overwrite,
+def train_command(config, epochs, batch_size, lr, seed, sets, data, out, resume, overwrite,
                   init_from, freeze, reinit, tensorboard, quiet, verbose):
     """Train the model CONFIG describes; write config.yaml, metrics.csv, last.npz, best.npz.
 
@@ -211,6 +214,7 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
     Examples:
       cnncli train configs/digits.yaml
       cnncli train configs/digits.yaml --epochs 5 --out runs/quick --overwrite
+      cnncli train configs/digits.yaml --data packed_digits/
       cnncli train --resume runs/digits --epochs 40
     """
     from cnncli.inspect.tensorboard import TensorBoardReporter
@@ -219,7 +223,7 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
 
     if config is None and resume is None:
         raise click.UsageError("give a CONFIG file (or --resume RUN_DIR to continue a run)")
-    checked, cfg = _run_config(config, resume, sets, tensorboard, epochs=epochs,
+    checked, cfg = _run_config(config, resume, sets, tensorboard, data, epochs=epochs,
                                batch_size=batch_size, lr=lr, seed=seed)
     extra = {}
     if init_from is not None or freeze or reinit:
@@ -246,9 +250,10 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
     _report_run(run, quiet)
 
 
-def _run_config(config, resume, sets, tensorboard, **flags):
+def _run_config(config, resume, sets, tensorboard, data=None, **flags):
     """(the CheckedConfig of CONFIG or None, the RunConfig to train or None for the resumed
-    run's own): --set applied, warnings printed, a missing [tensorboard] extra refused."""
+    run's own): --set and --data applied, warnings printed, a missing [tensorboard] extra
+    refused."""
     from cnncli.config import check_config, check_data
     from cnncli.config.overrides import refuse_both
     from cnncli.inspect.tensorboard import summary_writer_class
@@ -262,12 +267,18 @@ def _run_config(config, resume, sets, tensorboard, **flags):
         for line in checked.warnings:     # strides that drop rows: once per layer
             click.echo(f"cnncli: warning: {printable(line)}", err=True)
         cfg = checked.run
-    elif sets:                            # --resume RUN --set ...: the run's own config, changed
+    elif sets or data:                    # --resume RUN --set ...: the run's own config, changed
         from cnncli.training.checkpoint import load_checkpoint
         from cnncli.training.trainer import resolve_resume_path
 
         ckpt_path = resolve_resume_path(resume)
         cfg = check_data(load_checkpoint(ckpt_path).config, file=str(ckpt_path), sets=sets).run
+    if data is not None:
+        import dataclasses
+
+        from cnncli.data.checkpoint_split import data_config
+
+        cfg = dataclasses.replace(cfg, data=data_config(cfg, data))
     if cfg is not None and cfg.train.tensorboard:
         summary_writer_class()            # a missing extra stops here, before any work
     return checked, cfg

@@ -360,8 +360,8 @@ class ImageFiles:
 
     def __init__(self, paths: list[Path], shape: tuple[int, int, int], resize: str | None,
                  threads: int = 1, size_hint: str = RESIZE_HINT):
-        self.paths, self.shape, self.resize = list(paths), tuple(shape), resize or "none"
-        self.size_hint = size_hint
+        self.paths, self.image_shape = list(paths), tuple(shape)
+        self.resize, self.size_hint = resize or "none", size_hint
         self.dtype = np.dtype(np.uint8)
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
@@ -369,13 +369,17 @@ class ImageFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def shape(self) -> tuple:
+        return (len(self.paths),) + self.image_shape
+
     def decode(self, row: int) -> np.ndarray:
-        c, h, w = self.shape
+        c, h, w = self.image_shape
         return read_image(self.paths[row], c, size=(h, w), resize=self.resize,
                           size_hint=self.size_hint)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows),) + self.shape, np.uint8)
+        out = np.empty((len(rows),) + self.image_shape, np.uint8)
         if self.threads <= 1 or len(rows) < 2:
             for i, row in enumerate(rows):
                 out[i] = self.decode(int(row))

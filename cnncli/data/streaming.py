@@ -29,7 +29,7 @@ class MappedArray:
 
     def __init__(self, mapped: np.memmap, view: np.ndarray):
         self.mapped, self.view = mapped, view
-        self.shape, self.dtype = view.shape[1:], view.dtype
+        self.shape, self.dtype = view.shape, view.dtype
         self._row_bytes = max(1, int(np.prod(view.shape[1:])) * view.dtype.itemsize)
         self._touched = 0
         self._lock = threading.Lock()
@@ -50,8 +50,8 @@ class MappedArray:
 
 
 class ImageRows:
-    """Rows ``rows`` of a source (``sources.ImageFiles``, ``MappedArray`` or an array) as an array of
-    raw images, or of model input once given normalisation statistics."""
+    """Rows ``rows`` of a source (``sources.ImageFiles``, ``MappedArray`` or an array) as an
+    array of raw images, or of model input once given normalisation statistics."""
 
     def __init__(self, source, rows: np.ndarray | None = None, normalization: dict | None = None,
                  prefetch: int = 4):
@@ -63,7 +63,7 @@ class ImageRows:
     # -- what makes it look like an array
     @property
     def shape(self) -> tuple:
-        return (len(self.rows),) + tuple(self.source.shape)
+        return (len(self.rows),) + tuple(self.source.shape[1:])
 
     @property
     def dtype(self) -> np.dtype:
@@ -71,7 +71,7 @@ class ImageRows:
 
     @property
     def ndim(self) -> int:
-        return 1 + len(self.source.shape)
+        return len(self.source.shape)
 
     @property
     def size(self) -> int:

@@ -1,0 +1,151 @@
+"""Streamed datasets: npy_dir (cnncli data pack) memory-mapped, image folders decoded per batch
+in loader threads; the same statistics, batches and weights as the in-memory path."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnncli.cli import main
+from cnncli.config.schema import DataConfig
+from cnncli.data import load_dataset
+from cnncli.data.streaming import ImageRows, _read_ahead
+from cnncli.data.transforms import CHUNK_IMAGES, channel_moments, fit_normalization
+from cnncli.errors import DataError
+from cnncli.training.trainer import train
+
+MODEL = {"input_shape": [3, 6, 6], "layers": [
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "activation": "relu"},
+    {"type": "batchnorm2d"}, {"type": "maxpool2d", "kernel_size": 2}, {"type": "flatten"},
+    {"type": "dropout", "p": 0.2}, {"type": "dense", "units": 3}]}
+
+
+def _config(path, **data):
+    return {"name": "s", "seed": 3, "model": MODEL,
+            "data": {"path": str(path), "val_split": 0.2, "normalize": "standardize",
+                     "augment": {"random_crop": 1, "horizontal_flip": True}, **data},
+            "train": {"epochs": 2, "batch_size": 7, "optimizer": "sgd", "momentum": 0.9}}
+
+
+def _images(rng, n=40, size=(6, 6)):
+    x = rng.integers(0, 256, (n, 3, *size), dtype=np.uint8)
+    return x, np.arange(n) % 3
+
+
+def _write_folder(folder, x, y):
+    from PIL import Image
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        (folder / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.moveaxis(img, 0, -1)).save(folder / f"c{label}" / f"{i:03d}.png")
+
+
+def _weights(run):
+    return {k: v for k, v in run.model.state_dict().items()}
+
+
+def _same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_packed_npy_dir_trains_to_the_same_weights_as_the_npz_in_memory(tmp_path):
+    x, y = _images(np.random.default_rng(0))
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:9], y_test=y[:9])
+    result = CliRunner().invoke(main, ["data", "pack", str(tmp_path / "d.npz"),
+                                       str(tmp_path / "packed")])
+    assert result.exit_code == 0, result.output
+    assert "x_train.npy: [40, 3, 6, 6]" in result.output
+    streamed = load_dataset(DataConfig(dataset=None, path=str(tmp_path / "packed"),
+                                       normalize="standardize"), (3, 6, 6), 3, seed=1)
+    memory = load_dataset(DataConfig(dataset=None, path=str(tmp_path / "d.npz"),
+                                     normalize="standardize"), (3, 6, 6), 3, seed=1)
+    assert isinstance(streamed.x_train, ImageRows)
+    assert isinstance(streamed.x_train.source.mapped, np.memmap)
+    for key in ("scale", "mean", "std"):
+        np.testing.assert_array_equal(streamed.normalization[key], memory.normalization[key])
+    np.testing.assert_array_equal(streamed.x_val[:], memory.x_val)
+    runs = [train(_config(tmp_path / name), out_dir=tmp_path / f"run_{name}")
+            for name in ("d.npz", "packed")]
+    _same_weights(_weights(runs[0]), _weights(runs[1]))
+    assert runs[0].test == {**runs[1].test, "checkpoint": runs[0].test["checkpoint"]}
+
+
+def test_image_folder_streams_with_any_loader_thread_count_to_the_same_weights(tmp_path):
+    pytest.importorskip("PIL")
+    x, y = _images(np.random.default_rng(1))
+    _write_folder(tmp_path / "images", x, y)
+    order = np.argsort([f"c{label}/{i:03d}" for i, label in enumerate(y)], kind="stable")
+    np.savez(tmp_path / "same.npz", x_train=x[order], y_train=y[order],
+             class_names=np.array(["c0", "c1", "c2"]))
+    weights = [_weights(train(_config(tmp_path / "images", loader_threads=threads, prefetch=2),
+                              out_dir=tmp_path / f"t{threads}")) for threads in (1, 4)]
+    weights.append(_weights(train(_config(tmp_path / "same.npz"), out_dir=tmp_path / "npz")))
+    _same_weights(weights[0], weights[1])
+    _same_weights(weights[0], weights[2])
+
+
+def test_streamed_statistics_match_numpy_over_many_pieces():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (2 * CHUNK_IMAGES + 5, 2, 3, 3), dtype=np.uint8)
+    mean, var = channel_moments(x, np.float32(255))
+    scaled = x.astype(np.float32) / np.float32(255)
+    np.testing.assert_allclose(mean, scaled.mean(axis=(0, 2, 3), dtype=np.float64), rtol=1e-12)
+    np.testing.assert_allclose(var, scaled.var(axis=(0, 2, 3), dtype=np.float64), rtol=1e-10)
+    rows = ImageRows(x)
+    streamed, memory = fit_normalization(rows, "standardize"), fit_normalization(x, "standardize")
+    for key in ("mean", "std"):
+        np.testing.assert_array_equal(streamed[key], memory[key])
+
+
+def test_images_of_another_size_need_data_resize(tmp_path):
+    pytest.importorskip("PIL")
+    x, y = _images(np.random.default_rng(3), n=6, size=(9, 7))
+    _write_folder(tmp_path / "big", x, y)
+    cfg = DataConfig(dataset=None, path=str(tmp_path / "big"), normalize="none", val_split=0)
+    with pytest.raises(DataError, match="7x9 .*takes 6x6") as err:
+        load_dataset(cfg, (3, 6, 6), 3, seed=0)
+    assert "data.resize: fit" in err.value.hint
+    for resize in ("fit", "crop"):
+        ds = load_dataset(DataConfig(**{**cfg.__dict__, "resize": resize}), (3, 6, 6), 3, seed=0)
+        assert ds.x_train.shape == (6, 3, 6, 6) and ds.x_train[:].shape == (6, 3, 6, 6)
+
+
+def test_a_read_error_is_raised_at_its_batch_and_closing_stops_the_reader():
+    def read(i):
+        if i == 3:
+            raise DataError("image 3 is damaged")
+        return i * 10
+
+    got = []
+    with pytest.raises(DataError, match="image 3"):
+        for value in _read_ahead(read, range(6), depth=2):
+            got.append(value)
+    assert got == [0, 10, 20]
+    before = threading.active_count()
+    reader = _read_ahead(lambda i: i, range(10_000), depth=1)
+    assert next(reader) == 0
+    reader.close()
+    assert threading.active_count() <= before
+
+
+def test_pack_refuses_a_folder_that_is_not_empty_and_train_takes_data(tmp_path):
+    x, y = _images(np.random.default_rng(4))
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["data", "pack", str(tmp_path / "d.npz"),
+                                       str(tmp_path / "full")])
+    assert result.exit_code == 2 and "is not empty" in result.output
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["keep.txt"]
+    import yaml
+    config = _config(tmp_path / "elsewhere.npz")
+    config["train"]["epochs"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "c.yaml"), "-q", "--data",
+                                       str(tmp_path / "d.npz"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "best.npz").is_file()
