@@ -21,7 +21,8 @@ from cnncli.errors import DataError
 #: Mapped pages of an .npy are handed back to the kernel after about this many bytes were read,
 #: so the resident memory of a memory-mapped dataset stays flat however large the file.
 MAPPED_BYTES_KEPT = 32 << 20
-PAGE = mmap.PAGESIZE
+#: What one row read can map: the kernel maps up to 64 KiB of cached pages around a fault.
+FAULT_AROUND = 64 << 10
 
 
 class MappedArray:
@@ -40,7 +41,7 @@ class MappedArray:
     def read(self, rows: np.ndarray) -> np.ndarray:
         out = self.view[rows]
         with self._lock:
-            self._touched += len(rows) * (self._row_bytes + PAGE)
+            self._touched += len(rows) * (self._row_bytes + FAULT_AROUND)
             if self._touched > MAPPED_BYTES_KEPT:
                 self._touched = 0
                 handle = getattr(self.mapped, "_mmap", None)
