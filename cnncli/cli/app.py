@@ -154,12 +154,12 @@ def as_flags(text: str) -> str:
     return text
 
 
-def table_console():
-    """The Rich console tables print on; not a terminal (pipe, file, test runner): wide enough
-    that tables never wrap."""
+def table_console(piped_width: int = 200):
+    """The Rich console tables print on; not a terminal (pipe, file, test runner):
+    ``piped_width`` columns, wide enough that tables never wrap."""
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    return Console(width=None if sys.stdout.isatty() else piped_width, highlight=False)
 
 
 def _reopen_closed_streams() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from cnncli.cli.app import main
+from cnncli.cli.app import main, table_console
 from cnncli.cli.complete import complete_config, complete_run
 from cnncli.errors import CheckpointError, CnncliError, printable
 from cnncli.files import atomic_write
@@ -25,10 +25,8 @@ def _cell(text) -> str:
 
 
 def _console():
-    from rich.console import Console
-
     # In a pipe or a file Rich assumes 80 columns and cuts long class names: no limit there.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
+    return table_console(piped_width=100_000)
 
 
 # ---------------------------------------------------------------- download progress

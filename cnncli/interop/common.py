@@ -10,14 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.config import dump_config
-from cnncli.errors import CnncliError
+from cnncli.errors import MissingExtraError
 from cnncli.training.checkpoint import Checkpoint, load_checkpoint
-
-
-class MissingExtra(CnncliError):
-    """A command needs an optional dependency that is not installed."""
-
-    exit_code = 2
 
 
 def require(module: str, extra: str):
@@ -27,7 +21,7 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtra(f"this command needs the {module} package",
+        raise MissingExtraError(f"this command needs the {module} package",
                            hint=f"pip install 'cnncli[{extra}]'") from None
 
 

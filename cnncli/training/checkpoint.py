@@ -302,6 +302,37 @@ def is_checkpoint(path) -> bool:
     return path.suffix.lower() == ".npz" or (path.is_dir() and (path / "last.npz").exists())
 
 
+def _format_version(arrays, path) -> int:
+    version = _int(arrays, "format_version", path)
+    if version < 1:
+        raise _unreadable(path, f"format_version is {version}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {version}, newer than this cnncli "
+                              f"reads ({FORMAT_VERSION})", hint="upgrade cnncli")
+    return version
+
+
+def _config_text(arrays, path) -> str:
+    """The stored resolved config's YAML (checked to parse and to hold a model section)."""
+    try:
+        text = _text(arrays, "config", path)
+        config = yaml.safe_load(text)
+        if not isinstance(config, dict) or "model" not in config:
+            raise ValueError("config has no model section")
+    except (ValueError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{path} has an unreadable config or state "
+                              f"({str(err).splitlines()[0]})") from None
+    return text
+
+
+def _best_metric(arrays, path) -> float | None:
+    best = arrays.get("best_metric", np.array(np.nan))
+    if best.shape != () or best.dtype.kind != "f":
+        raise CheckpointError(f"{path} is not a readable cnncli checkpoint (best_metric is "
+                              f"{best.dtype} {best.shape}, expected one number)")
+    return None if np.isnan(best) else float(best)
+
+
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint (or a run directory's last.npz); any problem becomes a one-line
     CheckpointError."""
@@ -311,20 +342,8 @@ def load_checkpoint(path) -> Checkpoint:
     arrays = _read_all(path)
     if "format_version" not in arrays or "config" not in arrays:
         raise CheckpointError(f"{path} is not a cnncli checkpoint (no format_version/config)")
-    version = _int(arrays, "format_version", path)
-    if version < 1:
-        raise _unreadable(path, f"format_version is {version}")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {version}, newer than this cnncli "
-                              f"reads ({FORMAT_VERSION})", hint="upgrade cnncli")
-    try:
-        config_text = _text(arrays, "config", path)
-        config = yaml.safe_load(config_text)
-        if not isinstance(config, dict) or "model" not in config:
-            raise ValueError("config has no model section")
-    except (ValueError, yaml.YAMLError) as err:
-        raise CheckpointError(f"{path} has an unreadable config or state "
-                              f"({str(err).splitlines()[0]})") from None
+    version = _format_version(arrays, path)
+    config_text = _config_text(arrays, path)
     rng_state = _json(arrays, "rng_state", path, "{}")
     metrics = _json(arrays, "metrics", path, "[]")
     run_state = _json(arrays, "run_state", path, "{}")
@@ -333,16 +352,10 @@ def load_checkpoint(path) -> Checkpoint:
     epoch, step = _int(arrays, "epoch", path), _int(arrays, "step", path)
     if epoch < 0 or step < 0:
         raise _unreadable(path, f"epoch {epoch} and step {step} must be counts >= 0")
-    normalization = {}
-    for key, value in arrays.items():
-        if key.startswith("normalization/"):
-            normalization[key.split("/", 1)[1]] = str(value) if value.dtype.kind == "U" else value
+    normalization = {key.split("/", 1)[1]: str(value) if value.dtype.kind == "U" else value
+                     for key, value in arrays.items() if key.startswith("normalization/")}
     _check_normalization(normalization, path)
-    best = arrays.get("best_metric", np.array(np.nan))
-    if best.shape != () or best.dtype.kind != "f":
-        raise CheckpointError(f"{path} is not a readable cnncli checkpoint (best_metric is "
-                              f"{best.dtype} {best.shape}, expected one number)")
-    best = float(best)
+    best = _best_metric(arrays, path)
     return Checkpoint(
         path=path,
         config_text=config_text,
@@ -354,7 +367,7 @@ def load_checkpoint(path) -> Checkpoint:
         rng_state=rng_state,
         normalization=normalization,
         class_names=[str(c) for c in arrays.get("class_names", np.array([], dtype=str))],
-        best_metric=None if np.isnan(best) else best,
+        best_metric=best,
         metrics=metrics,
         run_state=run_state,
         cnncli_version=_text(arrays, "cnncli_version", path),
