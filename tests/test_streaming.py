@@ -3,6 +3,7 @@ in loader threads; the same statistics, batches and weights as the in-memory pat
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -42,6 +43,15 @@ def _write_folder(folder, x, y):
         Image.fromarray(np.moveaxis(img, 0, -1)).save(folder / f"c{label}" / f"{i:03d}.png")
 
 
+def _folder_and_npz(tmp_path, rng):
+    """The same images as tmp_path/images/c*/ PNGs and as tmp_path/same.npz in folder order."""
+    x, y = _images(rng)
+    _write_folder(tmp_path / "images", x, y)
+    order = np.argsort([f"c{label}/{i:03d}" for i, label in enumerate(y)], kind="stable")
+    np.savez(tmp_path / "same.npz", x_train=x[order], y_train=y[order],
+             class_names=np.array(["c0", "c1", "c2"]))
+
+
 def _weights(run):
     return {k: v for k, v in run.model.state_dict().items()}
 
@@ -76,11 +86,7 @@ def test_packed_npy_dir_trains_to_the_same_weights_as_the_npz_in_memory(tmp_path
 
 def test_image_folder_streams_with_any_loader_thread_count_to_the_same_weights(tmp_path):
     pytest.importorskip("PIL")
-    x, y = _images(np.random.default_rng(1))
-    _write_folder(tmp_path / "images", x, y)
-    order = np.argsort([f"c{label}/{i:03d}" for i, label in enumerate(y)], kind="stable")
-    np.savez(tmp_path / "same.npz", x_train=x[order], y_train=y[order],
-             class_names=np.array(["c0", "c1", "c2"]))
+    _folder_and_npz(tmp_path, np.random.default_rng(1))
     weights = [_weights(train(_config(tmp_path / "images", loader_threads=threads, prefetch=2),
                               out_dir=tmp_path / f"t{threads}")) for threads in (1, 4)]
     weights.append(_weights(train(_config(tmp_path / "same.npz"), out_dir=tmp_path / "npz")))
@@ -149,3 +155,75 @@ def test_pack_refuses_a_folder_that_is_not_empty_and_train_takes_data(tmp_path):
                                        str(tmp_path / "d.npz"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "r" / "best.npz").is_file()
+
+
+
+def _pack_fails(src, out, message):
+    """`data pack SRC OUT` fails with one line matching ``message`` and leaves no OUT."""
+    result = CliRunner().invoke(main, ["data", "pack", str(src), str(out), "--channels", "3"])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert re.search(message, result.output), result.output
+    assert not out.exists()
+
+
+def test_pack_refuses_empty_class_damaged_image_and_mixed_sizes_leaving_no_folder(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+    src, out = tmp_path / "src", tmp_path / "out"
+    x, y = _images(np.random.default_rng(5), n=9)
+    _write_folder(src, x, y)
+    (src / "c3").mkdir()
+    _pack_fails(src, out, "class 'c3' has no training images")
+    (src / "c3").rmdir()
+    (src / "c1" / "broken.png").write_bytes(b"\x89PNG broken")
+    _pack_fails(src, out, "cannot read image .*broken.png")
+    (src / "c1" / "broken.png").unlink()
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(src / "c2" / "odd.png")
+    _pack_fails(src, out, "odd.png is 5x4 but .*one size .*--size HxW with --resize fit")
+    result = CliRunner().invoke(main, ["data", "pack", str(src), str(out), "--channels", "3",
+                                       "--size", "6x6", "--resize", "crop"])
+    assert result.exit_code == 0, result.output
+    assert np.load(out / "x_train.npy").shape == (10, 3, 6, 6)
+
+
+def test_eval_data_reads_an_image_folder_and_its_pack_like_the_npz(tmp_path):
+    pytest.importorskip("PIL")
+    import json
+    _folder_and_npz(tmp_path, np.random.default_rng(6))
+    assert CliRunner().invoke(main, ["data", "pack", str(tmp_path / "images"),
+                                     str(tmp_path / "packed"), "--channels", "3"]).exit_code == 0
+    train(_config(tmp_path / "same.npz"), out_dir=tmp_path / "run")
+    reports = []
+    for data in ("same.npz", "images", "packed"):
+        result = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--data",
+                                           str(tmp_path / data), "--split", "all", "--json"])
+        assert result.exit_code == 0, result.output
+        reports.append({k: v for k, v in json.loads(result.output).items() if k != "data"})
+    assert reports[0] == reports[1] == reports[2]
+    assert reports[0]["num_samples"] == 40
+
+
+def test_train_notes_when_decoding_an_image_folder_costs_much_of_an_epoch(tmp_path,
+                                                                         monkeypatch):
+    pytest.importorskip("PIL")
+    import yaml
+
+    from cnncli.cli import train as train_cli
+    x, y = _images(np.random.default_rng(7))
+    _write_folder(tmp_path / "images", x, y)
+    config = _config(tmp_path / "elsewhere")
+    config["train"]["epochs"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    command = ["train", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "images"),
+               "--overwrite", "--out", str(tmp_path / "r")]
+    outputs = {}
+    for share in (0.0, 1e9):   # every decoding cost is above 0 and below 1e9 epochs
+        monkeypatch.setattr(train_cli, "DECODING_NOTE_SHARE", share)
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 0, result.output
+        outputs[share] = result.stderr
+    assert re.fullmatch(r"cnncli: note: decoding the images costs \d+ us each, \d+% of an "
+                        r"epoch's time; pack them once with `cnncli data pack .*images OUT "
+                        r"--channels 3 --size 6x6` and train with --data OUT\n", outputs[0.0])
+    assert outputs[1e9] == ""

@@ -246,6 +246,33 @@ def train_command(config, epochs, batch_size, lr, seed, sets, data, out, resume,
     finally:
         progress.close()
     _report_run(run, quiet)
+    if not quiet:
+        _decoding_note(run)
+
+
+#: Decoding an image folder that costs more than this share of an epoch's time earns a note
+#: on `cnncli data pack`: the packed folder trains at in-memory speed (benchmarks/RESULTS.md).
+DECODING_NOTE_SHARE = 0.1
+
+
+def _decoding_note(run) -> None:
+    """One line on stderr when decoding the image folder was a large part of each epoch."""
+    from cnncli.data import decoding_cost
+
+    cost = decoding_cost(run.dataset)
+    if cost is None or not run.metrics:
+        return
+    images = len(run.dataset.y_train) + len(run.dataset.y_val)  # decoded every epoch
+    epoch = sum(row["seconds"] for row in run.metrics) / len(run.metrics)
+    share = cost * images / max(epoch, 1e-9)
+    if share <= DECODING_NOTE_SHARE:
+        return
+    data, (channels, height, width) = run.config.data, run.config.model.input_shape
+    resize = f" --resize {data.resize}" if data.resize else ""
+    click.echo(printable(
+        f"cnncli: note: decoding the images costs {cost * 1e6:.0f} us each, {share:.0%} of an "
+        f"epoch's time; pack them once with `cnncli data pack {data.path} OUT --channels "
+        f"{channels} --size {height}x{width}{resize}` and train with --data OUT"), err=True)
 
 
 def _run_config(config, resume, sets, tensorboard, data=None, **flags):

@@ -22,7 +22,7 @@ from cnncli.data.transforms import (
 from cnncli.errors import DataError
 
 __all__ = ["Dataset", "load_dataset", "download_dataset", "normalize", "load_inputs",
-           "iterate_batches"]
+           "iterate_batches", "decoding_cost"]
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 
@@ -80,6 +80,15 @@ def load_dataset(data_cfg: DataConfig, input_shape: tuple, num_classes: int, see
     return Dataset(_normalized(x_train, train_idx, stats), y_train[train_idx],
                    _normalized(x_train, val_idx, stats), y_train[val_idx],
                    _normalized(x_test, None, stats), y_test, class_names, stats, raw.skipped)
+
+
+def decoding_cost(dataset: Dataset) -> float | None:
+    """CPU seconds per image that decoding the training images from files has cost so far;
+    None when they are not decoded from image files (arrays, an npy_dir)."""
+    source = getattr(dataset.x_train, "source", None)
+    if not isinstance(source, sources.ImageFiles) or source.decoded == 0:
+        return None
+    return source.decode_seconds / source.decoded
 
 
 def _rows(x, rows):

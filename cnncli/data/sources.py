@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import math
 import tarfile
+import threading
+import time
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import arrayfiles
+from cnncli.data.png import open_simple_png, png_size
 from cnncli.data.streaming import ImageRows, open_npy
 from cnncli.errors import DataError
 
@@ -260,25 +263,33 @@ MAX_IMAGE_PIXELS = 1 << 26
 
 
 def read_image(path: Path, channels: int, size: tuple[int, int] | None = None,
-               resize: str = "fit", size_hint: str = "use resize=fit or resize=crop"
-               ) -> np.ndarray:
+               resize: str = "fit", size_hint: str = "use resize=fit or resize=crop",
+               out: np.ndarray | None = None) -> np.ndarray:
     """One image as uint8 (C, H, W), brought to ``size`` = (H, W) when given: stretched
-    (bilinear, ``fit``), scaled to cover it and centre-cropped (``crop``), or refused."""
+    (bilinear, ``fit``), scaled to cover it and centre-cropped (``crop``), or refused.
+    Written into ``out`` (a (C, H, W) uint8 view, e.g. a batch's row) when given."""
     Image = _pillow()
     try:
-        with warnings.catch_warnings():  # a size past PIL's limit is refused below in our words
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
+        opened = open_simple_png(path, MAX_IMAGE_PIXELS) if path.suffix.lower() == ".png" \
+            else None
+        if opened is None:
+            with warnings.catch_warnings():  # a size past PIL's limit is refused below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(path)
         with opened as img:
             width, height = img.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise DataError(_too_many_pixels(path, f"{width}x{height} pixels"))
-            img = img.convert(pil_mode(channels))
             if size is not None and img.size != (size[1], size[0]):
                 if resize == "none":
-                    raise DataError(f"{path} is {img.size[0]}x{img.size[1]} (WxH) but the model "
+                    raise DataError(f"{path} is {width}x{height} (WxH) but the model "
                                     f"takes {size[1]}x{size[0]} images",
                                     hint=size_hint)
+                if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that still
+                    img.draft(img.mode, (size[1], size[0]))  # covers the size: far cheaper
+            if img.mode != pil_mode(channels):
+                img = img.convert(pil_mode(channels))
+            if size is not None and img.size != (size[1], size[0]):
                 if resize == "crop":
                     img = _cover(img, size, Image.BILINEAR)
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
@@ -289,7 +300,11 @@ def read_image(path: Path, channels: int, size: tuple[int, int] | None = None,
         raise DataError(_too_many_pixels(path, "over 178 million pixels")) from None
     except Exception as err:  # pillow raises many types for a bad file
         raise DataError(f"cannot read image {path}: {err}") from None
-    return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+    arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+    if out is None:
+        return arr
+    out[...] = arr
+    return out
 
 
 def _cover(img, size: tuple[int, int], resample):
@@ -334,15 +349,18 @@ def _class_files(folder: Path, class_names: list[str]) -> tuple[list[Path], np.n
 
 
 def _check_one_size(files: list[Path], size_hint: str) -> None:
-    """Every image of the same size, from the files' headers (no pixel is decoded)."""
+    """Every image of the same size, from the files' headers (no pixel is decoded); a file
+    that is not an image is refused now, not half way through an epoch."""
     Image = _pillow()
     first = None
     for file in files:
-        try:
-            with Image.open(file) as img:
-                found = img.size
-        except Exception:  # noqa: BLE001  (a bad file is reported in full when decoded)
-            continue
+        found = png_size(file)
+        if found is None:
+            try:
+                with Image.open(file) as img:
+                    found = img.size
+            except Exception as err:  # noqa: BLE001  (pillow raises many types)
+                raise DataError(f"cannot read image {file}: {err}") from None
         if first is None:
             first, first_size = file, found
         elif found != first_size:
@@ -365,6 +383,8 @@ class ImageFiles:
         self.dtype = np.dtype(np.uint8)
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        self.decoded, self.decode_seconds = 0, 0.0  # images so far, and their decoding's CPU
+        self._counting = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -373,22 +393,31 @@ class ImageFiles:
     def shape(self) -> tuple:
         return (len(self.paths),) + self.image_shape
 
-    def decode(self, row: int) -> np.ndarray:
+    def decode(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Images ``rows`` decoded into ``out[0], out[1], ...``."""
         c, h, w = self.image_shape
-        return read_image(self.paths[row], c, size=(h, w), resize=self.resize,
-                          size_hint=self.size_hint)
+        started = time.thread_time()
+        for i, row in enumerate(rows.tolist()):
+            read_image(self.paths[row], c, (h, w), self.resize, self.size_hint, out[i])
+        with self._counting:
+            self.decoded += len(rows)
+            self.decode_seconds += time.thread_time() - started
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows),) + self.image_shape, np.uint8)
-        if self.threads <= 1 or len(rows) < 2:
-            for i, row in enumerate(rows):
-                out[i] = self.decode(int(row))
+        parts = min(self.threads, len(rows))
+        if parts <= 1:
+            self.decode(rows, out)
             return out
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnncli-decode")
-        # Each image lands at its own position: the result does not depend on the thread count.
-        for i, image in enumerate(self._pool.map(self.decode, (int(r) for r in rows))):
-            out[i] = image
+        # One contiguous share of the batch per thread, each image written at its own row:
+        # the result does not depend on the thread count.
+        bounds = np.linspace(0, len(rows), parts + 1).astype(int)
+        shares = [self._pool.submit(self.decode, rows[lo:hi], out[lo:hi])
+                  for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        for share in shares:
+            share.result()
         return out
 
 
