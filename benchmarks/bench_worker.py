@@ -8,8 +8,10 @@ that neither framework shares an interpreter, allocator or thread pool with the 
 
 The torch side needs PyTorch: ``pip install torch==2.13.0`` (pinned; the figures in
 RESULTS.md are for that version). It builds the network from the same YAML config with
-torch.nn (lazy layers infer the input sizes) and never imports cnncli; the cnncli side never
-imports torch. The thread variables must be set by the parent before this process starts.
+torch.nn (lazy layers infer the input sizes; a config with blocks or ``from:`` runs as a graph
+of its flat layer list, read from the YAML by this script) and never imports cnncli; the
+cnncli side never imports torch. The thread variables must be set by the parent before this
+process starts.
 
 Memory: ``step_peak_rss_mb`` is the rise of the resident set during the training steps over
 the resident set just before them (the kernel's high-water mark is reset via
@@ -85,46 +87,128 @@ def cnncli_runner(config: dict, x: np.ndarray, y: np.ndarray, threads: int):
 
 # ---------------------------------------------------------------- torch
 
-def torch_net(config: dict):
-    """torch.nn.Sequential for a cnncli config's ``model.layers`` (the types the benchmarks use)."""
+def torch_layers(entry: dict) -> list:
+    """torch.nn modules for one cnncli layer entry (the types the benchmarks use), then its
+    ``activation:``."""
     import torch.nn as nn
 
     acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
             "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
     mods = []
-    for entry in config["model"]["layers"]:
-        e = dict(entry)
-        kind = e.pop("type")
-        e.pop("name", None)
-        act = e.pop("activation", None)
-        if kind == "conv2d":
-            mods.append(nn.LazyConv2d(
-                e.pop("out_channels", e.pop("filters", None)), e.pop("kernel_size"),
-                stride=e.pop("stride", 1), padding=e.pop("padding", 0),
-                dilation=e.pop("dilation", 1), groups=e.pop("groups", 1),
-                bias=e.pop("bias", True)))
-        elif kind in ("maxpool2d", "avgpool2d"):
-            cls = nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d
-            mods.append(cls(e.pop("kernel_size"), stride=e.pop("stride", None),
-                            padding=e.pop("padding", 0), ceil_mode=e.pop("ceil_mode", False)))
-        elif kind == "flatten":
-            mods.append(nn.Flatten())
-        elif kind in ("dense", "linear"):
-            mods.append(nn.LazyLinear(e.pop("units", e.pop("out_features", None)),
-                                      bias=e.pop("bias", True)))
-        elif kind == "dropout":
-            mods.append(nn.Dropout(e.pop("p", 0.5)))
-        elif kind in ("batchnorm2d", "batch_norm2d"):
-            mods.append(nn.LazyBatchNorm2d())
-        elif kind in acts:
-            mods.append(acts[kind]())
+    e = dict(entry)
+    kind = e.pop("type")
+    e.pop("name", None)
+    e.pop("from", None)
+    act = e.pop("activation", None)
+    if kind == "conv2d":
+        mods.append(nn.LazyConv2d(
+            e.pop("out_channels", e.pop("filters", None)), e.pop("kernel_size"),
+            stride=e.pop("stride", 1), padding=e.pop("padding", 0),
+            dilation=e.pop("dilation", 1), groups=e.pop("groups", 1),
+            bias=e.pop("bias", True)))
+    elif kind in ("maxpool2d", "avgpool2d"):
+        cls = nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d
+        mods.append(cls(e.pop("kernel_size"), stride=e.pop("stride", None),
+                        padding=e.pop("padding", 0), ceil_mode=e.pop("ceil_mode", False)))
+    elif kind == "flatten":
+        mods.append(nn.Flatten())
+    elif kind in ("global_avg_pool2d", "global_average_pooling2d"):
+        mods.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    elif kind in ("dense", "linear"):
+        mods.append(nn.LazyLinear(e.pop("units", e.pop("out_features", None)),
+                                  bias=e.pop("bias", True)))
+    elif kind == "dropout":
+        mods.append(nn.Dropout(e.pop("p", 0.5)))
+    elif kind in ("batchnorm2d", "batch_norm2d"):
+        mods.append(nn.LazyBatchNorm2d())
+    elif kind in ("add", "concat"):
+        pass  # torch_net's graph merges the inputs; only the activation is a module
+    elif kind in acts:
+        mods.append(acts[kind]())
+    else:
+        raise SystemExit(f"bench_worker: layer type {kind!r} has no torch equivalent here")
+    if e:
+        raise SystemExit(f"bench_worker: {kind} keys {sorted(e)} not mapped to torch")
+    if act:
+        mods.append(acts[act]())
+    return mods
+
+
+def _substitute(value, params: dict):
+    """A block's ``$name`` values replaced by its parameters."""
+    if isinstance(value, str) and value.startswith("$"):
+        return params[value[1:]]
+    if isinstance(value, list):
+        return [_substitute(v, params) for v in value]
+    return value
+
+
+def flat_entries(layers: list, blocks: dict, source, params: dict, out: list):
+    """Append the entries of ``layers`` (blocks expanded, ``$params`` substituted) to ``out``,
+    each with ``from``: indices into ``out`` or "input"; returns the last one's index.
+
+    ``source`` is what ``input`` means here (the enclosing block's input). The issue 13
+    syntax, read independently of cnncli so that the torch side checks it, not copies it."""
+    named, done = {}, []  # this scope's names and the outputs of its entries so far
+    for raw in layers:
+        entry = {key: _substitute(value, params) for key, value in raw.items()}
+        wanted = entry.pop("from", -1)
+        refs = []
+        for ref in wanted if isinstance(wanted, list) else [wanted]:
+            if ref == "input":
+                refs.append(source)
+            elif isinstance(ref, int):
+                refs.append(([source] + done)[len(done) + 1 + ref])
+            else:
+                refs.append(named[ref])
+        if entry["type"] in blocks:
+            block = blocks[entry["type"]]
+            values = {**(block.get("params") or {}),
+                      **{k: v for k, v in entry.items() if k not in ("type", "name", "repeat")}}
+            last = refs[0]
+            for _ in range(entry.get("repeat", 1)):
+                last = flat_entries(block["layers"], blocks, last, values, out)
         else:
-            raise SystemExit(f"bench_worker: layer type {kind!r} has no torch equivalent here")
-        if e:
-            raise SystemExit(f"bench_worker: {kind} keys {sorted(e)} not mapped to torch")
-        if act:
-            mods.append(acts[act]())
-    return nn.Sequential(*mods)
+            out.append({**entry, "from": refs})
+            last = len(out) - 1
+        if "name" in entry:
+            named[entry["name"]] = last
+        done.append(last)
+    return done[-1]
+
+
+def torch_net(config: dict):
+    """A torch.nn module for a cnncli config's model: a Sequential for a chain of layers, else a
+    graph that runs the flat entries in order. Lazy layers infer the input sizes."""
+    import torch
+    import torch.nn as nn
+
+    model = config["model"]
+    if "blocks" not in model and not any("from" in entry for entry in model["layers"]):
+        return nn.Sequential(*[m for entry in model["layers"] for m in torch_layers(entry)])
+    entries: list = []
+    flat_entries(model["layers"], model.get("blocks") or {}, "input", {}, entries)
+
+    class Graph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sources = [entry["from"] for entry in entries]
+            self.merges = [entry["type"] for entry in entries]
+            self.steps = nn.ModuleList(nn.ModuleList(torch_layers(e)) for e in entries)
+
+        def forward(self, x):
+            outputs = []
+            for refs, kind, modules in zip(self.sources, self.merges, self.steps, strict=True):
+                inputs = [x if ref == "input" else outputs[ref] for ref in refs]
+                h = torch.cat(inputs, dim=1) if kind == "concat" else inputs[0]
+                for other in inputs[1:] if kind == "add" else []:
+                    h = h + other
+                for module in modules:
+                    h = module(h)
+                outputs.append(h)
+            return outputs[-1]
+
+    return Graph()
 
 
 def torch_runner(config: dict, x: np.ndarray, y: np.ndarray, threads: int):

@@ -9,6 +9,10 @@ default 2): torch.set_num_threads (and OMP/MKL_NUM_THREADS) for torch; CNNCLI_TH
 which keeps BLAS on one thread inside its own threads as it does by default (``--cnncli-blas``
 gives the threads to OpenBLAS instead).
 
+The networks: LeNet-5, CIFAR-small and ResNet-20 (configs/resnet20_cifar.yaml, always at
+batch 64); one that the cnncli under test cannot build (a ResNet before branching networks)
+is skipped with the reason on stderr.
+
 ``--baseline DIR`` also times the cnncli of another checkout (``git worktree add DIR <commit>``)
 with that checkout's own bench_worker.py, in the same interleaved rounds, and adds its
 images/s and this cnncli's ratio to it (of the medians, and the median of the per-round
@@ -32,7 +36,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKER = HERE / "bench_worker.py"
 TORCH_VERSION = "2.13.0"
-NETWORKS = {"LeNet-5": "configs/lenet5.yaml", "CIFAR-small": "configs/cifar_small.yaml"}
+NETWORKS = {"LeNet-5": "configs/lenet5.yaml", "CIFAR-small": "configs/cifar_small.yaml",
+            "ResNet-20": "configs/resnet20_cifar.yaml"}
+#: Networks timed at these batch sizes only, whatever --batch-sizes says: a ResNet-20 training
+#: step on CIFAR takes seconds, and 64 is the batch its comparisons usually quote.
+FIXED_BATCH_SIZES = {"ResNet-20": [64]}
 
 
 def torch_version(python: str) -> str | None:
@@ -40,6 +48,23 @@ def torch_version(python: str) -> str | None:
     proc = subprocess.run([python, "-c", "import torch; print(torch.__version__)"],
                           capture_output=True, text=True)
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def batch_sizes(net: str, args) -> list[int]:
+    return FIXED_BATCH_SIZES.get(net, args.batch_sizes)
+
+
+def cnncli_cannot_build(config: str, args) -> str | None:
+    """Why the cnncli under test (or the baseline's) cannot build ``config``, or None: a
+    ResNet-20 needs branching networks, which an older cnncli lacks."""
+    probe = ("import sys; from cnncli.config import check_config; check_config(sys.argv[1])")
+    for framework in ["cnncli"] + (["base"] if args.baseline else []):
+        proc = subprocess.run([args.cnncli_python, "-c", probe, config], capture_output=True,
+                              text=True, cwd=ROOT, env=worker_env(framework, args))
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines() or ["no message"]
+            return f"{'the baseline' if framework == 'base' else 'cnncli'}: {lines[-1]}"
+    return None
 
 
 def worker_env(framework: str, args) -> dict:
@@ -79,7 +104,7 @@ def collect(args) -> dict:
         turn = rnd % len(frameworks)  # each goes first in turn
         order = frameworks[turn:] + frameworks[:turn]
         for net in args.networks:
-            for batch in args.batch_sizes:
+            for batch in batch_sizes(net, args):
                 for fw in order:
                     res = run_worker(pythons[fw], fw, NETWORKS[net], batch, args)
                     results.setdefault((net, batch, fw), []).append(res)
@@ -101,7 +126,7 @@ def rows(results: dict, args) -> list[list[str]]:
     out = []
     for net in args.networks:
         for mode, key in (("train", "train_images_per_s"), ("infer", "infer_images_per_s")):
-            for batch in args.batch_sizes:
+            for batch in batch_sizes(net, args):
                 ours = _stats(results[(net, batch, "cnncli")], key)
                 ref = _stats(results[(net, batch, "torch")], key)
                 row = [net, mode, str(batch), f"{ours[0]:.0f}", f"{ours[1]:.0f}-{ours[2]:.0f}",
@@ -124,7 +149,7 @@ def rows(results: dict, args) -> list[list[str]]:
 def memory_rows(results: dict, args) -> list[list[str]]:
     out = []
     for net in args.networks:
-        for batch in args.batch_sizes:
+        for batch in batch_sizes(net, args):
             ours, ref = results[(net, batch, "cnncli")], results[(net, batch, "torch")]
             out.append([net, str(batch),
                         f"{_stats(ours, 'step_peak_rss_mb')[0]:.1f}",
@@ -182,6 +207,14 @@ def main() -> None:
         print(f"compare_torch: warning: torch {version}, the reference figures are for "
               f"{TORCH_VERSION}", file=sys.stderr)
 
+    for net in list(args.networks):
+        why = cnncli_cannot_build(NETWORKS[net], args)
+        if why is not None:
+            print(f"compare_torch: skipped {net}: {why}", file=sys.stderr)
+            args.networks.remove(net)
+    if not args.networks:
+        print("compare_torch: no network left to time")
+        return
     results = collect(args)
     if args.save:
         Path(args.save).write_text(json.dumps(

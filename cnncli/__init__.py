@@ -56,8 +56,10 @@ def _check_weights_fit(run, dtype) -> None:
     """Refuse a model whose weights and gradients (what building allocates) do not fit."""
     from cnncli.nn.memory import check_memory, estimate_memory, unbuilt_layers
 
-    unbuilt, labels, shapes = unbuilt_layers(run.model.input_shape, run.model.entries())
-    check_memory(estimate_memory(unbuilt, shapes, batch_size=0, dtype=dtype, labels=labels),
+    entries = run.model.entries()
+    unbuilt, labels, shapes, sources = unbuilt_layers(run.model.input_shape, entries)
+    check_memory(estimate_memory(unbuilt, shapes, batch_size=0, dtype=dtype, labels=labels,
+                                 sources=sources),
                  what="this model", batch_key=None)
 
 

@@ -77,17 +77,20 @@ def check_number(name: str, value, *, low=None, high=None, low_open=False, high_
 
 
 def _number_text_hint(value) -> str | None:
-    """YAML 1.1 reads 1e-3 (no dot in the mantissa) as text; say how to write it."""
+    """YAML 1.1 reads a number in e-notation as text unless its mantissa has a dot and its
+    exponent a sign (1e-3, 1.0e6); say how to write it (1.0e-3, 1.0e+6)."""
     if not isinstance(value, str):
         return None
     try:
         number = float(value)
     except ValueError:
         return None
-    mantissa, _, exponent = value.lower().partition("e")
-    if exponent and "." not in mantissa and math.isfinite(number):
-        return f"YAML reads {value} as text; write {mantissa}.0e{exponent}"
-    return None
+    mantissa, _, exponent = value.strip().lower().partition("e")
+    if not exponent or not math.isfinite(number):
+        return None
+    written = (mantissa if "." in mantissa else mantissa + ".0") + "e" + (
+        exponent if exponent[0] in "+-" else "+" + exponent)
+    return f"YAML reads {value} as text; write {written}" if written != value else None
 
 
 def check_bool(name: str, value, *, key=None) -> bool:

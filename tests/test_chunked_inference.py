@@ -147,3 +147,23 @@ def test_eval_gradient_matches_finite_differences():
         numeric[idx] = (np.sum(w * model.forward(up, train=False))
                         - np.sum(w * model.forward(down, train=False))) / (2 * eps)
     np.testing.assert_allclose(dx, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_a_branching_model_in_chunks_gives_the_whole_batch_logits(two_threads):
+    layers = [
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "activation": "relu"},
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"type": "add", "from": [-1, 0], "activation": "relu"},
+        {"type": "maxpool2d", "kernel_size": 2, "from": 0},
+        {"type": "maxpool2d", "kernel_size": 2, "from": 2},
+        {"type": "concat", "from": [3, 4]},
+        {"type": "flatten"},
+        {"type": "dense", "units": 5},
+    ]
+    model = apply_plan(model_from_entries(SHAPE, layers, seed=3))
+    batch = 2 * CHUNK_MIN_IMAGES + 1
+    x = np.random.default_rng(0).standard_normal((batch,) + SHAPE).astype(np.float32)
+    want = _whole(model, x)
+    got = model.forward(x, train=False)
+    assert model.runner.chunks(model, batch) == 2
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -56,3 +56,9 @@ def test_run_arguments_offer_run_directories_and_checkpoints(tree):
     assert complete("cnncli plot runs/digits runs/", tree) == ["runs/digits", "runs/notes/"]
     assert complete("cnncli summary ", tree) == ["data.npz", "digits.yaml", "runs/"]
     assert complete("cnncli runs ", tree) == ["runs/"]
+
+
+def test_summary_and_show_offer_a_run_directory_once_not_also_as_a_folder(tree):
+    assert complete("cnncli summary runs/", tree) == ["runs/digits", "runs/notes/"]
+    assert complete("cnncli show runs/", tree) == ["runs/digits", "runs/notes/"]
+    assert complete("cnncli show d", tree) == ["data.npz", "digits.yaml"]

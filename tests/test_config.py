@@ -64,7 +64,8 @@ def test_alexnet_config_checks_without_allocating():
 
 def test_every_file_in_configs_is_valid():
     names = sorted(p.name for p in CONFIGS.glob("*.yaml"))
-    assert {"digits.yaml", "lenet5.yaml", "cifar_small.yaml", "alexnet.yaml"} <= set(names)
+    assert {"digits.yaml", "lenet5.yaml", "cifar_small.yaml", "alexnet.yaml",
+            "resnet20_cifar.yaml", "resnet18.yaml", "dense_digits.yaml"} <= set(names)
     for name in names:
         check_config(CONFIGS / name)
 

@@ -34,6 +34,17 @@ def test_lr_written_1e_minus_3_is_text_in_yaml_11_and_the_hint_says_how_to_write
     assert check_text(NET + "train: {lr: 1.0e-3}\n").config["train"]["lr"] == 0.001
 
 
+@pytest.mark.parametrize("written, suggested", [("1e6", "1.0e+6"), ("1.0e6", "1.0e+6"),
+                                                ("2.5e3", "2.5e+3"), ("1e+6", "1.0e+6"),
+                                                ("1E-3", "1.0e-3")])
+def test_lr_in_e_notation_without_a_dot_or_exponent_sign_gets_a_hint_that_yaml_reads(
+        written, suggested):
+    err = error_of(NET + f"train: {{lr: {written}}}\n")
+    assert err.hint == f"YAML reads {written} as text; write {suggested}"
+    assert check_text(NET + f"train: {{lr: {suggested}}}\n").config["train"]["lr"] == float(
+        written)
+
+
 def test_units_written_1_colon_10_is_a_base_60_number_and_refused():
     err = error_of(NET.replace("units: 10", "units: 1:10"))
     assert (err.line, err.column) == (5, 28) and "base-60" in err.message and "(70)" in err.message
@@ -97,10 +108,18 @@ def test_alexnet_config_does_not_warn():
 def test_dropped_rows_warning_counts_real_pixels():
     (warning,) = _warnings("[1, 9, 9]", "    - {type: maxpool2d, kernel_size: 2}\n")
     assert "drops the last 1 row and 1 column of input pixels" in warning
-    (warning,) = _warnings("[1, 11, 10]", "    - {type: conv2d, out_channels: 2, "
-                           "kernel_size: 2, stride: 4}\n")
-    # rows: (11 - 1 - 1) mod 4 = 1; columns: (10 - 2) mod 4 = 0
+    (warning,) = _warnings("[1, 14, 13]", "    - {type: conv2d, out_channels: 2, "
+                           "kernel_size: 5, stride: 4}\n")
+    # rows: (14 - 4 - 1) mod 4 = 1; columns: (13 - 4 - 1) mod 4 = 0
     assert "drops the last 1 row of input pixels" in warning and "column" not in warning
+
+
+def test_a_window_narrower_than_its_stride_does_not_warn():
+    """A 1x1 stride-2 shortcut skips every other pixel by design, the last one included."""
+    assert _warnings("[1, 32, 32]", "    - {type: conv2d, out_channels: 2, kernel_size: 1, "
+                     "stride: 2}\n") == []
+    for name in ("resnet20_cifar.yaml", "resnet18.yaml"):
+        assert check_config(CONFIGS / name).warnings == []
 
 
 def test_same_padding_with_a_stride_never_warns():

@@ -262,12 +262,11 @@ def test_a_truncated_export_is_refused(tmp_path):
 def test_branches_and_unknown_operators_name_the_node(tmp_path):
     from onnx import helper
 
-    add = [helper.make_node("Relu", ["x"], ["r"], name="r"),
-           helper.make_node("Add", ["x", "r"], ["y"], name="skip")]
-    result = cli("import", _graph_file(tmp_path / "a.onnx", add, {}), "-o", tmp_path / "o1")
+    mul = [helper.make_node("Relu", ["x"], ["r"], name="r"),
+           helper.make_node("Mul", ["x", "r"], ["y"], name="gate")]
+    result = cli("import", _graph_file(tmp_path / "a.onnx", mul, {}), "-o", tmp_path / "o1")
     assert result.exit_code == 2
-    assert "node 'skip' (Add) joins branches; branching networks are not in cnncli yet" \
-        in result.output
+    assert "node 'gate' (Mul) joins branches in a way cnncli has no layer for" in result.output
     lrn = [helper.make_node("LRN", ["x"], ["y"], name="norm", size=3)]
     result = cli("import", _graph_file(tmp_path / "b.onnx", lrn, {}), "-o", tmp_path / "o2")
     assert result.exit_code == 2
@@ -293,3 +292,36 @@ def test_bad_opset_is_refused_before_writing(tmp_path):
     result = cli("export", tmp_path / "last.npz", "--format", "onnx", "--opset", "7")
     assert result.exit_code == 2 and "--opset 7 is outside" in result.output
     assert not (tmp_path / "last.onnx").exists()
+
+
+def test_a_branching_model_exports_and_runs_in_onnx_runtime(tmp_path):
+    layers = [
+        {"type": "conv2d", "name": "stem", "out_channels": 4, "kernel_size": 3, "padding": 1,
+         "activation": "relu"},
+        {"type": "conv2d", "name": "a", "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"type": "add", "name": "sum", "from": [-1, "stem"], "activation": "relu"},
+        {"type": "conv2d", "name": "side", "out_channels": 2, "kernel_size": 1, "from": "stem"},
+        {"type": "dropout", "from": "side"},
+        {"type": "concat", "name": "cat", "from": ["sum", -1]},
+        {"type": "flatten"}, {"type": "dense", "name": "out", "units": 3}]
+    ckpt = make_checkpoint(tmp_path / "last.npz", small_config(layers))
+    export(ckpt, "--format", "onnx", "-o", tmp_path / "g.onnx")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "g.onnx")).graph.node}
+    assert {"Sum", "Concat"} <= ops
+    raw = raw_batch((3, 9, 9), n=3)
+    np.testing.assert_allclose(run_onnx(tmp_path / "g.onnx", raw), cnncli_logits(ckpt, raw),
+                               atol=1e-4, rtol=0)
+    result = CliRunner().invoke(main, ["export", str(ckpt), "--format", "pytorch", "-o",
+                                       str(tmp_path / "torch")])
+    assert result.exit_code == 2 and "branches" in result.output
+    # and back: the same layers, from: and logits
+    assert cli("import", tmp_path / "g.onnx", "-o", tmp_path / "back").exit_code == 0
+    back = load_checkpoint(tmp_path / "back" / "last.npz")
+    layers = back.config["model"]["layers"]
+    # stem, relu, a, add(a, relu), relu, side, concat(relu, side): exported activations come
+    # back as layers of their own, and dropout (no node) is gone
+    assert [e.get("from") for e in layers if e["type"] in ("add", "concat")] == [[-1, -2],
+                                                                                  [-2, -1]]
+    assert set(back.state) == set(load_checkpoint(ckpt).state)
+    np.testing.assert_allclose(cnncli_logits(tmp_path / "back" / "last.npz", raw),
+                               cnncli_logits(ckpt, raw), atol=1e-5, rtol=0)

@@ -148,3 +148,12 @@ def test_the_documented_messages_are_the_real_ones():
     with pytest.raises(ConfigError) as err:
         check_config(DIGITS, sets=["train.lrr=0.1"])
     assert f"cnncli: error: {err.value}" in readme
+
+
+def test_a_base_60_value_in_a_set_is_refused_as_in_a_file():
+    with pytest.raises(ConfigError) as err:
+        check_config(DIGITS, sets=["model.layers.0.out_channels=1:10"])
+    assert str(err.value).startswith("--set model.layers.0.out_channels=1:10: '1:10' is read by "
+                                     "YAML as a base-60 number (70)")
+    assert err.value.line is None and err.value.hint.startswith("quote it")
+    assert parse_set("data.cache_dir='1:10'") == (("data", "cache_dir"), "1:10")  # quoted: text

@@ -55,6 +55,17 @@ def _batch(n, dtype=np.float32, seed=0):
 
 DROPOUT = (LAYERS[:2] + [{"type": "dropout", "p": 0.2}] + LAYERS[2:-1]  # spatial and flat
            + [{"type": "dropout", "p": 0.4}, LAYERS[-1]])
+# a branching model: a shortcut read twice, a dropout on a branch, add and concat
+BRANCHING = [
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "activation": "relu"},
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+    {"type": "add", "from": [-1, 0], "activation": "relu"},
+    {"type": "dropout", "p": 0.3, "from": 0},
+    {"type": "concat", "from": [2, 3]},
+    {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "flatten"},
+    {"type": "dense", "units": 5},
+]
 
 
 def test_which_networks_split(two_cores, any_size, monkeypatch):
@@ -119,7 +130,8 @@ def test_overflow_in_the_worker_is_for_the_loss_check_even_with_warnings_as_erro
     assert not np.isfinite(loss)
 
 
-@pytest.mark.parametrize("layers", [LAYERS, DROPOUT], ids=["plain", "dropout"])
+@pytest.mark.parametrize("layers", [LAYERS, DROPOUT, BRANCHING],
+                         ids=["plain", "dropout", "branching"])
 def test_a_split_batch_gives_the_whole_batch_logits_and_gradients(two_threads, any_size, layers):
     whole, split = _model(layers, dtype=np.float64), _model(layers, dtype=np.float64)
     x, y = _batch(71, np.float64)  # halves of 35 and 36 images

@@ -135,13 +135,17 @@ def test_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
-def test_it_opens_in_headless_chromium_without_console_errors(run_dir, tmp_path):
+def test_it_opens_in_headless_chromium_takes_a_screenshot_without_console_errors(run_dir, tmp_path):
     out = tmp_path / "page.html"
     assert CliRunner().invoke(main, ["report", str(run_dir), "-o", str(out)]).exit_code == 0
     script = ROOT / "benchmarks" / "check_report_chromium.py"
     result = subprocess.run([sys.executable, str(script), str(out)], capture_output=True,
                             text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+    image = pytest.importorskip("PIL.Image")
+    with image.open(tmp_path / "page.png") as shot:    # the screenshot the issue asks for
+        assert shot.format == "PNG" and shot.size == (1280, 2400)
+        assert len(shot.convert("L").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 2
     bad = tmp_path / "bad.html"                         # and the check does catch errors
     bad.write_text("<!DOCTYPE html><html><body><script>nosuch()</script></body></html>")
     result = subprocess.run([sys.executable, str(script), str(bad)], capture_output=True,

@@ -109,6 +109,25 @@ def test_overwrite_deletes_only_the_files_cnncli_wrote(tmp_path, config):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
+def test_overwrite_deletes_the_replaced_runs_test_scores(tmp_path, config):
+    # A replacement that stops before its own test scores (here: it diverges at once) must not
+    # be listed by `cnncli runs` with the old run's test accuracy.
+    with np.load(tmp_path / "blobs.npz") as data:
+        x, y = data["x_train"], data["y_train"]
+    np.savez(tmp_path / "split.npz", x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
+    noise = np.random.default_rng(1).integers(0, 3, len(x))   # no weights fit random labels,
+    np.savez(tmp_path / "noise.npz", x_train=x, y_train=noise)   # so a huge step diverges
+    out = tmp_path / "run"
+    first = cli("train", config, "--out", out, "-q", "--set", f"data.path={tmp_path}/split.npz")
+    assert first.exit_code == 0 and (out / "test.json").exists(), first.output
+    result = cli("train", config, "--out", out, "-q", "--overwrite", "--lr", "1e6",
+                 "--set", f"data.path={tmp_path}/noise.npz")
+    assert result.exit_code == 1, result.output
+    assert not (out / "test.json").exists()
+    listed = cli("runs", out, "--json")
+    assert listed.exit_code == 0 and '"test_accuracy": null' in listed.output
+
+
 def test_a_killed_runs_temporaries_are_removed_at_the_next_start(tmp_path, config):
     out = tmp_path / "run"
     assert cli("train", config, "--out", out, "-q").exit_code == 0

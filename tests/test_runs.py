@@ -82,6 +82,24 @@ def test_runs_of_an_earlier_version_are_read_from_the_checkpoint(runs_folder, tm
     assert run.epochs == 2 and run.test_accuracy is None and run.problem is None
 
 
+def test_runs_of_two_different_models_differ_by_their_layer_types_not_dozens_of_keys(tmp_path):
+    for name, config in (("digits", DIGITS), ("lenet5", DIGITS.parent / "lenet5.yaml")):
+        (tmp_path / name).mkdir()
+        shutil.copy(config, tmp_path / name / "config.yaml")
+    runs = list_runs(tmp_path)
+    digits, lenet = (flatten(r.config) for r in runs)
+    retyped = [k.removesuffix("type") for k in digits
+               if k.startswith("model.layers.") and k.endswith(".type") and k in lenet
+               and digits[k] != lenet[k]]
+    settings = differing_settings(runs)
+    assert retyped and all(p + "type" in settings for p in retyped)
+    assert not [k for k in settings if any(k.startswith(p) and k != p + "type"
+                                           for p in retyped)], settings
+    assert "model.layers.0.out_channels" in settings      # same type: its settings are listed
+    result = CliRunner().invoke(main, ["runs", str(tmp_path)])   # piped: nothing cut short
+    assert result.exit_code == 0 and "…" not in result.stdout, result.stdout
+
+
 def test_flatten_keeps_short_lists_whole():
     flat = flatten({"model": {"input_shape": [1, 8, 8], "layers": [{"type": "flatten"}]},
                     "train": {"early_stopping": None}})

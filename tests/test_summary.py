@@ -126,6 +126,7 @@ HAND_MACS = {
     "batchnorm1d": ({}, 2 * 6 * 9 * 7),                             # after a flatten
     "dropout": ({}, 0), "flatten": ({}, 0), "relu": ({}, 0), "leaky_relu": ({}, 0),
     "elu": ({}, 0), "gelu": ({}, 0), "sigmoid": ({}, 0), "tanh": ({}, 0),
+    "add": ({"from": ["input", "input"]}, 0), "concat": ({"from": ["input", "input"]}, 0),
 }
 
 

@@ -81,6 +81,20 @@ def test_a_resumed_run_appends_and_an_overwrite_starts_over(tmp_path):
     assert [s for s, _ in scalars(read_events(out / "tensorboard"))["lr"]] == [1]
 
 
+def test_an_overwrite_without_tensorboard_deletes_the_replaced_runs_events(tmp_path):
+    # TensorBoard would show the old run's curves under the new run's folder name.
+    pytest.importorskip("tensorboardX")
+    out = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", str(DIGITS), "--epochs", "1", "--tensorboard",
+                                "--out", str(out), "-q"]).exit_code == 0
+    (out / "tensorboard" / "notes.txt").write_text("not ours")
+    assert runner.invoke(main, ["train", str(DIGITS), "--epochs", "1", "--out", str(out),
+                                "--overwrite", "-q"]).exit_code == 0
+    assert read_events(out / "tensorboard") == []
+    assert (out / "tensorboard" / "notes.txt").read_text() == "not ours"
+
+
 def test_without_the_flag_nothing_is_written(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", str(DIGITS), "--epochs", "1", "--out",

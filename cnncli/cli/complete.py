@@ -46,10 +46,12 @@ def complete_config(ctx, param, incomplete: str) -> list[CompletionItem]:
 
 
 def complete_checkpoint_or_config(ctx, param, incomplete: str) -> list[CompletionItem]:
-    """YAML files, checkpoints and run directories, and folders to look in."""
+    """YAML files, checkpoints and run directories, and folders to look in (a run directory
+    once, as itself)."""
     runs = {item.value for item in complete_run(ctx, param, incomplete)}
-    return [CompletionItem(v) for v in sorted(runs | {item.value for item in
-                                                      complete_config(ctx, param, incomplete)})]
+    configs = {item.value for item in complete_config(ctx, param, incomplete)
+               if item.value.removesuffix("/") not in runs}
+    return [CompletionItem(v) for v in sorted(runs | configs)]
 
 
 def complete_run(ctx, param, incomplete: str) -> list[CompletionItem]:

@@ -43,7 +43,8 @@ def runs_command(folder, sort, as_json):
     if not runs:
         click.echo(f"no runs in {folder}")
         return
-    table_console().print(runs_table(runs, settings))
+    table = runs_table(runs, settings)
+    table_console(table).print(table)
 
 
 @main.command("report")

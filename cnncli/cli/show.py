@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cnncli.cli.app import main
-from cnncli.cli.complete import complete_run
+from cnncli.cli.complete import complete_checkpoint_or_config, complete_run
 from cnncli.errors import ConfigError, MissingExtraError, printable
 from cnncli.files import safe_path
 from cnncli.inspect import pictures, plot, receptive
@@ -78,7 +78,7 @@ def _parse_at(text: str | None):
 
 @main.command("show")
 @click.argument("source", type=click.Path(exists=True, path_type=Path),
-                metavar="CHECKPOINT_OR_CONFIG")
+                metavar="CHECKPOINT_OR_CONFIG", shell_complete=complete_checkpoint_or_config)
 @click.option("--filters", "mode", flag_value="filters", help="Grid of a conv layer's kernels.")
 @click.option("--features", "features_input", metavar="INPUT", default=None,
               help="Feature maps this input (image, .npy or .npz) produces at each conv/pool "
@@ -188,8 +188,8 @@ def _show_receptive(source: Path, layer_name, at, background, row: int, out):
     checked = sources.checked_source(source)
     layers, input_shape = checked.layers, tuple(checked.shapes[0])
     index = (views.find_layer(layers, layer_name) if layer_name is not None
-             else receptive.last_spatial_index(layers, input_shape))
-    box = receptive.input_box(layers, input_shape, index, at)
+             else receptive.last_spatial_index(layers, input_shape, checked.sources))
+    box = receptive.input_box(layers, input_shape, index, at, checked.sources)
     under = None
     if background is not None:
         from cnncli.data import load_inputs

@@ -56,7 +56,10 @@ def _warn_memory(needed: int, batch_size: int) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override any config value by its dotted path, e.g. "
                    "--set model.layers.0.out_channels=32 (repeatable).")
-def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype, sets):
+@click.option("--graph", "as_graph", is_flag=True,
+              help="Draw the network as a graph of text (branches as lanes).")
+def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype, sets,
+            as_graph):
     """Per-layer output shapes, parameters, MACs, receptive fields and memory of a model.
 
     \b
@@ -65,18 +68,24 @@ def summary(config_or_checkpoint, input_shape, batch_size, fmt, as_json, dtype, 
       cnncli summary runs/digits/best.npz --batch-size 64 --json
       cnncli summary configs/lenet5.yaml --format markdown
       cnncli summary configs/digits.yaml --set model.layers.0.out_channels=32
+      cnncli summary configs/digits.yaml --graph
     """
-    from cnncli.inspect.render import print_summary, summary_csv, summary_markdown
+    from cnncli.inspect.render import graph_lines, print_summary, summary_csv, summary_markdown
     from cnncli.inspect.summary import summarize
 
     if as_json and fmt not in ("table", "json"):
         raise click.UsageError(f"--json and --format {fmt} ask for two formats; give one")
+    if as_graph and (as_json or fmt != "table"):
+        raise click.UsageError("--graph draws text; leave out --json/--format")
     checked = checked_source(config_or_checkpoint, _parse_shape(input_shape), sets)
     _warn(checked.warnings)
     result = summarize(checked, batch_size=batch_size, dtype=dtype)
     _warn_memory(result.memory["total_bytes"], batch_size)
     fmt = "json" if as_json else fmt
-    if fmt == "json":
+    if as_graph:
+        for line in graph_lines(result):
+            click.echo(printable(line))
+    elif fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
     elif fmt == "csv":
         click.echo(summary_csv(result), nl=False)

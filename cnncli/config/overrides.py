@@ -20,6 +20,7 @@ from cnncli.config.schema import (
     ScheduleConfig,
     TrainConfig,
 )
+from cnncli.config.yaml_file import parse_yaml
 from cnncli.errors import ConfigError
 
 #: Sections whose keys are the fields of a schema dataclass.
@@ -61,6 +62,11 @@ def parse_set(text: str) -> tuple[tuple, object]:
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"cannot read the value {raw!r} as YAML ({problem})",
                           file=set_source(text), hint="quote strings with spaces") from None
+    if value is not None:   # read again as a file is, with its rules (1:10 is refused)
+        try:
+            value = parse_yaml(raw, file=set_source(text))[0]
+        except ConfigError as err:
+            raise ConfigError(err.message, file=set_source(text), hint=err.hint) from None
     path = tuple(int(p) if p.isdigit() else p for p in parts)
     return path, value
 

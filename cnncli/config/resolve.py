@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from cnncli.checks import MAX_INT, is_int, shown
+from cnncli.config.graph import Expander, unused_outputs
 from cnncli.config.overrides import SetPosition, apply_overrides
 from cnncli.config.schema import (
     BETA,
@@ -69,6 +70,7 @@ class CheckedConfig:
     labels: list = field(default_factory=list)     # "layer 3 'conv2' (conv2d)" per layer
     entry_index: list = field(default_factory=list)  # config entry (0-based) of each layer
     shapes: list = field(default_factory=list)     # input shape, then each layer's output
+    sources: list = field(default_factory=list)    # per layer, the shapes' indices it reads
     warnings: list = field(default_factory=list)   # one line each, already located
 
     @property
@@ -175,7 +177,8 @@ def _run(data, ck: Checker, default_name: str) -> RunConfig:
 
 def _model(section, ck: Checker) -> ModelConfig:
     path = ("model",)
-    ck.mapping(path, section, ("input_shape", "layers"), required=("input_shape", "layers"))
+    ck.mapping(path, section, ("input_shape", "layers", "blocks", "scale"),
+               required=("input_shape", "layers"))
     shape = section["input_shape"]
     spath = path + ("input_shape",)
     if not isinstance(shape, list) or len(shape) not in (1, 3):
@@ -196,8 +199,12 @@ def _model(section, ck: Checker) -> ModelConfig:
             _no_huge_ints(ck, lpath + (i,), entry)
         except ConfigError as err:
             raise err.located(layer=_entry_label(i, entry)) from None
-    # The entries are checked and resolved into LayerSpecs with the layers (_check_layers).
-    return ModelConfig(input_shape=dims, layers=tuple(layers))
+    for key in ("blocks", "scale"):
+        _no_huge_ints(ck, path + (key,), section.get(key))
+    # Blocks, repeats and scale become one flat list of entries here; the entries are checked
+    # and resolved into LayerSpecs with the layers (_check_layers).
+    flat = Expander(ck, section.get("blocks"), section.get("scale")).expand(layers)
+    return ModelConfig(input_shape=dims, layers=tuple(flat))
 
 
 def _no_huge_ints(ck: Checker, path, value) -> None:
@@ -351,22 +358,24 @@ def _milestones(ms, ck: Checker, path) -> tuple[int, ...]:
 # ---------------------------------------------------------------- layers and shapes
 
 def _check_layers(checked: CheckedConfig, ck: Checker) -> None:
-    """Construct every layer (no weights) and walk output shapes; collect drop warnings."""
+    """Construct every layer (no weights) and walk output shapes through the graph; collect
+    drop and unused-output warnings. ``model.layers`` holds the flat entries (``graph``)."""
     from cnncli.nn import layers as _layers  # noqa: F401  (fills the registry)
-    from cnncli.nn.model import _assign_names, make_layers
+    from cnncli.nn.model import _assign_names, is_multi_input, layer_sources, make_layers
 
     model = checked.run.model
-    lpath = ("model", "layers")
+    flat = list(model.layers)
     specs = []
     seen_names: dict = {}
-    for i, entry in enumerate(model.layers):
-        epath = lpath + (i,)
+    counts = []
+    for i, fe in enumerate(flat):
+        entry, epath = fe.entry, fe.path
         name = entry.get("name") if isinstance(entry, dict) else None
         label = _entry_label(i, entry)
         try:
             made = make_layers(entry)
         except ConfigError as err:
-            raise _locate_layer_error(err, ck, epath, entry, label) from None
+            raise _locate_layer_error(err, ck, fe, label) from None
         except (TypeError, ValueError, OverflowError, ArithmeticError) as err:
             raise ck.error(epath + ("type",), f"invalid hyperparameters ({err})",
                            layer=label) from None
@@ -376,26 +385,36 @@ def _check_layers(checked: CheckedConfig, ck: Checker) -> None:
                                                   f"{seen_names[name] + 1} and {i + 1})",
                                hint="names must be unique", layer=label)
             seen_names[name] = i
-        specs.append(_layer_spec(entry))
+        if fe.refs is not None and len(fe.refs) > 1 and not is_multi_input(made[0]):
+            raise ck.error(epath + ("from",), f"{made[0].type_name} takes one input, got "
+                                              f"{len(fe.refs)}", layer=label,
+                           hint="only add and concat take several")
+        specs.append(_layer_spec(entry, fe.refs))
         checked.layers.extend(made)
         checked.labels.extend([label] * len(made))
         checked.entry_index.extend([i] * len(made))
+        counts.append(len(made))
     checked.run = checked.run.replace(model=dataclasses.replace(model, layers=tuple(specs)))
     try:
         _assign_names(checked.layers)
     except ConfigError as err:
         raise err.located(file=checked.file) from None
 
-    shape = tuple(model.input_shape)
-    checked.shapes = [shape]
+    checked.sources = layer_sources([fe.refs for fe in flat], counts)
+    checked.shapes = [tuple(model.input_shape)]
     warned = set()
-    for layer, label, i in zip(checked.layers, checked.labels, checked.entry_index, strict=True):
-        epath = lpath + (i,)
+    for layer, label, i, src in zip(checked.layers, checked.labels, checked.entry_index,
+                                    checked.sources, strict=True):
+        fe = flat[i]
+        epath = fe.path
+        shape = ([checked.shapes[s] for s in src] if is_multi_input(layer)
+                 else checked.shapes[src[0]])
         try:
             out = tuple(int(s) for s in layer.output_shape(shape))
         except ConfigError as err:   # at the key it names (or its alias) if written, else type:
-            written = [epath + (k,) for k in (err.key, *(a for a, t in layer.aliases.items()
-                                                          if t == err.key))]
+            written = [fe.key_paths.get(k, epath + (k,))
+                       for k in (err.key, *(a for a, t in layer.aliases.items()
+                                            if t == err.key))]
             at = next((w for w in written if w in ck.locations), epath + ("type",))
             file, line, col = ck.position(at)
             raise err.located(file=file, line=line, column=col, layer=label) from None
@@ -405,16 +424,19 @@ def _check_layers(checked: CheckedConfig, ck: Checker) -> None:
         if not out or any(s < 1 for s in out):
             raise ck.error(epath + ("type",), f"output shape {list(out)} from input "
                                               f"{list(shape)} is empty", layer=label)
-        drop = _dropped(layer, shape)
+        drop = None if is_multi_input(layer) else _dropped(layer, shape)
         if drop and i not in warned:
             warned.add(i)
             checked.warnings.append(f"{checked.where(_warning_path(ck, epath))}{label}: "
                                     f"{drop}")
         checked.shapes.append(out)
-        shape = out
+    for i in unused_outputs(flat):
+        checked.warnings.append(f"{checked.where(flat[i].path)}{_entry_label(i, flat[i].entry)}"
+                                ": its output is not used (no later layer reads it and it is "
+                                "not the last layer)")
 
 
-def _layer_spec(entry: dict) -> LayerSpec:
+def _layer_spec(entry: dict, refs=None) -> LayerSpec:
     """A valid layer entry resolved: canonical type and keys, every default written out."""
     from cnncli.nn.layers.base import hyperparameters
     from cnncli.nn.registry import layer_class
@@ -425,7 +447,7 @@ def _layer_spec(entry: dict) -> LayerSpec:
               for key, default in hyperparameters(cls).items()}
     activation = entry.get("activation") if "activation" not in params else None
     return LayerSpec(type=cls.type_name, name=entry.get("name"), params=frozen_mapping(params),
-                     activation=activation)
+                     activation=activation, inputs=None if refs is None else tuple(refs))
 
 
 def _entry_label(i: int, entry) -> str:
@@ -456,7 +478,9 @@ def _dropped(layer, shape) -> str | None:
 
     The last ``(size + 2p - d(k-1) - 1) mod s`` padded rows are never covered; only those
     beyond the padding at the end are real pixels (a ResNet stem's 7x7/2 conv with padding 3
-    on 224 leaves out a row of zero padding only, and gets no warning).
+    on 224 leaves out a row of zero padding only, and gets no warning). A window narrower
+    than its stride (a ResNet shortcut's 1x1 stride-2 conv) skips pixels between windows by
+    design, so the last one left out is no surprise: no warning along that axis either.
     """
     if len(shape) != 3 or getattr(layer, "ceil_mode", False):
         return None
@@ -473,7 +497,7 @@ def _dropped(layer, shape) -> str | None:
     for size, k, s, (lo, hi), d, axis in ((shape[1], kh, sh, sides[0], dh, "row"),
                                           (shape[2], kw, sw, sides[1], dw, "column")):
         real = (size + lo + hi - d * (k - 1) - 1) % s - hi
-        if real > 0:
+        if real > 0 and d * (k - 1) + 1 >= s:
             parts.append(f"{real} {axis}{'s' if real > 1 else ''}")
     if not parts:
         return None
@@ -482,7 +506,8 @@ def _dropped(layer, shape) -> str | None:
             "((size + 2*padding - dilation*(kernel-1) - 1) mod stride is more than the padding)")
 
 
-def _locate_layer_error(err: ConfigError, ck: Checker, epath, entry, label) -> ConfigError:
+def _locate_layer_error(err: ConfigError, ck: Checker, fe, label) -> ConfigError:
+    entry, epath = fe.entry, fe.path
     key = err.key
     if isinstance(entry, dict) and key is not None and key not in entry:
         from cnncli.nn.registry import LAYERS, canonical_type
@@ -491,7 +516,7 @@ def _locate_layer_error(err: ConfigError, ck: Checker, epath, entry, label) -> C
             key = next((a for a, t in cls.aliases.items() if t == key and a in entry), key)
         except ConfigError:
             pass
-    path = epath + (key,) if key is not None else epath
+    path = fe.key_paths.get(key, epath + (key,)) if key is not None else epath
     file, line, col = ck.position(path)
     return err.located(file=file, line=line, column=col, layer=label)
 

@@ -224,11 +224,19 @@ class LayerSpec:
     name: str | None
     params: Mapping[str, object]
     activation: str | None = None
+    #: What the layer reads: absolute indices of earlier entries or "input"; None: the entry
+    #: before it (or the input, for the first).
+    inputs: tuple | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self, index: int | None = None) -> dict:
+        """The entry; with its position ``index``, ``from`` is written relative (-1 the entry
+        before), as a config file spells it, else with absolute indices."""
         out = {"type": self.type}
         if self.name is not None:
             out["name"] = self.name
+        if self.inputs is not None:
+            out["from"] = [ref if ref == "input" or index is None else ref - index
+                           for ref in self.inputs]
         out.update({k: plain(v) for k, v in self.params.items()})
         if self.activation is not None:
             out["activation"] = self.activation
@@ -243,6 +251,10 @@ class ModelConfig:
     def entries(self) -> list[dict]:
         """The layer entries as the layer registry builds them (``nn.model_from_entries``)."""
         return [layer.to_dict() for layer in self.layers]
+
+    def written_entries(self) -> list[dict]:
+        """The layer entries as a config file writes them (``from:`` relative)."""
+        return [layer.to_dict(index) for index, layer in enumerate(self.layers)]
 
 
 @dataclass(frozen=True)
@@ -259,7 +271,7 @@ class RunConfig:
         """The plain resolved config (what ``config.yaml`` and checkpoints hold)."""
         return {"name": self.name, "seed": self.seed,
                 "model": {"input_shape": list(self.model.input_shape),
-                          "layers": self.model.entries()},
+                          "layers": self.model.written_entries()},
                 "data": _section_dict(self.data), "train": _section_dict(self.train)}
 
     def replace(self, **changes) -> RunConfig:

@@ -168,30 +168,42 @@ def _time_inference(model, x, steps: int, warmup: int) -> list[float]:
 
 def _time_layers(model, optimizer, x, y, steps: int, warmup: int):
     """Per-layer forward/backward seconds of training steps, as lists per layer."""
-    from cnncli.nn.layers.base import from_internal, to_internal
-
     n_layers = len(model.layers)
     fwd = [[] for _ in range(n_layers)]
     bwd = [[] for _ in range(n_layers)]
     for i in range(warmup + steps):
         keep = i >= warmup
         model.zero_grad()
-        h = to_internal(x.astype(model.dtype, copy=False))
-        for k in model.run_order:  # the order Model.forward runs them in
-            start = time.perf_counter()
-            h = model.layers[k].forward(h, train=True)
-            if keep:
-                fwd[k].append(time.perf_counter() - start)
-        _, dlogits = softmax_cross_entropy(from_internal(h), y)
-        g = to_internal(dlogits)
-        for pos in range(n_layers - 1, -1, -1):
-            k = model.run_order[pos]
-            start = time.perf_counter()
-            g = model.layers[k].backward(g, need_dx=pos > 0)
-            if keep:
-                bwd[k].append(time.perf_counter() - start)
+        # The model's own walk (chain or graph, in run_order), each layer's calls timed.
+        timed = [_TimedLayer(layer, fwd[k] if keep else [], bwd[k] if keep else [])
+                 for k, layer in enumerate(model.layers)]
+        logits = model.forward_through(timed, x.astype(model.dtype, copy=False), True)
+        _, dlogits = softmax_cross_entropy(logits, y)
+        model.backward_through(timed, dlogits.astype(model.dtype, copy=False), False)
         optimizer.step(model.parameters())
     return fwd, bwd
+
+
+class _TimedLayer:
+    """A layer whose forward and backward append their seconds to two lists."""
+
+    def __init__(self, layer, forward_times: list, backward_times: list):
+        self.layer, self.forward_times, self.backward_times = layer, forward_times, backward_times
+
+    def __getattr__(self, name):
+        return getattr(self.layer, name)
+
+    def forward(self, h, train=False):
+        start = time.perf_counter()
+        out = self.layer.forward(h, train=train)
+        self.forward_times.append(time.perf_counter() - start)
+        return out
+
+    def backward(self, g, need_dx=True):
+        start = time.perf_counter()
+        out = self.layer.backward(g, need_dx=need_dx)
+        self.backward_times.append(time.perf_counter() - start)
+        return out
 
 
 def _step_numpy_peak_mb(model, optimizer, x, y) -> float:
@@ -236,7 +248,7 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
     infer_times = _time_inference(model, x, steps, warmup)
 
     layers = []
-    for step in walk(model.layers, model.input_shape, model.shapes):
+    for step in walk(model.layers, model.input_shape, model.shapes, model.sources):
         k, layer = step.index, step.layer
         f_ms, b_ms = _median_ms(fwd[k]), _median_ms(bwd[k])
         # Rates only for layers that multiply by weights (conv, dense); a pool's "MACs" are

@@ -65,9 +65,11 @@ class ReceptiveBox:
         return lines
 
 
-def input_box(layers, input_shape, index: int, unit=None) -> ReceptiveBox:
-    """The input box of output ``unit`` (y, x) of ``layers[index]``; default: the centre unit."""
-    steps = walk(layers[:index + 1], input_shape)
+def input_box(layers, input_shape, index: int, unit=None, sources=None) -> ReceptiveBox:
+    """The input box of output ``unit`` (y, x) of ``layers[index]``; default: the centre unit.
+    Through branches (``sources``, see ``walk``) the box holds every path's."""
+    steps = walk(layers[:index + 1], input_shape,
+                 sources=None if sources is None else sources[:index + 1])
     target = steps[index]
     out_shape = target.out_shape
     if len(out_shape) != 3:
@@ -95,9 +97,10 @@ def input_box(layers, input_shape, index: int, unit=None) -> ReceptiveBox:
                         right=left + field.size[1] - 1, jump=field.jump)
 
 
-def last_spatial_index(layers, input_shape) -> int:
+def last_spatial_index(layers, input_shape, sources=None) -> int:
     """Index of the last layer with a (C, H, W) output that is reached by spatial layers only."""
-    reached = [i for i, field in enumerate(fields(walk(layers, input_shape))) if field is not None]
+    reached = [i for i, field in enumerate(fields(walk(layers, input_shape, sources=sources)))
+               if field is not None]
     if not reached:
         raise ShapeError("the model has no spatial layer to take a receptive field of")
     return reached[-1]

@@ -42,6 +42,8 @@ def summary_table(summary: Summary, title: str | None = None) -> Table:
     table.add_column("#", justify="right", style="dim")
     table.add_column("layer")
     table.add_column("type")
+    if summary.branching:
+        table.add_column("from")
     table.add_column("kernel")
     table.add_column("output", justify="right")
     table.add_column("params", justify="right")
@@ -49,14 +51,87 @@ def summary_table(summary: Summary, title: str | None = None) -> Table:
     table.add_column("RF", justify="right")
     table.add_column("jump", justify="right")
     table.add_column("act/sample", justify="right")
-    table.add_row("", "input", "", "", _shape(summary.input_shape), "", "", "1x1", "1x1", "")
+    branch = [""] if summary.branching else []
+    table.add_row("", "input", "", *branch, "", _shape(summary.input_shape), "", "", "1x1",
+                  "1x1", "")
     for number, row in zip(_entry_numbers(summary), summary.layers, strict=True):
-        table.add_row(number, escape(row.name), row.type, escape(row.description),
+        branch = [escape(_from_cell(row))] if summary.branching else []
+        table.add_row(number, escape(row.name), row.type, *branch, escape(row.description),
                       _shape(row.output_shape),
                       format_count(row.params), format_count(row.macs),
                       _shape(row.receptive_field), _shape(row.jump),
                       format_bytes(row.activation_bytes))
     return table
+
+
+def _from_cell(row) -> str:
+    return ", ".join(row.inputs)
+
+
+def graph_lines(summary: Summary) -> list[str]:
+    """The network as a text drawing, one line per layer: a lane per output that a later layer
+    still reads, ``●`` where a layer sits, and a connector line where lanes fork or join."""
+    consumers: dict[str, int] = {}
+    for row in summary.layers:
+        for name in row.inputs:
+            consumers[name] = consumers.get(name, 0) + 1
+    lanes: list[str | None] = ["input"]
+    lines = [f"● input  {_shape(summary.input_shape)}"]
+    previous = "input"
+    for row in summary.layers:
+        used = list(dict.fromkeys(row.inputs))
+        for name in row.inputs:
+            consumers[name] -= 1
+        columns = [lanes.index(name) for name in used]
+        ending = [c for c, name in zip(columns, used, strict=True) if consumers[name] == 0]
+        if ending:
+            column = min(ending)
+        else:
+            column = lanes.index(None) if None in lanes else len(lanes)
+            lanes.append(None) if column == len(lanes) else None
+        if set(columns) != {column}:
+            lines.append(_connector(lanes, set(columns) | {column}, ending, column))
+        for c in ending:
+            lanes[c] = None
+        lanes[column] = row.name
+        while lanes[-1] is None:
+            lanes.pop()
+        text = f"{row.name}  {row.type}"
+        text += f" {row.description}" if row.description else ""
+        text += f"  {_shape(row.output_shape)}"
+        if row.inputs != [previous]:
+            text += "  <- " + ", ".join(row.inputs)
+        lines.append(_lane_text(lanes, column) + text)
+        if consumers.get(row.name, 0) == 0:
+            lanes[column] = None
+        while lanes and lanes[-1] is None:
+            lanes.pop()
+        previous = row.name
+    return lines
+
+
+def _lane_text(lanes, column) -> str:
+    return "".join("● " if c == column else ("│ " if name is not None else "  ")
+                   for c, name in enumerate(lanes))
+
+
+def _connector(lanes, joined: set, ending: list, column: int) -> str:
+    """The line above a layer whose inputs sit in other lanes: ``├─┘`` (join), ``├─┐`` (fork)."""
+    lo, hi = min(joined), max(joined)
+    out = []
+    for c in range(len(lanes)):
+        alive = lanes[c] is not None
+        if c < lo or c > hi:
+            out.append("│ " if alive else "  ")
+        elif c == lo:
+            out.append("├─" if alive and (c not in ending or c == column) else "┌─")
+        elif c == hi:
+            out.append("┘ " if c in ending and c != column else "┐ ")
+        elif c in joined:
+            out.append("┴─" if c in ending and c != column else "┬─")
+        else:
+            out.append("┼─" if alive else "──")
+    return "".join(out).rstrip()
 
 
 def summary_totals(summary: Summary) -> list[str]:
@@ -113,23 +188,28 @@ def summary_csv(summary: Summary) -> str:
     """One CSV row per layer; shapes written as 16x8x8."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SUMMARY_COLUMNS)
+    branch = ["from"] if summary.branching else []
+    writer.writerow(SUMMARY_COLUMNS + tuple(branch))
     for row in summary.layers:
         writer.writerow([csv_text(row.name)] + [_cell(getattr(row, c))
-                                                for c in SUMMARY_COLUMNS[1:]])
+                                                for c in SUMMARY_COLUMNS[1:]]
+                        + [csv_text(_from_cell(row)) for _ in branch])
     return buf.getvalue()
 
 
 def summary_markdown(summary: Summary) -> str:
     """A GitHub-flavoured Markdown table plus totals."""
-    head = ["#", "layer", "type", "kernel", "output", "params", "MACs", "RF", "jump",
+    branch = ["from"] if summary.branching else []
+    head = ["#", "layer", "type", *branch, "kernel", "output", "params", "MACs", "RF", "jump",
             "act/sample"]
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join("---:" if h in ("#", "params", "MACs", "act/sample") else "---"
                             for h in head) + "|",
-             f"|  | input |  |  | {_shape(summary.input_shape)} |  |  | 1x1 | 1x1 |  |"]
+             f"|  | input |  | {' |  ' * len(branch)} | {_shape(summary.input_shape)} |  |  "
+             f"| 1x1 | 1x1 |  |"]
     for number, row in zip(_entry_numbers(summary), summary.layers, strict=True):
-        cells = [number, row.name, row.type, row.description, _shape(row.output_shape),
+        cells = [number, row.name, row.type, *[_from_cell(row) for _ in branch],
+                 row.description, _shape(row.output_shape),
                  format_count(row.params), format_count(row.macs),
                  _shape(row.receptive_field), _shape(row.jump),
                  format_bytes(row.activation_bytes)]

@@ -168,9 +168,17 @@ def differing_settings(runs: list[RunInfo]) -> list[str]:
     if len(flats) < 2:
         return []
     keys = list(dict.fromkeys(k for flat in flats for k in flat))
-    return [k for k in keys if k != "name"
-            and len({json.dumps(f[k], default=str) if k in f else "<unset>"
-                     for f in flats}) > 1]
+
+    def differs(key: str) -> bool:
+        return len({json.dumps(f[key], default=str) if key in f else "<unset>"
+                    for f in flats}) > 1
+
+    # Where the runs have different layer types at one position, every hyperparameter there
+    # differs too; the type alone says it (else runs of two models give dozens of columns).
+    retyped = {k.removesuffix("type") for k in keys
+               if k.startswith("model.layers.") and k.endswith(".type") and differs(k)}
+    return [k for k in keys if k != "name" and differs(k)
+            and not any(k.startswith(p) and k != p + "type" for p in retyped)]
 
 
 def runs_table(runs: list[RunInfo], settings: list[str]):

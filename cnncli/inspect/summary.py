@@ -32,6 +32,7 @@ class LayerRow:
     activation_bytes: int       # bytes of this layer's output, per sample
     buffers: int = 0            # running statistics (not parameters)
     entry: int = 0              # the config's model.layers entry (1-based) it comes from
+    inputs: list = field(default_factory=list)  # the layers it reads ("input": the model's)
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Summary:
     buffers: int
     total_macs: int
     memory: dict = field(default_factory=dict)
+    #: Some layer reads another than the one before it (the tables get a ``from`` column).
+    branching: bool = False
 
     @property
     def params_mb(self) -> float:
@@ -56,7 +59,7 @@ class Summary:
         """The JSON form: the contract fields first, extras after."""
         return {
             "input_shape": list(self.input_shape),
-            "layers": [asdict(row) for row in self.layers],
+            "layers": [_row_json(row) for row in self.layers],
             "total_params": self.total_params,
             "trainable_params": self.trainable_params,
             "non_trainable_params": self.non_trainable_params,
@@ -70,14 +73,22 @@ class Summary:
         }
 
 
+def _row_json(row: LayerRow) -> dict:
+    out = asdict(row)
+    out["from"] = out.pop("inputs")
+    return out
+
+
 def summarize(checked: CheckedConfig, *, batch_size: int = 1, dtype="float32") -> Summary:
     """Summarise a checked config: per-layer rows, totals and a memory estimate."""
     itemsize = np.dtype(dtype).itemsize
     input_shape = checked.shapes[0]
-    steps = walk(checked.layers, input_shape, checked.shapes)
+    sources = checked.sources or None
+    steps = walk(checked.layers, input_shape, checked.shapes, sources)
     entries = checked.entry_index or range(len(checked.layers))
     rows = []
-    fields_after = receptive_fields(checked.layers, checked.shapes)
+    fields_after = receptive_fields(checked.layers, checked.shapes, sources)
+    names = ["input"] + [layer.name for layer in checked.layers]
     for step, (rf, jump), entry in zip(steps, fields_after, entries, strict=False):
         layer, in_shape, out_shape = step.layer, step.in_shape, step.out_shape
         rows.append(LayerRow(
@@ -85,7 +96,8 @@ def summarize(checked: CheckedConfig, *, batch_size: int = 1, dtype="float32") -
             output_shape=[int(s) for s in out_shape], params=int(layer.num_params(in_shape)),
             macs=int(layer.macs(in_shape)), receptive_field=list(rf), jump=list(jump),
             activation_bytes=math.prod(out_shape) * itemsize,
-            buffers=_buffer_count(layer, in_shape), entry=int(entry) + 1))
+            buffers=_buffer_count(layer, in_shape), entry=int(entry) + 1,
+            inputs=[names[s] for s in step.sources]))
     trainable = sum(r.params for r in rows)
     train = checked.run.train
     optimizer = optimizer_label(train.optimizer, train.momentum)
@@ -93,27 +105,31 @@ def summarize(checked: CheckedConfig, *, batch_size: int = 1, dtype="float32") -
         input_shape=list(input_shape), layers=rows, dtype=str(np.dtype(dtype)),
         batch_size=int(batch_size), optimizer=optimizer, total_params=trainable,
         trainable_params=trainable, non_trainable_params=0,
-        buffers=sum(r.buffers for r in rows), total_macs=sum(r.macs for r in rows))
+        buffers=sum(r.buffers for r in rows), total_macs=sum(r.macs for r in rows),
+        branching=not all(step.reads_previous for step in steps))
     summary.memory = estimate_memory(checked.layers, checked.shapes, batch_size=batch_size,
                                      dtype=dtype, optimizer=optimizer,
-                                     labels=checked.labels or None).to_json()
+                                     labels=checked.labels or None,
+                                     sources=sources).to_json()
     return summary
 
 
-def receptive_fields(layers, shapes) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+def receptive_fields(layers, shapes,
+                     sources=None) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """(receptive field [rh, rw], jump [jh, jw]) in input pixels after each layer.
 
     r_out = r_in + (k_eff - 1) * j_in and j_out = j_in * s with k_eff = d(k-1)+1 (``Field``).
     A global pool without geometry acts like one window over the whole map. Flat outputs
     (flatten, dense) see the whole input: they report the input's [H, W] for both, or the
     receptive field and jump before them where those are larger (padding can make the
-    windows before them reach past the border).
+    windows before them reach past the border). Through branches, a merge takes the largest
+    over its inputs (``walk.union``).
     """
     input_shape = shapes[0]
     full = (tuple(input_shape[1:3]) if len(input_shape) == 3 else (1, int(input_shape[0])))
     r, j = (1, 1), (1, 1)
     out = []
-    for seen in fields(walk(layers, input_shape, shapes)):
+    for seen in fields(walk(layers, input_shape, shapes, sources)):
         if seen is None:
             r = (max(r[0], full[0]), max(r[1], full[1]))
             j = (max(j[0], full[0]), max(j[1], full[1]))

@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnncli.errors import ConfigError
+from cnncli.training.run_dir import TENSORBOARD_FOLDER
 from cnncli.training.trainer import Callbacks
 
 TENSORBOARD_HINT = "pip install 'cnncli[tensorboard]'"
-TENSORBOARD_FOLDER = "tensorboard"
 #: metrics.csv column -> TensorBoard scalar tag.
 SCALAR_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val",
                "train_accuracy": "accuracy/train", "val_accuracy": "accuracy/val", "lr": "lr"}

@@ -39,7 +39,8 @@ def filters_view(model, layer_name: str | None = None):
     layer = model.layers[i]
     weight = layer.params["weight"]
     # RGB tiles only for the image's own 3 channels, not a grouped conv with 3 per group.
-    grid, info = pictures.filter_grid(weight, rgb=model.shapes[i][0] == 3 and weight.shape[1] == 3)
+    grid, info = pictures.filter_grid(weight, rgb=model.input_shapes[i][0] == 3
+                                         and weight.shape[1] == 3)
     o, c, kh, kw = weight.shape
     title = f"{layer.name} weight {o}x{c}x{kh}x{kw}"
     if info["mode"] == "rgb":
@@ -69,7 +70,7 @@ def features_view(model, x_chw: np.ndarray, label: str, layer_name: str | None =
     """(lines, image) of the feature maps one input produces after each conv/pool layer
     (with the position-wise layers after it), or after the named layer only; a model that
     ends in class scores adds its prediction."""
-    groups = feature_groups(model.layers, model.shapes)
+    groups = feature_groups(model.layers, model.shapes, model.sources)
     if layer_name is not None:
         i = find_layer(model.layers, layer_name)
         if len(model.shapes[i + 1]) != 3:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cnncli.nn.model import chain_sources, graph_shapes
+
 
 def layer_geometry(layer, in_shape, out_shape):
     """``layer.geometry`` or, for a global pool without one ((C, H, W) -> (C, 1, 1)), one window
@@ -29,6 +31,12 @@ class Step:
     in_shape: tuple
     out_shape: tuple
     geometry: tuple | None   # (kernel, stride, pad, dilation) pairs of a window, else None
+    sources: tuple = ()      # what it reads: 0 the input, k + 1 layer k (of a merge: several)
+
+    @property
+    def reads_previous(self) -> bool:
+        """Reads the layer before it, and only that (every layer of a chain)."""
+        return self.sources == (self.index,)
 
     @property
     def spatial(self) -> bool:
@@ -46,18 +54,19 @@ class Step:
         return self.spatial and (self.geometry is not None or self.in_shape == self.out_shape)
 
 
-def walk(layers, input_shape, shapes=None) -> list[Step]:
+def walk(layers, input_shape, shapes=None, sources=None) -> list[Step]:
     """The layers as Steps; ``shapes`` (input shape, then each output) are computed from
-    ``input_shape`` unless given (a model's or a checked config's)."""
+    ``input_shape`` unless given (a model's or a checked config's). ``sources``: what each
+    layer reads (``Model.sources``); by default each reads the one before. A merge layer's
+    ``in_shape`` is its first input's."""
+    sources = [tuple(s) for s in sources] if sources else chain_sources(len(layers))
     if shapes is None:
-        shapes = [tuple(input_shape)]
-        for layer in layers:
-            shapes.append(tuple(layer.output_shape(shapes[-1])))
+        shapes = graph_shapes(layers, input_shape, sources)
     steps = []
-    for i, layer in enumerate(layers):
-        in_shape, out_shape = tuple(shapes[i]), tuple(shapes[i + 1])
+    for i, (layer, src) in enumerate(zip(layers, sources, strict=False)):
+        in_shape, out_shape = tuple(shapes[src[0]]), tuple(shapes[i + 1])
         steps.append(Step(i, layer, in_shape, out_shape,
-                          layer_geometry(layer, in_shape, out_shape)))
+                          layer_geometry(layer, in_shape, out_shape), src))
     return steps
 
 
@@ -84,28 +93,54 @@ class Field:
 
 
 def fields(steps: list[Step]) -> list[Field | None]:
-    """The field after each step; None from the first step that is not followable on."""
-    field: Field | None = Field()
+    """The field after each step; None from the first step that is not followable on. A merge
+    sees the union of its inputs' fields (the largest over all paths) with the largest jump;
+    None if any input's is."""
+    after: dict[int, Field | None] = {0: Field()}
     out = []
     for step in steps:
-        if field is not None and not step.followable:
+        seen = [after[s] for s in step.sources or (step.index,)]
+        field = None if any(f is None for f in seen) else union(seen)
+        if field is not None and not _followable(step):
             field = None
         elif field is not None and step.geometry is not None:
             field = field.through(step.geometry)
+        after[step.index + 1] = field
         out.append(field)
     return out
 
 
-def feature_groups(layers, shapes) -> list[tuple[int, int]]:
+def _followable(step: Step) -> bool:
+    """A merge's output is followable when its inputs and output are spatial maps of one size
+    (concat adds channels)."""
+    if len(step.sources) > 1:
+        return (len(step.in_shape) == 3 and len(step.out_shape) == 3
+                and step.in_shape[1:] == step.out_shape[1:])
+    return step.followable
+
+
+def union(seen: list[Field]) -> Field:
+    """The smallest field that holds every one of ``seen`` (and the largest jump)."""
+    if len(seen) == 1:
+        return seen[0]
+    start = tuple(min(f.start[a] for f in seen) for a in range(2))
+    end = tuple(max(f.start[a] + f.size[a] for f in seen) for a in range(2))
+    return Field(start, tuple(e - b for b, e in zip(start, end, strict=True)),
+                 tuple(max(f.jump[a] for f in seen) for a in range(2)))
+
+
+def feature_groups(layers, shapes, sources=None) -> list[tuple[int, int]]:
     """[(first, last)] layer index ranges: each window layer (conv, pool) with a spatial
-    output plus the position-wise layers right after it, whose output the next layer sees."""
-    steps = walk(layers, shapes[0], shapes)
+    output plus the position-wise layers right after it (reading it), whose output the next
+    layer sees."""
+    steps = walk(layers, shapes[0], shapes, sources)
     groups = []
     for step in steps:
         if not step.spatial or step.geometry is None:
             continue
         last = step.index
-        while last + 1 < len(steps) and steps[last + 1].pointwise:
+        while (last + 1 < len(steps) and steps[last + 1].pointwise
+               and steps[last + 1].reads_previous):
             last += 1
         groups.append((step.index, last))
     return groups

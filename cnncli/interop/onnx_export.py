@@ -29,6 +29,7 @@ class _Graph:
         self.helper, self.numpy_helper, self.opset = helper, numpy_helper, opset
         self.nodes, self.initializers = [], []
         self.x = "input"
+        self.inputs: list[str] = []   # what a merge layer reads
 
     def const(self, name: str, value) -> str:
         arr = np.asarray(value)
@@ -198,6 +199,8 @@ EMITTERS = {
     "lppool2d": _lppool, "global_avg_pool2d": _simple("GlobalAveragePool"),
     "global_max_pool2d": _simple("GlobalMaxPool"), "flatten": _flatten,
     "dropout": None,  # the identity in inference: no node
+    "add": lambda g, layer, shape: g.node("Sum", list(g.inputs), layer.name),
+    "concat": lambda g, layer, shape: g.node("Concat", list(g.inputs), layer.name, axis=1),
 }
 
 
@@ -221,17 +224,19 @@ def build_onnx(model, *, normalization: dict | None = None, opset: int = DEFAULT
     rank = len(model.input_shape) + 1
     if normalization:
         _normalization(g, normalization, rank)
-    for layer, shape in zip(model.layers, model.shapes, strict=False):
+    outs = [g.x]   # each node's tensor: the (normalised) input, then every layer's output
+    for layer, shape, src in zip(model.layers, model.input_shapes, model.sources, strict=True):
         emit = EMITTERS.get(layer.type_name, KeyError)
         if emit is KeyError:
             raise ConfigError(f"layer {layer.name!r} ({layer.type_name}) has no ONNX export")
+        g.x, g.inputs = outs[src[0]], [outs[s] for s in src]   # a merge reads them all
         if emit is not None:
             emit(g, layer, shape)
-    if g.nodes:
-        last = g.nodes[-1]
-        last.output[0] = "logits"
+        outs.append(g.x)
+    if g.nodes and g.nodes[-1].output[0] == outs[-1]:
+        g.nodes[-1].output[0] = "logits"
     else:
-        g.node("Identity", ["input"], "logits")
+        g.node("Identity", [outs[-1]], "logits")
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT,
                                             ["N", *model.input_shape])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,

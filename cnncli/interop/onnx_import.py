@@ -1,9 +1,10 @@
 """An ONNX classifier back as a cnncli config and checkpoint.
 
-The graph must be one chain from ``input`` to its output through the operators in
-SUPPORTED (plus the input normalisation ``cnncli export`` writes first); anything else is
-refused with one line naming the node. Weights come over unchanged, so an exported model
-imports to the same logits.
+The graph must lead from ``input`` to its output through the operators in SUPPORTED (plus
+the input normalisation ``cnncli export`` writes first); a node may read any earlier node's
+output (a branch: the entry gets ``from:``), and Add/Sum/Concat of several join branches.
+Anything else is refused with one line naming the node. Weights come over unchanged, so an
+exported model imports to the same logits.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from cnncli.interop.common import require
 
 SUPPORTED = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Relu",
              "LeakyRelu", "Elu", "Gelu", "Tanh", "Sigmoid", "BatchNormalization", "Gemm",
-             "MatMul+Add", "Flatten", "Reshape to 2-D", "Dropout", "Identity")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+             "MatMul+Add", "Flatten", "Reshape to 2-D", "Dropout", "Identity",
+             "Add/Sum of branches", "Concat of branches (axis 1)")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_][A-Za-z0-9_-]*)*$")
 
 
 @dataclass
@@ -51,6 +53,11 @@ class _Chain:
         self.norm: dict = {}
         self.x = None
         self.rank = 0
+        #: Each tensor read so far: the entry that made it (its index; "input" for the
+        #: model's input) and its rank.
+        self.producer: dict[str, object] = {}
+        self.rank_of: dict[str, int] = {}
+        self._entries_before = 0
         self.users: dict[str, int] = {}
         for node in self.nodes:
             for name in node.input:
@@ -100,14 +107,19 @@ class _Chain:
         """The chain continues from this node's first output."""
         if len(node.output) > 1 and any(self.users.get(o) for o in node.output[1:] if o):
             raise self.fail(node, "has a second output in use; only its first output imports")
+        made = len(self.entries) > self._entries_before
+        self.producer[node.output[0]] = (len(self.entries) - 1 if made
+                                         else self.producer.get(self.x, "input"))
         self.x = node.output[0]
         if rank is not None:
             self.rank = rank
+        self.rank_of[self.x] = self.rank
 
     # -- the walk
     def run(self, input_name: str, rank: int) -> None:
         self.x, self.rank = input_name, rank
         i = self._normalization(0)
+        self.producer[self.x], self.rank_of[self.x] = "input", rank
         while i < len(self.nodes):
             node = self.nodes[i]
             if node.op_type == "Constant":
@@ -116,19 +128,37 @@ class _Chain:
                 i += 1
                 continue
             data = [n for n in node.input if n and n not in self.consts]
-            if data != [self.x]:
-                if node.op_type in ("Add", "Concat", "Sum", "Mul") and len(data) > 1:
-                    raise self.fail(node, "joins branches; branching networks are not in "
-                                          "cnncli yet (supported: " + ", ".join(SUPPORTED)
-                                    + ")")
-                raise self.fail(node, f"reads {data or 'no tensor'} instead of the chain's "
-                                      f"current tensor {self.x!r}; only single-chain networks "
-                                      "import")
+            unknown = [n for n in data if n not in self.producer]
+            if unknown or not data:
+                raise self.fail(node, f"reads {unknown or 'no tensor'}, which no node before it "
+                                      "makes")
+            self._entries_before = len(self.entries)
+            if len(data) > 1 or node.op_type == "Sum":
+                i = self._merge(node, i, data)
+                continue
             handler = getattr(self, "_" + node.op_type, None)
             if handler is None:
                 raise self.fail(node, "is not supported; cnncli imports "
                                       + ", ".join(SUPPORTED))
+            branch = data[0] != self.x
+            self.x, self.rank = data[0], self.rank_of[data[0]]
             i = handler(node, i)
+            if branch and len(self.entries) > self._entries_before:
+                self.entries[self._entries_before]["from"] = [self.producer[data[0]]]
+
+    def _merge(self, node, i, data):
+        """Add/Sum (element-wise) or Concat (along channels) of several branches."""
+        kinds = {"Add": "add", "Sum": "add", "Concat": "concat"}
+        if node.op_type not in kinds or len(data) < 2 or len(data) != len(
+                [n for n in node.input if n]):
+            raise self.fail(node, "joins branches in a way cnncli has no layer for; cnncli "
+                                  "imports " + ", ".join(SUPPORTED))
+        if node.op_type == "Concat" and self.attrs(node).get("axis") not in (1, 1 - self.rank):
+            raise self.fail(node, "concatenates along another axis than channels (1)")
+        self.x, self.rank = data[0], self.rank_of[data[0]]
+        self.add(node, kinds[node.op_type], **{"from": [self.producer[n] for n in data]})
+        self.advance(node)
+        return i + 1
 
     def _normalization(self, i: int) -> int:
         """The x / scale [, - mean, / std] that ``cnncli export`` puts first, as statistics."""
@@ -271,10 +301,12 @@ class _Chain:
     def current_shape(self):
         from cnncli.nn.model import model_from_entries
 
-        if not self.entries:
+        made = self.producer.get(self.x, "input")
+        if made == "input":
             return tuple(self.input_shape)
         try:
-            return model_from_entries(self.input_shape, self.entries).output_shape
+            model = model_from_entries(self.input_shape, self.entries[:made + 1])
+            return model.output_shape
         except CnncliError as err:
             raise CheckpointError(f"{self.path}: {err}") from None
 
@@ -456,6 +488,11 @@ def import_onnx(path, out_dir) -> Imported:
                               f"end of its chain {chain.x!r}")
     if not chain.entries:
         raise CheckpointError(f"{path} holds no layers cnncli can import")
+    if chain.producer.get(chain.x) != len(chain.entries) - 1:
+        raise CheckpointError(f"{path}: the graph's output is not made by its last layer")
+    for index, entry in enumerate(chain.entries):   # from: as a config writes it, counted back
+        if "from" in entry:
+            entry["from"] = [ref if ref == "input" else ref - index for ref in entry["from"]]
     stored = {}
     if "cnncli.config" in meta:
         try:

@@ -123,6 +123,10 @@ def load(path=Path(__file__).with_name("model.safetensors")):
 
 def model_source(ckpt, model, *, normalization: bool = True) -> str:
     """The text of model.py for ``model``."""
+    if not model.is_chain:
+        raise ConfigError("the PyTorch source export writes a chain of layers; this model "
+                          "branches (from:, add, concat)",
+                          hint="export it with --format onnx or --format safetensors")
     names = python_names([layer.name for layer in model.layers])
     norm = ckpt.normalization if normalization else {}
     mode = str(norm.get("mode", "none"))

@@ -10,6 +10,7 @@ import numpy as np
 
 from cnncli.nn.layers.base import to_internal
 from cnncli.nn.losses import softmax
+from cnncli.nn.model import is_multi_input
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
@@ -22,7 +23,9 @@ def layer_outputs(model, x: np.ndarray):
     NCHW (or N, F) layout, for inputs ``x`` (N, C, H, W) in evaluation mode.
 
     Each output is a copy: a later layer may work in place on the array it is given."""
-    h = to_internal(np.asarray(x, dtype=model.dtype))
-    for index, layer in enumerate(model.layers):
-        h = layer.forward(h, train=False)
+    values = {0: to_internal(np.asarray(x, dtype=model.dtype))}
+    for index, (layer, src) in enumerate(zip(model.layers, model.sources, strict=True)):
+        inputs = [values[s] for s in src]
+        h = layer.forward(inputs if is_multi_input(layer) else inputs[0], train=False)
+        values[index + 1] = h
         yield index, np.array(np.moveaxis(h, -1, 0), order="C")

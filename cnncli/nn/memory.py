@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import ConfigError, MemoryLimitError
-from cnncli.nn.model import layer_label, make_layers
+from cnncli.nn.model import (
+    entry_inputs,
+    graph_shapes,
+    layer_label,
+    layer_sources,
+    make_layers,
+)
 
 # optimizer state arrays kept per parameter
 OPTIMIZER_SLOTS = {"sgd": 0, "sgd+momentum": 1, "adam": 2, "adamw": 2}
@@ -81,9 +87,10 @@ class MemoryEstimate:
 
 def estimate_memory(layers, shapes, *, batch_size: int = 1, dtype="float32",
                     optimizer: str | None = "sgd", labels=None,
-                    data_bytes: int = 0) -> MemoryEstimate:
+                    data_bytes: int = 0, sources=None) -> MemoryEstimate:
     """The estimate for ``layers`` (built or not; nothing is allocated) with ``shapes`` (the
-    input shape, then each layer's output), at ``batch_size``.
+    input shape, then each layer's output) and ``sources`` (``Model.sources``; by default a
+    chain), at ``batch_size``.
 
     params + grads + optimizer state (0/1/2 arrays per parameter for sgd/momentum/adam),
     forward activations (the input and every layer output, kept for backward), the backward
@@ -95,7 +102,9 @@ def estimate_memory(layers, shapes, *, batch_size: int = 1, dtype="float32",
     labels = labels or [layer_label(i + 1, layer.name, layer.type_name)
                         for i, layer in enumerate(layers)]
     rows, workspace = [], 0
-    for layer, label, in_shape, out_shape in zip(layers, labels, shapes, shapes[1:],
+    in_shapes = (shapes if sources is None
+                 else [shapes[src[0]] for src in sources] + [shapes[-1]])
+    for layer, label, in_shape, out_shape in zip(layers, labels, in_shapes, shapes[1:],
                                                  strict=False):
         weights = int(layer.num_params(in_shape)) * itemsize
         rows.append(LayerBytes(label, weights, math.prod(out_shape) * itemsize))
@@ -116,18 +125,18 @@ def estimate_memory(layers, shapes, *, batch_size: int = 1, dtype="float32",
         im2col=batch_size * workspace, data=int(data_bytes), layers=tuple(rows))
 
 
-def unbuilt_layers(input_shape, entries) -> tuple[list, list[str], list[tuple]]:
+def unbuilt_layers(input_shape, entries) -> tuple[list, list[str], list[tuple], list[tuple]]:
     """The layers of checked config entries, constructed but not built (no weights), with
-    their labels and shapes (the input shape, then each layer's output)."""
-    layers, labels = [], []
+    their labels, shapes (the input shape, then each layer's output) and sources."""
+    layers, labels, entry_from, counts = [], [], [], []
     for index, entry in enumerate(entries, start=1):
-        made = make_layers(entry)
+        made = make_layers({k: v for k, v in entry.items() if k != "from"})
         layers.extend(made)
         labels.extend([layer_label(index, entry.get("name"), made[0].type_name)] * len(made))
-    shapes = [tuple(input_shape)]
-    for layer in layers:
-        shapes.append(tuple(layer.output_shape(shapes[-1])))
-    return layers, labels, shapes
+        entry_from.append(entry_inputs(entry, index - 1))
+        counts.append(len(made))
+    sources = layer_sources(entry_from, counts)
+    return layers, labels, graph_shapes(layers, input_shape, sources), sources
 
 
 # ---------------------------------------------------------------- the machine

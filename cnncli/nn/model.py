@@ -91,26 +91,82 @@ class WholeBatch:
         return model.backward_through(model.layers, dlogits, need_input_grad)
 
 
+def is_multi_input(layer) -> bool:
+    """Whether a layer takes a list of inputs (``add``, ``concat``)."""
+    return getattr(layer, "multi_input", False)
+
+
+def chain_sources(count: int) -> list[tuple[int, ...]]:
+    """The sources of a plain chain: each layer reads the one before it."""
+    return [(i,) for i in range(count)]
+
+
+def layer_sources(entry_from: list, layer_counts: list[int]) -> list[tuple[int, ...]]:
+    """Per layer, the nodes it reads (node 0: the model input, node k + 1: layer k's output),
+    from each entry's ``from`` (absolute entry indices or "input"; None: the entry before) and
+    how many layers each entry made (its activation layer reads the layer before it)."""
+    sources, entry_out = [], []
+    for refs, count in zip(entry_from, layer_counts, strict=True):
+        if refs is None:
+            first = (entry_out[-1],) if entry_out else (0,)
+        else:
+            first = tuple(0 if ref == "input" else entry_out[ref] for ref in refs)
+        start = len(sources)
+        sources.append(first)
+        sources.extend((k,) for k in range(start + 1, start + count))
+        entry_out.append(start + count)
+    return sources
+
+
+def input_shapes(layers, shapes, sources) -> list:
+    """Each layer's input shape (a list of shapes for a merge layer)."""
+    return [[shapes[s] for s in src] if is_multi_input(layer) else shapes[src[0]]
+            for layer, src in zip(layers, sources, strict=True)]
+
+
+def graph_shapes(layers, input_shape, sources, labels=None, build=None) -> list[tuple]:
+    """[input shape, each layer's output shape] through the graph; ``build(layer, in_shape)``
+    runs first on each layer when given. Errors are located at the layer's label."""
+    shapes = [tuple(input_shape)]
+    for k, (layer, src) in enumerate(zip(layers, sources, strict=True)):
+        in_shape = ([shapes[s] for s in src] if is_multi_input(layer) else shapes[src[0]])
+        try:
+            if build is not None:
+                build(layer, in_shape)
+            shapes.append(tuple(int(v) for v in layer.output_shape(in_shape)))
+        except ConfigError as err:
+            raise (err.located(layer=labels[k]) if labels else err) from None
+    return shapes
+
+
 class Model:
-    """A sequential stack of layers built for one input shape (C, H, W)."""
+    """Layers built for one input shape (C, H, W): a chain, or a graph whose layers name
+    their inputs (``sources``: per layer, node 0 = the model input, node k + 1 = layer k's
+    output; the model's output is the last layer's)."""
 
     def __init__(self, layers: Iterable[Layer], input_shape, *, dtype=np.float32, seed: int = 0,
-                 labels: list[str] | None = None):
+                 labels: list[str] | None = None, sources=None):
         self.layers = list(layers)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dtype = np.dtype(dtype)
         self._forward_shape: tuple[int, ...] | None = None  # checked by backward
         self.labels = labels or [layer_label(i + 1, l.name, l.type_name)
                                  for i, l in enumerate(self.layers)]
+        self.sources = ([tuple(s) for s in sources] if sources is not None
+                        else chain_sources(len(self.layers)))
+        #: A plain chain runs as before: each layer on the output of the one before it.
+        self.is_chain = (self.sources == chain_sources(len(self.layers))
+                         and not any(is_multi_input(layer) for layer in self.layers))
+        #: How many layers read each node (node 0 the input, k + 1 layer k's output).
+        self.consumers = [0] * (len(self.layers) + 1)
+        for src in self.sources:
+            for s in src:
+                self.consumers[s] += 1
         _assign_names(self.layers)
         rng = np.random.default_rng(seed)
-        self.shapes = [self.input_shape]
-        for layer, label in zip(self.layers, self.labels, strict=True):
-            try:
-                layer.build(self.shapes[-1], rng, self.dtype)
-                self.shapes.append(tuple(layer.output_shape(self.shapes[-1])))
-            except ConfigError as err:
-                raise err.located(layer=label) from None
+        self.shapes = graph_shapes(self.layers, self.input_shape, self.sources, self.labels,
+                                   lambda layer, shape: layer.build(shape, rng, self.dtype))
+        self.input_shapes = input_shapes(self.layers, self.shapes, self.sources)
         #: The order forward runs the layers in (backward runs it in reverse): the config's.
         #: An execution plan (``cnncli.parallel.plan``) may swap neighbours that commute.
         self.run_order = list(range(len(self.layers)))
@@ -136,9 +192,26 @@ class Model:
     def forward_through(self, layers: list[Layer], x: np.ndarray, train: bool) -> np.ndarray:
         """x (NCHW) through ``layers`` (this model's, or copies of them) in ``run_order``."""
         h = to_internal(x)
+        if not self.is_chain:
+            return from_internal(self._graph_forward(layers, h, train))
         for i in self.run_order:
             h = layers[i].forward(h, train=train)
         return from_internal(h)
+
+    def _graph_forward(self, layers, h, train):
+        """Each layer on its sources' outputs; an output is let go after its last reader."""
+        values, left = {0: h}, list(self.consumers)
+        last = len(layers)
+        for i in self.run_order:
+            src = self.sources[i]
+            inputs = [values[s] for s in src]
+            values[i + 1] = layers[i].forward(inputs if is_multi_input(layers[i])
+                                              else inputs[0], train=train)
+            for s in src:
+                left[s] -= 1
+                if left[s] == 0 and s != last:
+                    values.pop(s, None)
+        return values[last]
 
     def backward(self, dlogits: np.ndarray, need_input_grad: bool = True):
         """Backpropagate dL/dlogits (N, classes); accumulate parameter grads; return dL/dx.
@@ -159,10 +232,31 @@ class Model:
                          need_input_grad: bool):
         """dlogits back through ``layers`` in reverse ``run_order``; dL/dx or None."""
         g = to_internal(dlogits)
+        if not self.is_chain:
+            return self._graph_backward(layers, g, need_input_grad)
         order = self.run_order
         for k in range(len(order) - 1, -1, -1):
             g = layers[order[k]].backward(g, need_dx=need_input_grad or k > 0)
         return from_internal(g) if need_input_grad else None
+
+    def _graph_backward(self, layers, g, need_input_grad):
+        """Reverse ``run_order``; the gradients of a node read by several layers add up. A
+        layer whose output nothing reads gets no gradient (as in autograd)."""
+        grads = {len(layers): g}
+        for i in reversed(self.run_order):
+            dy = grads.pop(i + 1, None)
+            if dy is None:
+                continue
+            src = self.sources[i]
+            need = need_input_grad or any(s > 0 for s in src)
+            dx = layers[i].backward(dy, need_dx=need)
+            if not need:
+                continue
+            for s, d in zip(src, dx if is_multi_input(layers[i]) else [dx], strict=True):
+                # A new array for a sum: neither addend may be one a layer overwrites later.
+                grads[s] = d if s not in grads else grads[s] + d
+        # Every path starts at the input, so node 0 has its gradient when one was needed.
+        return from_internal(grads[0]) if need_input_grad else None
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         outs = [self.forward(x[i:i + batch_size], train=False)
@@ -210,6 +304,15 @@ class Model:
         if extra:
             raise CheckpointError(f"state dict has unexpected key {extra[0]!r}")
 
+    def layer_entries(self) -> list[dict]:
+        """One entry per layer (``model_from_entries`` rebuilds the same model from them), each
+        with its ``from`` when the model branches."""
+        entries = [layer.get_config() for layer in self.layers]
+        if not self.is_chain:
+            for entry, src in zip(entries, self.sources, strict=True):
+                entry["from"] = ["input" if s == 0 else s - 1 for s in src]
+        return entries
+
     def __repr__(self) -> str:
         body = "\n".join(f"  ({l.name}): {l!r}" for l in self.layers)
         return f"Model(input_shape={list(self.input_shape)},\n{body}\n)"
@@ -240,18 +343,45 @@ def _assign_names(layers: list[Layer]) -> None:
 
 def model_from_entries(input_shape, entries: list[dict], *, dtype=np.float32,
                        seed: int = 0) -> Model:
-    """Build a Model from plain layer entries (the ``model.layers`` list of a config)."""
-    layers, labels = [], []
+    """Build a Model from plain layer entries (the ``model.layers`` list of a config).
+
+    An entry may name its inputs, ``"from": [k, ...]``: absolute indices of earlier entries
+    (their output after any ``activation:``) or "input" (the model's input)."""
+    layers, labels, entry_from, counts = [], [], [], []
     for index, entry in enumerate(entries, start=1):
         type_name = entry.get("type") if isinstance(entry, dict) else None
         name = entry.get("name") if isinstance(entry, dict) else None
         label = layer_label(index, name, type_name)
         try:
-            made = make_layers(entry)
+            refs = entry_inputs(entry, index - 1)
+            made = make_layers({k: v for k, v in entry.items() if k != "from"}
+                               if isinstance(entry, dict) else entry)
         except ConfigError as err:
             raise err.located(layer=label) from None
         layers.extend(made)
         labels.extend([label] * len(made))
+        entry_from.append(refs)
+        counts.append(len(made))
     if not layers:
         raise ConfigError("model.layers is empty", key="layers")
-    return Model(layers, input_shape, dtype=dtype, seed=seed, labels=labels)
+    return Model(layers, input_shape, dtype=dtype, seed=seed, labels=labels,
+                 sources=layer_sources(entry_from, counts))
+
+
+def entry_inputs(entry, index: int):
+    """An entry's ``from`` as a list of absolute entry indices / "input", or None (the entry
+    before it). Negative indices count back from the entry (-1: the one before; a resolved
+    config.yaml writes them so). Raises ConfigError(key="from") for anything else."""
+    refs = entry.get("from") if isinstance(entry, dict) else None
+    if refs is None:
+        return None
+    out = []
+    for ref in refs if isinstance(refs, list) else [refs]:
+        if isinstance(ref, int) and not isinstance(ref, bool) and -index - 1 <= ref < 0:
+            ref = index + ref if index + ref >= 0 else "input"
+        if ref != "input" and not (isinstance(ref, int) and not isinstance(ref, bool)
+                                   and 0 <= ref < index):
+            raise ConfigError(f"from must list earlier entries (0 .. {index - 1}, or -1 .. "
+                              f"{-index - 1} counting back) or 'input', got {ref!r}", key="from")
+        out.append(ref)
+    return out

@@ -174,10 +174,21 @@ class ExecutionPlan:
         self.speedups = speedups_on(speedups)
         layers = model.layers
         count = len(layers)
-        self.run_order = execution_order(layers) if self.speedups else list(range(count))
+        # A branching model keeps the config's order: a reorder across a branch point would
+        # hand the wrong array to the other readers.
+        self.run_order = (execution_order(layers) if self.speedups and model.is_chain
+                          else list(range(count)))
         self.may_overwrite_input = [False] * count
         self.may_overwrite_grad = [False] * count
-        if self.speedups:
+        if self.speedups and not model.is_chain:
+            # In place only along an edge that is its node's one reader: never an array that
+            # another layer reads too (a shortcut), nor a gradient handed to several layers.
+            for nxt, src in enumerate(model.sources):
+                if len(src) == 1 and src[0] > 0 and model.consumers[src[0]] == 1:
+                    prev = src[0] - 1
+                    self.may_overwrite_input[nxt] = layers[prev].fresh_output
+                    self.may_overwrite_grad[prev] = layers[nxt].fresh_input_grad
+        elif self.speedups:
             # In-place work (ReLU) is allowed only on arrays the neighbour hands over for good.
             for prev, nxt in zip(self.run_order[:-1], self.run_order[1:], strict=True):
                 self.may_overwrite_input[nxt] = layers[prev].fresh_output

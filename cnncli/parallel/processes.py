@@ -51,7 +51,7 @@ class _Layout:
         sizes["x"] = images * int(np.prod(model.input_shape))
         sizes["logits"] = sizes["dlogits"] = images * int(np.prod(model.output_shape))
         #: dropout layers by index, and the per-sample shape of their masks
-        self.masks = {k: model.shapes[k] for k, layer in enumerate(model.layers)
+        self.masks = {k: model.input_shapes[k] for k, layer in enumerate(model.layers)
                       if isinstance(layer, Dropout) and layer.p > 0}
         for k, shape in self.masks.items():
             sizes[f"mask{k}"] = images * int(np.prod(shape))
@@ -98,7 +98,7 @@ class SplitBatchModel:
         self._grads = self._layout.per_param(self._views["grads"])
         self._split: tuple[int, int] | None = None  # (first half, second half) of the batch
         spec = {"input_shape": list(model.input_shape), "dtype": model.dtype.name,
-                "layers": [layer.get_config() for layer in model.layers],
+                "layers": model.layer_entries(),
                 "params": [[name, list(shape)] for name, shape in self._layout.param_shapes],
                 "images": self._layout.images, "fd": self._fd}
         env = {**os.environ, "CNNCLI_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
@@ -137,7 +137,8 @@ class SplitBatchModel:
             shared[...] = value
         self._views["x"][:rest] = x[half:]
         for k in self._layout.masks:  # the whole batch's masks, from this process's streams
-            mask = self.model.layers[k].draw_mask(self.model.shapes[k] + (n,), self.model.dtype)
+            shape = tuple(self.model.input_shapes[k]) + (n,)
+            mask = self.model.layers[k].draw_mask(shape, self.model.dtype)
             self.model.layers[k].use_mask(np.ascontiguousarray(mask[..., :half]))
             self._views[f"mask{k}"][..., :rest] = mask[..., half:]
         self._send(f"forward {rest}")

@@ -19,9 +19,10 @@ def check_training_memory(config: RunConfig, *, root=None) -> None:
     """Refuse (MemoryLimitError) a run whose weights, optimizer state, activations for
     train.batch_size and dataset would not fit; nothing is allocated or read but headers."""
     model = config.model
-    layers, labels, shapes = unbuilt_layers(model.input_shape, model.entries())
+    layers, labels, shapes, sources = unbuilt_layers(model.input_shape, model.entries())
     train = config.train
     estimate = estimate_memory(layers, shapes, batch_size=train.batch_size, labels=labels,
+                               sources=sources,
                                optimizer=optimizer_label(train.optimizer, train.momentum),
                                data_bytes=dataset_bytes(config.data, model.input_shape, root,
                                                           train.batch_size))
@@ -32,7 +33,8 @@ def still_needed(model, batch_size: int, optimizer: str | None) -> MemoryEstimat
     """What a step of the built ``model`` at ``batch_size`` allocates beyond its weights and
     gradients, which exist already (``optimizer=None``: inference)."""
     return estimate_memory(model.layers, model.shapes, batch_size=batch_size, dtype=model.dtype,
-                           optimizer=optimizer, labels=model.labels).beyond_weights()
+                           optimizer=optimizer, labels=model.labels,
+                           sources=model.sources).beyond_weights()
 
 
 def inference_batch_size(model, batch_size: int) -> int:

@@ -29,6 +29,8 @@ RUN_FILES = ("last.npz", "best.npz", "metrics.csv")
 TEST_FILE = "test.json"
 #: Every file a training run writes (``overwrite`` deletes only these).
 WRITTEN = (*RUN_FILES, "config.yaml", TEST_FILE, MARKER)
+#: ``train.tensorboard``'s event files (``events.out.tfevents.*``) go into this subfolder.
+TENSORBOARD_FOLDER = "tensorboard"
 
 
 class RunBusy(ConfigError):
@@ -157,9 +159,11 @@ class RunDirectory:
         found = [name for name in RUN_FILES if (self.path / name).exists()]
         if not found:
             return
-        if overwrite:
-            for name in found:
-                (self.path / name).unlink()
+        if overwrite:   # the old test scores and curves too, or they pass for the new run's
+            events = (self.path / TENSORBOARD_FOLDER).glob("events.out.tfevents.*")
+            for path in (*(self.path / name for name in (*found, TEST_FILE)), *events):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             return
         epoch = stored_epoch(self.last)
         held = ", ".join(found) + (f"; last.npz at epoch {epoch}" if epoch is not None else "")
@@ -232,3 +236,34 @@ class RunDirectory:
             save_checkpoint(self.best, **snapshot)
             return best_epoch
         return None
+
+
+class FollowerRunDirectory(RunDirectory):
+    """The run directory as MPI ranks other than 0 see it: rank 0 checks, locks and writes it;
+    the others write nothing (so nothing is written twice, nor anywhere but rank 0's disk)."""
+
+    def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def claim(self) -> None: ...
+
+    def remove_stale_temporaries(self) -> list[str]:
+        return []
+
+    def refuse_overwrite(self, overwrite: bool) -> None: ...
+
+    def refuse_rollback(self, ckpt) -> None: ...
+
+    def write_test_scores(self, report: dict) -> Path:
+        return self.path / TEST_FILE
+
+    def write_config(self, text: str) -> None: ...
+
+    def save(self, snapshot: dict, *, best: bool) -> None:
+        self.disk_epoch = snapshot["epoch"]
+
+    def finish_interrupted(self, snapshot: dict) -> None: ...
+
+    def start_from(self, ckpt, snapshot: dict, best_epoch: int | None) -> None:
+        self.disk_epoch = snapshot["epoch"]

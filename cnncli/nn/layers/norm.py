@@ -13,6 +13,20 @@ from cnncli.nn.layers.base import Layer
 from cnncli.nn.registry import register
 
 
+class LocalBatch:
+    """Where a batch-norm layer's training batch is: all here (the default). A batch split
+    over processes (``parallel.mpi``) installs an object whose ``total`` adds up the per-channel
+    sums of every part, in a fixed order, so that each part normalises with the statistics of
+    the whole batch."""
+
+    def total(self, sums: np.ndarray) -> np.ndarray:
+        """The sums over the whole batch of ``sums``, this part's sums; here they are all."""
+        return sums
+
+
+LOCAL_BATCH = LocalBatch()
+
+
 class _BatchNorm(Layer):
     """Normalise each channel over every other axis (batch and space).
 
@@ -21,6 +35,8 @@ class _BatchNorm(Layer):
     """
 
     spatial_rank = 0  # number of per-sample axes after the channel axis
+    #: The batch statistics' reduction hook (``LocalBatch``); set per layer to synchronise.
+    batch_sums = LOCAL_BATCH
 
     def __init__(self, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  name: str | None = None):
@@ -60,17 +76,22 @@ class _BatchNorm(Layer):
         count = x2.shape[1]
         t = x.dtype.type
         use_batch_stats = train or not self.track_running_stats
+        split = train and self.batch_sums is not LOCAL_BATCH
+        if split:  # statistics of the whole batch, of which x is a part
+            count = int(self.batch_sums.total(np.array([count], np.float64))[0])
         if use_batch_stats:
             if train and count <= 1:
                 raise DataError(f"Expected more than 1 value per channel when training, got "
                                 f"input size {[shape[-1], *shape[:-1]]}",
                                 layer=f"'{self.name}' ({self.type_name})",
                                 hint="train with batch_size >= 2 and no final batch of 1 sample")
-            mean = x2.mean(axis=1)
-            centred = x2 - mean[:, None]
             # Pairwise summation (mean/sum along the contiguous axis) keeps float32 close to
-            # PyTorch's double accumulation; einsum's running sum drifts by ~1e-5.
-            var = (centred * centred).mean(axis=1)
+            # PyTorch's double accumulation; einsum's running sum drifts by ~1e-5. A mean is
+            # its sum / count, so the split batch's sums give the same numbers on one part.
+            mean = self.batch_sums.total(x2.sum(axis=1)) / count if split else x2.mean(axis=1)
+            centred = x2 - mean[:, None]
+            var = (self.batch_sums.total((centred * centred).sum(axis=1)) / count if split
+                   else (centred * centred).mean(axis=1))
             if train and self.track_running_stats:
                 self._update_running(mean, var, count)
         else:
@@ -83,7 +104,7 @@ class _BatchNorm(Layer):
             y = x_hat * self.params["weight"][:, None] + self.params["bias"][:, None]
         else:
             y = x_hat
-        self._cache = (x_hat, inv_std, use_batch_stats, shape)
+        self._cache = (x_hat, inv_std, use_batch_stats, shape, count if split else None)
         return y.reshape(shape)
 
     def _update_running(self, mean, var, count):
@@ -99,7 +120,7 @@ class _BatchNorm(Layer):
         rv += m * unbiased
 
     def _backward(self, dy, need_dx=True):
-        x_hat, inv_std, batch_stats, shape = self._cache
+        x_hat, inv_std, batch_stats, shape, split_count = self._cache
         dy2 = dy.reshape(shape[0], math.prod(shape[1:]))
         sum_dy = dy2.sum(axis=1)
         sum_dy_xhat = (dy2 * x_hat).sum(axis=1)
@@ -114,6 +135,9 @@ class _BatchNorm(Layer):
             return (dy2 * scale[:, None]).reshape(shape)
         # d/dx of (x - mean) / std with batch mean and biased batch variance.
         count = dy2.shape[1]
+        if split_count is not None:  # the means are over the whole batch (the weight
+            count = split_count      # gradients above stay this part's: summed later)
+            sum_dy, sum_dy_xhat = self.batch_sums.total(sum_dy), self.batch_sums.total(sum_dy_xhat)
         mean_dy = sum_dy / count
         mean_dy_xhat = sum_dy_xhat / count
         dx = (dy2 - mean_dy[:, None] - x_hat * mean_dy_xhat[:, None]) * scale[:, None]
