@@ -9,12 +9,12 @@ on 2 ranks under ``mpiexec -n 2`` (one thread each), in interleaved rounds, the 
 by side with their ratio and the median of the per-round ratios; then the
 bytes one rank sends per step (logits, batch-norm sums, the flat gradient buffer) and the
 seconds per step it spends in exchanges (waiting for the other rank included) against the
-step time. AlexNet (224x224 inputs) is not timed on 2 ranks unless --time-big: its bytes per
-step come from the model alone (the same formula, checked on the timed ones). Last, the
-scaling table of docs/distributed.md: one core's seconds per image (one process,
-CNNCLI_THREADS=1; AlexNet on a batch of 4) against the gradient exchange of a gather over a
-ring on 8 and 64 ranks at 10 and 100 Gb/s. Needs the [mpi] extra. Figures go to RESULTS.md
-and docs/distributed.md.
+step time. AlexNet and ResNet-18 (224x224 inputs) are not timed on 2 ranks unless
+--time-big: their bytes per step come from the model alone (the same formula, checked on the
+timed ones). Last, the scaling table of docs/distributed.md: one core's seconds per image (one
+process, CNNCLI_THREADS=1; the 224x224 ones on a batch of 4) against the gradient exchange of
+a gather over a ring on 8 and 64 ranks at 10 and 100 Gb/s. Needs the [mpi] extra. Figures go
+to RESULTS.md and docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["configs/digits.yaml", "configs/lenet5.yaml", "configs/cifar_small.yaml",
-           "configs/alexnet.yaml"]
-BIG = ("alexnet",)
+           "configs/dense_digits.yaml", "configs/resnet20_cifar.yaml", "configs/alexnet.yaml",
+           "configs/resnet18.yaml"]
+BIG = ("alexnet", "resnet18")
 
 
 def _model_and_batch(config_path: str):
@@ -127,7 +128,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--time-big", action="store_true", help="time AlexNet too (slow)")
+    parser.add_argument("--time-big", action="store_true",
+                        help="time AlexNet and ResNet-18 too (slow)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

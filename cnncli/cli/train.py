@@ -196,10 +196,11 @@ def _run_dir_option(ctx, param, value):
               metavar="CKPT_OR_SAFETENSORS",
               help="Start from these weights, matched by parameter name (a new run).")
 @click.option("--freeze", multiple=True, metavar="LAYER",
-              help="With --init-from: give this layer no updates (repeatable).")
+              help="With --init-from: give this layer, or every layer of this block "
+                   "(e.g. layer1), no updates (repeatable).")
 @click.option("--reinit", multiple=True, metavar="LAYER",
-              help="With --init-from: keep this layer's fresh weights, even if its shape "
-                   "differs from the source's (repeatable).")
+              help="With --init-from: keep this layer's (or this block's) fresh weights, "
+                   "even if their shape differs from the source's (repeatable).")
 @click.option("--tensorboard", is_flag=True,
               help="Write TensorBoard event files into RUN_DIR/tensorboard/ (same as "
                    "--set train.tensorboard=true; needs the [tensorboard] extra).")
@@ -422,12 +423,11 @@ def _initial_weights(cfg, init_from, freeze, reinit, resume, seed, quiet):
 def _init_table(report):
     from rich.table import Table
 
-    frozen = set(report.frozen)
     table = Table()
     for name in ("parameter", "weights", "trained"):
         table.add_column(name)
     for name, what in report.rows():
-        table.add_row(name, what, "frozen" if name.rsplit(".", 1)[0] in frozen else "yes")
+        table.add_row(name, what, report.trained(name))
     return table
 
 
