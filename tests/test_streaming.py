@@ -227,3 +227,25 @@ def test_train_notes_when_decoding_an_image_folder_costs_much_of_an_epoch(tmp_pa
                         r"epoch's time; pack them once with `cnncli data pack .*images OUT "
                         r"--channels 3 --size 6x6` and train with --data OUT\n", outputs[0.0])
     assert outputs[1e9] == ""
+
+
+def test_pack_of_idx_files_loads_as_the_idx_files_do(tmp_path):
+    from test_data import write_idx
+    rng = np.random.default_rng(8)
+    x, y = rng.integers(0, 256, (30, 7, 7), dtype=np.uint8), np.arange(30) % 3
+    (tmp_path / "idx").mkdir()
+    write_idx(tmp_path / "idx" / "train-images-idx3-ubyte", x, gz=True)
+    write_idx(tmp_path / "idx" / "train-labels-idx1-ubyte", y.astype(np.uint8), gz=True)
+    write_idx(tmp_path / "idx" / "t10k-images-idx3-ubyte", x[:6])
+    write_idx(tmp_path / "idx" / "t10k-labels-idx1-ubyte", y[:6].astype(np.uint8))
+    result = CliRunner().invoke(main, ["data", "pack", str(tmp_path / "idx"),
+                                       str(tmp_path / "packed")])
+    assert result.exit_code == 0, result.output
+    assert "x_test.npy: [6, 7, 7]" in result.output
+    loaded = [load_dataset(DataConfig(dataset=None, path=str(tmp_path / name),
+                                      normalize="standardize", val_split=0.2), (1, 7, 7), 3,
+                           seed=4) for name in ("idx", "packed")]
+    assert isinstance(loaded[1].x_train, ImageRows)
+    for key in ("x_train", "x_val", "x_test"):
+        np.testing.assert_array_equal(getattr(loaded[0], key), getattr(loaded[1], key)[:])
+    np.testing.assert_array_equal(loaded[0].y_train, loaded[1].y_train)
