@@ -192,6 +192,9 @@ def test_a_block_name_stands_for_the_layers_with_weights_inside_it(tmp_path):
     report = apply_initial_weights(net, source, freeze=["layer1.1", "conv1"])
     assert report.frozen == ["layer1.1.conv1", "layer1.1.bn1", "layer1.1.conv2",
                              "layer1.1.bn2", "conv1"]
+    report = apply_initial_weights(net, source, reinit=["layer1"])
+    assert len(report.reinit) == 24 and report.reinit[0] == "layer1.0.conv1.weight"
+    assert report.loaded == ["conv1.weight", "conv1.bias", "fc.weight", "fc.bias"]
     with pytest.raises(ConfigError, match="no layer or block 'layer'"):
         apply_initial_weights(net, source, freeze=["layer"])  # a name, not any prefix
 

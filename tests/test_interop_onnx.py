@@ -114,6 +114,22 @@ def test_a_ceil_mode_pool_whose_last_window_pytorch_drops_runs_in_floor_mode(tmp
     assert np.array_equal(cnncli_logits(back.checkpoint_path, raw), cnncli_logits(ckpt, raw))
 
 
+def test_a_strided_same_conv_pads_by_the_input_size_and_imports_back_as_same(tmp_path):
+    # 9 pixels, kernel 4, stride 2: 5 outputs need 3 padding pixels, 1 before and 2 after
+    layers = [{"type": "conv2d", "name": "c", "filters": 2, "kernel_size": 4, "stride": 2,
+               "padding": "same"}, {"type": "flatten"}, {"type": "dense", "units": 2}]
+    ckpt = make_checkpoint(tmp_path / "last.npz", small_config(layers))
+    export(ckpt, "--format", "onnx")
+    conv = next(n for n in onnx.load(str(tmp_path / "last.onnx")).graph.node if n.name == "c")
+    assert [list(a.ints) for a in conv.attribute if a.name == "pads"] == [[1, 1, 2, 2]]
+    raw = raw_batch((3, 9, 9))
+    np.testing.assert_allclose(run_onnx(tmp_path / "last.onnx", raw), cnncli_logits(ckpt, raw),
+                               atol=1e-4, rtol=0)
+    assert cli("import", tmp_path / "last.onnx", "-o", tmp_path / "back").exit_code == 0
+    assert load_checkpoint(tmp_path / "back").config["model"]["layers"][0]["padding"] == "same"
+    assert np.array_equal(cnncli_logits(tmp_path / "back", raw), cnncli_logits(ckpt, raw))
+
+
 @pytest.mark.parametrize("opset", [17, 20])  # ReduceMean's axes: an attribute, then an input
 def test_batch_norm_without_running_statistics_uses_the_batch(tmp_path, opset):
     layers = [{"type": "conv2d", "filters": 3, "kernel_size": 3},

@@ -64,8 +64,10 @@ class _Chain:
             for name in node.input:
                 self.users[name] = self.users.get(name, 0) + 1
         self._numpy_helper = numpy_helper
-        #: (H, W) of the 4-D tensors whose shapes ONNX's shape inference knows
-        self.spatial: dict[str, list[int]] = {}
+        #: (H, W) of the 4-D tensors whose shapes ONNX's shape inference knows (worked out
+        #: when a strided convolution first asks)
+        self.proto = None
+        self._spatial: dict[str, list[int]] | None = None
 
     # -- helpers
     def fail(self, node, problem: str) -> CheckpointError:
@@ -83,8 +85,14 @@ class _Chain:
         name = node.input[index]
         if name not in self.consts:
             raise self.fail(node, f"input {name!r} is computed, not a stored weight; only "
-                                  "single-chain networks import (branches are not supported)")
+                                  "weights stored in the file (initializers, Constant nodes) "
+                                  "import")
         return self.consts[name]
+
+    def spatial(self) -> dict[str, list[int]]:
+        if self._spatial is None:
+            self._spatial = _spatial_sizes(self.proto)
+        return self._spatial
 
     def layer_name(self, node, type_name: str) -> str:
         name = node.name
@@ -230,10 +238,11 @@ class _Chain:
         if pads[:2] == pads[2:]:
             return _pair(pads[:2])
         if conv:  # cnncli's 'same' (the extra pixel at the end), as cnncli exports it
-            size = self.spatial.get(node.input[0]) or [1, 1]   # stride 1: any size will do
+            spatial = {} if strides == [1, 1] else self.spatial()
+            size = spatial.get(node.input[0]) or [1, 1]   # stride 1: any size will do
             same = [same_padding(n, k, s, d) for n, k, s, d in zip(
                 size, kernel, strides, dilations, strict=True)]
-            if (strides == [1, 1] or node.input[0] in self.spatial) and \
+            if (strides == [1, 1] or node.input[0] in spatial) and \
                     pads == [same[0][0], same[1][0], same[0][1], same[1][1]]:
                 return "same"
         raise self.fail(node, f"has asymmetric pads {pads}; cnncli pads both sides equally")
@@ -513,7 +522,7 @@ def import_onnx(path, out_dir) -> Imported:
                               f"{['?' if s is None else s for s in shape]}; cnncli needs "
                               "(N, C, H, W) or (N, F) with fixed C, H, W")
     chain = _Chain(path, graph, numpy_helper, helper)
-    chain.spatial = _spatial_sizes(proto)
+    chain.proto = proto
     chain.input_shape = [int(s) for s in shape[1:]]
     chain.run(inputs[0].name, len(shape))
     if chain.x != graph.output[0].name:

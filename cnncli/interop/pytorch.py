@@ -228,7 +228,7 @@ def _forward(model, paths: dict[str, str]) -> list[str]:
         for node in src:
             readers[node].add(k)
     # node n (0: the input, k + 1: layer k's output) flows in x if layer n alone reads it
-    kept = [n for n, who in enumerate(readers) if who != {n} and n < len(model.layers)]
+    kept = {n for n, who in enumerate(readers) if who != {n} and n < len(model.layers)}
     lines = ["        inputs = x\n"] if 0 in kept else []
     group = ""
     for k, (layer, shape, src) in enumerate(zip(model.layers, model.input_shapes,
