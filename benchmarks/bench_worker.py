@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import resource
 import statistics
 import time
 
 import numpy as np
 import yaml
+from gemm_peak import blas_kernel, blas_variables, cpu_model
 
 
 def _status_kb(field: str) -> int | None:
@@ -240,6 +243,16 @@ def torch_runner(config: dict, x: np.ndarray, y: np.ndarray, threads: int):
     return train, infer, None
 
 
+def torch_blas() -> str:
+    """The BLAS torch was built with and the CPU kernels it picked (e.g. MKL, AVX512)."""
+    import torch
+
+    info = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
+    return (f"torch {torch.__version__}: {info.group(1) if info else 'blas unknown'}, "
+            f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads; "
+            f"numpy: {blas_kernel()}")
+
+
 # ---------------------------------------------------------------- main
 
 def main() -> None:
@@ -286,6 +299,10 @@ def main() -> None:
         "process_peak_rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                                 + worker_peak),
         "worker_process": split is not None,
+        "cpu": cpu_model(),
+        "blas": blas_kernel() if args.framework == "cnncli" else torch_blas(),
+        "blas_variables": blas_variables(),
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     }))
 
 

@@ -13,13 +13,21 @@ The networks: LeNet-5, CIFAR-small and ResNet-20 (configs/resnet20_cifar.yaml, a
 batch 64); one that the cnncli under test cannot build (a ResNet before branching networks)
 is skipped with the reason on stderr.
 
+One core: ``--threads 1 --taskset 0`` runs every worker under ``taskset -c 0`` with one
+thread each (torch.set_num_threads(1); cnncli on one thread, BLAS too), so that a lead comes
+from the kernels, not from splitting work over cores. The output starts with the CPU model,
+each framework's BLAS and kernel (threadpoolctl's ``internal_api``/``architecture`` where it
+is importable, else numpy.show_config) and the OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE values the
+workers saw; ``--unset-blas-vars`` removes those two from both frameworks' environment (in
+this command only), for figures with the machine's defaults.
+
 ``--baseline DIR`` also times the cnncli of another checkout (``git worktree add DIR <commit>``)
 with that checkout's own bench_worker.py, in the same interleaved rounds, and adds its
 images/s and this cnncli's ratio to it (of the medians, and the median of the per-round
 ratios): a change's effect on speed, measured side by side.
 
     python benchmarks/compare_torch.py [--rounds 5] [--batch-sizes 32,64,128] [--markdown]
-        [--baseline /tmp/base]
+        [--baseline /tmp/base] [--threads 1 --taskset 0] [--unset-blas-vars]
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKER = HERE / "bench_worker.py"
 TORCH_VERSION = "2.13.0"
+#: Variables that pick OpenBLAS's kernel and cache blocking on some machines.
+BLAS_KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 NETWORKS = {"LeNet-5": "configs/lenet5.yaml", "CIFAR-small": "configs/cifar_small.yaml",
             "ResNet-20": "configs/resnet20_cifar.yaml"}
 #: Networks timed at these batch sizes only, whatever --batch-sizes says: a ResNet-20 training
@@ -78,6 +88,9 @@ def worker_env(framework: str, args) -> dict:
         env["CNNCLI_THREADS"], blas = str(args.threads), 1
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(blas)
+    if args.unset_blas_vars:
+        for var in BLAS_KERNEL_VARS:
+            env.pop(var, None)
     return env
 
 
@@ -88,6 +101,8 @@ def run_worker(python: str, framework: str, config: str, batch: int, args) -> di
            "--config", config,
            "--batch-size", str(batch), "--steps", str(args.steps), "--warmup",
            str(args.warmup), "--threads", str(args.threads)]
+    if args.taskset is not None:
+        cmd = ["taskset", "-c", args.taskset, *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{framework} worker failed on {config} batch {batch}:\n{proc.stderr}")
@@ -159,6 +174,19 @@ def memory_rows(results: dict, args) -> list[list[str]]:
     return out
 
 
+def machine_lines(results: dict, args) -> str:
+    """CPU, load, each framework's BLAS kernel and the OpenBLAS variables the workers saw."""
+    first = {fw: runs[0] for (_, _, fw), runs in results.items()}
+    cnncli = first["cnncli"]
+    pinned = f"taskset -c {args.taskset}" if args.taskset is not None else "no taskset"
+    lines = [f"CPU: {cnncli.get('cpu', 'unknown')}; {pinned}; load average after the runs "
+             f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"]
+    for fw, res in first.items():
+        lines.append(f"{fw}: BLAS {res.get('blas', 'unknown')}; "
+                     f"{res.get('blas_variables', 'variables not recorded')}")
+    return "\n".join(lines) + "\n"
+
+
 def render(header: list[str], body: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |",
@@ -184,6 +212,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="timed steps per process")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--taskset", metavar="CPUS",
+                    help="run every worker under 'taskset -c CPUS' (e.g. 0 with --threads 1)")
+    ap.add_argument("--unset-blas-vars", action="store_true",
+                    help=f"remove {' and '.join(BLAS_KERNEL_VARS)} from both frameworks' "
+                         "environment")
     ap.add_argument("--cnncli-blas", action="store_true",
                     help="give cnncli's threads to BLAS instead of to cnncli's own splitting")
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
@@ -220,6 +253,7 @@ def main() -> None:
         Path(args.save).write_text(json.dumps(
             [{"network": k[0], "batch": k[1], "framework": k[2], "runs": v}
              for k, v in results.items()], indent=1))
+    print(machine_lines(results, args))
     how = "BLAS threads" if args.cnncli_blas else "its own threads, BLAS on one thread inside"
     print(f"images/s, median of {args.rounds} interleaved rounds (min-max), {args.steps} "
           f"steps each, {args.threads} threads each (cnncli: {how}); torch {version}\n")

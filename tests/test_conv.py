@@ -194,6 +194,60 @@ def test_chunked_im2col_equals_unchunked():
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_transposed_weight_gradient_equals_the_plain_product(groups):
+    # (cols @ dy.T).T sums the same products as dy @ cols.T, in another order.
+    rng = np.random.default_rng(6)
+    x, results = rng.standard_normal((4, 4, 9, 7)), []
+    for least in (None, 0):
+        layer = build_layer(Conv2d(out_channels=6, kernel_size=3, padding=1, groups=groups),
+                            (4, 9, 7), seed=2)
+        layer.splitter = SerialSplitter()
+        layer.splitter.transposed_weight_grad_macs = least
+        y = layer.forward(to_internal(x), train=True)
+        dy = rng.standard_normal(y.shape) if not results else results[0][0]
+        layer.zero_grad()
+        layer.backward(dy, need_dx=False)
+        results.append((dy, layer.grads["weight"].copy()))
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-12, atol=1e-12)
+    assert np.abs(results[0][1]).sum() > 0
+
+
+def test_reused_padding_buffer_keeps_a_zero_border_when_the_input_size_changes():
+    # 'same' with stride 2 pads 6 rows as 0 + 1 and 5 rows as 1 + 1: the same 7-row buffer
+    # with the input at another offset, so the zero border must be laid again.
+    layer = build_layer(Conv2d(out_channels=2, kernel_size=3, stride=2, padding="same"),
+                        (1, 6, 6), seed=1)
+    weight, bias = layer.params["weight"], layer.params["bias"]
+    rng = np.random.default_rng(4)
+    for size in (6, 5, 5, 6, 6):
+        x = rng.standard_normal((2, 1, size, size)) + 10.0  # no zeros that could hide stale rows
+        pads = layer._pads_for(size, size)
+        np.testing.assert_allclose(run(layer, x), naive_conv(x, weight, bias, (2, 2), pads,
+                                                             (1, 1), 1), rtol=1e-10, atol=1e-10)
+        dy = rng.standard_normal(layer.forward_output_shape)
+        layer.zero_grad()
+        dx = from_internal(layer.backward(dy))
+        reference = build_layer(Conv2d(out_channels=2, kernel_size=3, stride=2, padding="same"),
+                                (1, size, size), seed=1)
+        reference.forward(to_internal(x), train=True)
+        np.testing.assert_allclose(dx, from_internal(reference.backward(dy)), rtol=1e-12)
+        np.testing.assert_allclose(layer.grads["weight"], reference.grads["weight"],
+                                   rtol=1e-10, atol=1e-10)
+
+
+def test_buffer_pool_bordered_buffer_is_zeroed_when_new_or_moved():
+    pool = kernels.BufferPool()
+    buf = pool.get_bordered("pad", (1, 4, 4, 1), np.float32, (2, 2, 1, 1))
+    assert not buf.any()
+    buf[:, 1:3, 1:3] = 7.0
+    assert pool.get_bordered("pad", (1, 4, 4, 1), np.float32, (2, 2, 1, 1)) is buf
+    assert buf[:, 1:3, 1:3].all()  # the same interior: left as it is (the caller overwrites)
+    assert not pool.get_bordered("pad", (1, 4, 4, 1), np.float32, (2, 2, 0, 0)).any()
+    pool.get("pad", (1, 4, 4, 1), np.float32)[...] = 1.0  # a plain get hands the contents over
+    assert not pool.get_bordered("pad", (1, 4, 4, 1), np.float32, (2, 2, 0, 0)).any()
+
+
 def test_need_dx_false_still_accumulates_weight_gradients():
     x = np.random.default_rng(0).standard_normal((2, 1, 6, 6))
     layer = build_layer(Conv2d(out_channels=2, kernel_size=3), (1, 6, 6))

@@ -180,3 +180,26 @@ def test_float32_statistics_stay_accurate_on_large_batches():
         out[dtype] = (y, layer.buffers["running_var"], layer.grads["weight"])
     for got, want in zip(out[np.float32], out[np.float64], strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-5)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_channels_on_threads_change_no_bit(two_threads, train):
+    # Big enough for the plan's splitter to share the channels over two threads.
+    from cnncli.parallel.plan import THREADED
+    from cnncli.parallel.thresholds import MIN_ELEMENTS
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 16, 16, MIN_ELEMENTS // (6 * 256) + 1)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for threaded in (False, True):
+        layer = build_layer(BatchNorm2d(), x.shape[:3], seed=3, dtype=np.float32)
+        _randomise_affine(layer, 3)
+        layer.buffers["running_var"][...] = 2.5
+        if threaded:
+            layer.splitter = THREADED
+        y = layer.forward(x, train=train)
+        dx = layer.backward(dy)
+        results.append((y, dx, *layer.grads.values(), *layer.buffers.values()))
+    for plain, threaded in zip(*results, strict=True):
+        np.testing.assert_array_equal(plain, threaded)

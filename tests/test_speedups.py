@@ -157,3 +157,32 @@ def test_a_bad_switch_is_one_line_and_exit_2(tmp_path, monkeypatch):
     assert result.output.strip().splitlines() == [
         "cnncli: error: CNNCLI_SPEEDUPS must be on or off, got 'fast' (unset it, or set "
         "CNNCLI_SPEEDUPS=off for the plain math)"]
+
+
+def test_convs_share_one_scratch_pool_and_agree_to_rounding(two_threads):
+    # Two convs of one shape: with the plan, their one-call arrays (rebuilt im2col pieces,
+    # padded and im2col'd gradients) are one set in one pool; the numbers do not change.
+    from cnncli.nn.kernels import SharedScratch
+
+    same = ((8, 16, 16), [
+        {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1,
+         "activation": "relu"},
+        {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1,
+         "activation": "relu"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 3}])
+    on, off = _pair(same, np.float32)
+    convs = [layer for layer in on.layers if hasattr(layer, "use_scratch")]
+    assert isinstance(convs[0].scratch, SharedScratch) and convs[0].scratch is convs[1].scratch
+    assert all(layer.scratch is layer._buffers for layer in off.layers
+               if hasattr(layer, "use_scratch"))
+    x, dlogits = _batch(on, 64, np.float32)
+    for _ in range(2):  # the second pass reuses what the first left in the pool
+        got, want = _train_pass(on, x, dlogits), _train_pass(off, x, dlogits)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-5)
+        for key in want[2]:
+            np.testing.assert_allclose(got[2][key], want[2][key], rtol=1e-4, atol=1e-5,
+                                       err_msg=key)
+    pool = convs[0].scratch._arrays
+    assert pool and len(pool) == len({key.split(":", 1)[0] for key in pool})  # one set

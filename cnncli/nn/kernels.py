@@ -17,19 +17,49 @@ class BufferPool:
 
     def __init__(self):
         self._arrays: dict[str, np.ndarray] = {}
+        self._interiors: dict[str, tuple] = {}  # get_bordered's key per role
 
     def get(self, role: str, shape, dtype, zero: bool = False) -> np.ndarray:
         shape = tuple(int(s) for s in shape)
-        arr = self._arrays.get(role)
+        return self._fetch(self._key(role, shape, dtype), shape, dtype, zero)
+
+    def get_bordered(self, role: str, shape, dtype, interior) -> np.ndarray:
+        """A zero-bordered buffer, zeroed only when it is new or ``interior`` (a key for where
+        callers write: the input's size and offset) changes: every caller overwrites the same
+        interior and never the border, so the border is still zero."""
+        shape = tuple(int(s) for s in shape)
+        key = self._key(role, shape, dtype)
+        where = (shape, np.dtype(dtype), interior)
+        if self._interiors.get(key) != where:
+            self._fetch(key, shape, dtype, zero=True)
+            self._interiors[key] = where
+        return self._arrays[key]
+
+    def clear(self) -> None:
+        self._arrays.clear()
+        self._interiors.clear()
+
+    def _key(self, role: str, shape: tuple, dtype) -> str:
+        return role
+
+    def _fetch(self, key: str, shape: tuple, dtype, zero: bool) -> np.ndarray:
+        self._interiors.pop(key, None)  # contents are the caller's from here on
+        arr = self._arrays.get(key)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
             arr = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-            self._arrays[role] = arr
+            self._arrays[key] = arr
         elif zero:
             arr.fill(0)
         return arr
 
-    def clear(self) -> None:
-        self._arrays.clear()
+
+class SharedScratch(BufferPool):
+    """One pool of scratch arrays for many layers: arrays a layer needs only within one call
+    (im2col pieces it rebuilds, backward's padded and im2col'd gradients), kept by role and
+    shape, so that layers of the same shape reuse one set instead of each holding its own."""
+
+    def _key(self, role: str, shape: tuple, dtype) -> str:
+        return f"{role}:{'x'.join(map(str, shape))}:{np.dtype(dtype).name}"
 
 
 def pad_into(buf: np.ndarray, x: np.ndarray, top: int, left: int) -> np.ndarray:

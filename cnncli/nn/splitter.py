@@ -32,6 +32,9 @@ class SerialSplitter:
     split_k_min = 0
     #: An input gradient whose im2col matrix is at most this big skips the row pieces.
     whole_dcols_bytes = 0
+    #: Compute an uncut weight-gradient product of at least this many multiply-adds as
+    #: (cols @ dy.T).T, the same sum to rounding (None: never).
+    transposed_weight_grad_macs: int | None = None
 
     def split(self, fn, length: int, elements: int) -> None:
         """Element-wise work over [0, length) of a leading axis."""

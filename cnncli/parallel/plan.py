@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from cnncli.nn.kernels import SharedScratch
 from cnncli.nn.layers.activation import ReLU
 from cnncli.nn.layers.base import Layer
 from cnncli.nn.layers.conv import Conv2d
@@ -56,6 +57,10 @@ class ThreadSplitter(SerialSplitter):
     @property
     def whole_dcols_bytes(self) -> int:
         return thresholds.WHOLE_DCOLS_BYTES
+
+    @property
+    def transposed_weight_grad_macs(self) -> int:
+        return thresholds.TRANSPOSED_WEIGHT_GRAD_MACS
 
     def split(self, fn, length: int, elements: int) -> None:
         if elements >= thresholds.MIN_ELEMENTS:
@@ -153,11 +158,15 @@ class ChunkedInference(WholeBatch):
 
 def _replica(layers: list[Layer]) -> list[Layer]:
     """Copies of the layers that share their parameter arrays (and running statistics) with
-    the originals but own every cache and buffer, so that both can run at once."""
-    copies = []
+    the originals but own every cache and buffer, so that both can run at once (the copies
+    share one new scratch pool among themselves: they run one after the other)."""
+    copies, scratch = [], {}
     for layer in layers:
         shared = {id(store): store for store in (layer.params, layer.grads, layer.buffers)}
         shared[id(layer.splitter)] = layer.splitter
+        pool = getattr(layer, "scratch", None)
+        if isinstance(pool, SharedScratch):
+            shared[id(pool)] = scratch.setdefault(id(pool), SharedScratch())
         copies.append(copy.deepcopy(layer, memo=shared))
     return copies
 
@@ -205,6 +214,12 @@ class ExecutionPlan:
             layer.may_overwrite_input = self.may_overwrite_input[k]
             layer.may_overwrite_grad = self.may_overwrite_grad[k]
         model.runner = ChunkedInference() if self.chunked_inference else WholeBatch()
+        # Convs' one-call arrays in one pool for the model (they run one after the other),
+        # not one set per layer: a deep network's step needs far less memory.
+        scratch = SharedScratch() if self.speedups else None
+        for layer in model.layers:
+            if isinstance(layer, Conv2d):
+                layer.use_scratch(scratch)
         return model
 
     def split_training(self, batch_size: int) -> SplitBatchModel | None:

@@ -18,8 +18,9 @@ CONV_PAIR_MIN_MACS = 16_000_000
 
 # ---------------------------------------------------------------- cache-sized pieces
 #: im2col matrices are built in row pieces of about this many bytes: pieces near cache size
-#: keep the skinny conv matmuls fast (the plain bound only limits memory).
-IM2COL_PIECE_BYTES = 1 * 2**20
+#: keep the skinny conv matmuls fast (the plain bound only limits memory). Half a MiB keeps
+#: LeNet-5's first conv (K = 25) at about 4096 columns, where OpenBLAS runs it fastest.
+IM2COL_PIECE_BYTES = 512 * 2**10
 #: The weight gradient's long axis is cut into pieces of this many bytes (split-K), so each
 #: stays in cache: pays for convs with few input taps.
 SPLIT_K_BYTES = 256 * 2**10
@@ -28,6 +29,10 @@ SPLIT_K_MIN = 1024
 #: An input gradient whose im2col matrix is at most this big is one product and one col2im
 #: over all rows: fewer, bigger adds.
 WHOLE_DCOLS_BYTES = 8 * 2**20
+#: A conv weight-gradient product (not cut by split-K) of this many multiply-adds or more
+#: is computed as (cols @ dy.T).T: OpenBLAS runs the conv shapes 1.2-2.6x faster that way
+#: (taps as the long output side); below it the two take about as long.
+TRANSPOSED_WEIGHT_GRAD_MACS = 1_000_000
 
 # ---------------------------------------------------------------- chunked inference
 #: Inference splits a batch over threads (one chunk and layer copy each) only when every

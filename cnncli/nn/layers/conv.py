@@ -64,6 +64,10 @@ class Conv2d(Layer):
             raise ConfigError(f"in_channels {self.in_channels} is not divisible by groups "
                               f"{self.groups}", key="groups")
         self._buffers = kernels.BufferPool()
+        #: Where arrays needed only within one call go (rebuilt im2col pieces, backward's
+        #: padded and im2col'd gradients): this layer's own pool unless an execution plan
+        #: hands it one shared by many layers (less memory).
+        self.scratch: kernels.BufferPool = self._buffers
         self._x: np.ndarray | None = None       # padded input (or the input itself)
         self._cols_kept = False                  # cols buffer still holds the last forward's
         self._in_hw: tuple[int, int] | None = None
@@ -137,6 +141,11 @@ class Conv2d(Layer):
         self._buffers.clear()
         self.zero_grad()
 
+    def use_scratch(self, pool: kernels.BufferPool | None) -> None:
+        """Put arrays needed only within one call in ``pool`` (shared with other layers), or
+        in this layer's own buffers (None)."""
+        self.scratch = self._buffers if pool is None else pool
+
     # -- math
     def _padded_size(self, h, w) -> tuple[int, int]:
         (t, b), (lft, r) = self._pads
@@ -147,11 +156,11 @@ class Conv2d(Layer):
         return kernels.row_chunks(out_h, c * kh * kw * out_w * n * self.dtype.itemsize,
                                   self.splitter.im2col_max_bytes)
 
-    def _fill_cols(self, row0, rows, out_w, role):
-        """im2col for output rows [row0, row0 + rows) into the reused buffer ``role``."""
+    def _fill_cols(self, row0, rows, out_w, role, pool):
+        """im2col for output rows [row0, row0 + rows) into ``pool``'s reused buffer ``role``."""
         c, n = self._x.shape[0], self._x.shape[3]
         kh, kw = self.kernel_size
-        cols = self._buffers.get(role, (c * kh * kw, rows * out_w * n), self.dtype)
+        cols = pool.get(role, (c * kh * kw, rows * out_w * n), self.dtype)
         return kernels.im2col(self._x, cols, self.kernel_size, self.stride, self.dilation,
                               out_w, row0, rows)
 
@@ -172,8 +181,8 @@ class Conv2d(Layer):
         if self._pads == ((0, 0), (0, 0)):
             self._x = x
         else:
-            xp = self._buffers.get("xpad", (c, *self._padded_size(h, w), n), self.dtype,
-                                   zero=True)
+            xp = self._buffers.get_bordered("xpad", (c, *self._padded_size(h, w), n),
+                                            self.dtype, (h, w, t, lft))
             self._x = kernels.pad_into(xp, x, t, lft)
         g, o = self.groups, self.out_channels
         weight = _by_group(np.ascontiguousarray(self.params["weight"]), g)
@@ -188,24 +197,23 @@ class Conv2d(Layer):
         y_all = np.empty((padded, out_h, out_w, n), self.dtype)
         y = y_all[:o]  # still C-contiguous
         chunks = self._chunks(c, out_h, out_w, n)
+        bias = self.params["bias"][:, None, None, None] if self.bias else None
+        # One piece is kept for backward (this layer's own buffer); pieces are rebuilt there.
+        pool = self._buffers if len(chunks) == 1 else self.scratch
 
         def part(lo, hi):
-            # Each thread fills its own im2col buffers; output rows do not overlap.
+            # Each thread fills its own im2col buffers; output rows do not overlap. The bias
+            # goes on each piece while it is still in cache.
             for row0, rows in chunks[lo:hi]:
                 role = f"cols{lo}" if rows == chunks[0][1] else "cols_tail"
-                cols = self._fill_cols(row0, rows, out_w, role)
+                cols = self._fill_cols(row0, rows, out_w, role, pool)
                 np.matmul(weight, _by_group(cols, g),
                           out=_by_group(y_all[:, row0:row0 + rows], g))
+                if bias is not None:
+                    y[:, row0:row0 + rows] += bias
 
         self.splitter.split_matmuls(part, len(chunks), self._macs(out_h, out_w, n))
         self._cols_kept = len(chunks) == 1  # then "cols0" still holds it for backward
-        if self.bias:
-            bias = self.params["bias"]
-
-            def add_bias(lo, hi):
-                y[lo:hi] += bias[lo:hi, None, None, None]
-
-            self.splitter.split(add_bias, o, y.size)
         return y
 
     def _backward(self, dy: np.ndarray, need_dx: bool = True):
@@ -231,20 +239,27 @@ class Conv2d(Layer):
     def _add_weight_grad(self, dy: np.ndarray, chunks) -> None:
         """dW += dy @ cols.T, chunk by chunk (rebuilding cols unless forward kept them), each
         product cut along its long axis if the splitter says so, so that the pieces stay in
-        cache (split-K)."""
+        cache (split-K), or else computed transposed if the splitter says so."""
         g, (kh, kw), out_w, n = self.groups, self.kernel_size, dy.shape[2], dy.shape[3]
         dweight = _by_group(self.grads["weight"], g)
         for row0, rows in chunks:
             if self._cols_kept:
                 cols = self._buffers.get("cols0", (self._x.shape[0] * kh * kw, rows * out_w * n),
                                          self.dtype)
-            else:  # forward's buffers, whose contents it no longer needs (less memory)
+            else:  # scratch, like forward's pieces (less memory)
                 cols = self._fill_cols(row0, rows, out_w,
-                                       "cols0" if rows == chunks[0][1] else "cols_tail")
+                                       "cols0" if rows == chunks[0][1] else "cols_tail",
+                                       self.scratch)
             cols_g = _by_group(cols, g)
             dy_g = _by_group(dy[:, row0:row0 + rows], g)
             length = dy_g.shape[-1]
             step = self._split_k_step(cols_g.shape[-2] + dy_g.shape[-2], length)
+            least = self.splitter.transposed_weight_grad_macs
+            if step >= length and least is not None and dweight.size * length >= least:
+                # (cols @ dy.T).T: OpenBLAS runs the product with the taps as its long output
+                # side faster than dy @ cols.T (benchmarks/RESULTS.md).
+                dweight += np.matmul(cols_g, dy_g.swapaxes(-1, -2)).swapaxes(-1, -2)
+                continue
             for start in range(0, length, step):
                 piece = slice(start, start + step)
                 dweight += np.matmul(dy_g[..., piece], cols_g[..., piece].swapaxes(-1, -2))
@@ -268,13 +283,13 @@ class Conv2d(Layer):
         if self._pads == ((0, 0), (0, 0)):
             dxp = np.zeros(self._x.shape, self.dtype)  # returned as dx, so not reused
         else:
-            dxp = self._buffers.get("dxpad", self._x.shape, self.dtype, zero=True)
+            dxp = self.scratch.get("dxpad", self._x.shape, self.dtype, zero=True)
         if (self._cols_elements(out_h, out_w, n) * self.dtype.itemsize
                 <= self.splitter.whole_dcols_bytes):
             chunks = [(0, out_h)]
         for row0, rows in chunks:
             role = "dcols" if rows == chunks[0][1] else "dcols_tail"
-            dcols = self._buffers.get(role, (self._x.shape[0] * kh * kw, rows * out_w * n),
+            dcols = self.scratch.get(role, (self._x.shape[0] * kh * kw, rows * out_w * n),
                                       self.dtype)
             np.matmul(weight_t, _by_group(dy[:, row0:row0 + rows], g), out=_by_group(dcols, g))
             kernels.col2im_add(dxp, dcols, self.kernel_size, self.stride, self.dilation,
@@ -302,9 +317,9 @@ class Conv2d(Layer):
         (kh, kw), ((t, b), (lft, r)) = self.kernel_size, self._pads
         c = self._x.shape[0]
         h, w = self._in_hw
-        dyp = self._buffers.get("dypad", (o, out_h + 2 * kh - 2 - t - b,
-                                          out_w + 2 * kw - 2 - lft - r, n), self.dtype,
-                                zero=True)
+        dyp = self.scratch.get_bordered("dypad", (o, out_h + 2 * kh - 2 - t - b,
+                                                   out_w + 2 * kw - 2 - lft - r, n),
+                                         self.dtype, (out_h, out_w, t, lft))
         kernels.pad_into(dyp, dy, kh - 1 - t, kw - 1 - lft)
         flipped = self.params["weight"][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
         flipped = np.ascontiguousarray(flipped).reshape(c, o * kh * kw)
@@ -313,7 +328,7 @@ class Conv2d(Layer):
                                     self.splitter.im2col_max_bytes)
         for row0, rows in chunks:
             role = "dycols" if rows == chunks[0][1] else "dycols_tail"
-            cols = self._buffers.get(role, (o * kh * kw, rows * w * n), self.dtype)
+            cols = self.scratch.get(role, (o * kh * kw, rows * w * n), self.dtype)
             kernels.im2col(dyp, cols, self.kernel_size, (1, 1), (1, 1), w, row0, rows)
             np.matmul(flipped, cols, out=dx[:, row0:row0 + rows].reshape(c, rows * w * n))
         return dx

@@ -85,25 +85,55 @@ class _BatchNorm(Layer):
                                 f"input size {[shape[-1], *shape[:-1]]}",
                                 layer=f"'{self.name}' ({self.type_name})",
                                 hint="train with batch_size >= 2 and no final batch of 1 sample")
-            # Pairwise summation (mean/sum along the contiguous axis) keeps float32 close to
-            # PyTorch's double accumulation; einsum's running sum drifts by ~1e-5. A mean is
-            # its sum / count, so the split batch's sums give the same numbers on one part.
-            mean = self.batch_sums.total(x2.sum(axis=1)) / count if split else x2.mean(axis=1)
-            centred = x2 - mean[:, None]
-            var = (self.batch_sums.total((centred * centred).sum(axis=1)) / count if split
-                   else (centred * centred).mean(axis=1))
-            if train and self.track_running_stats:
-                self._update_running(mean, var, count)
+        channels = shape[0]
+        mean = np.empty(channels, x.dtype)
+        var = np.empty(channels, x.dtype)
+        inv_std = np.empty(channels, x.dtype)
+        if not use_batch_stats:
+            mean[:] = self.buffers["running_mean"]
+            var[:] = self.buffers["running_var"]
+        # Each channel is normalised by itself, so the work splits by channel (the same
+        # operations per element on any split). In place where the array is this layer's own.
+        # Pairwise summation (sum along the contiguous axis) keeps float32 close to PyTorch's
+        # double accumulation; einsum's running sum drifts by ~1e-5. A mean is its sum / count
+        # (np.mean's own arithmetic), so a split batch's summed parts give the same numbers.
+        x_hat = np.empty_like(x2)
+        y = np.empty_like(x2) if self.affine else x_hat
+
+        def sum_x(lo, hi):
+            mean[lo:hi] = x2[lo:hi].sum(axis=1)
+
+        def centre(lo, hi):  # x_hat = x - mean; var holds the sums of its squares
+            centred = np.subtract(x2[lo:hi], mean[lo:hi, None], out=x_hat[lo:hi])
+            if use_batch_stats:
+                var[lo:hi] = np.multiply(centred, centred).sum(axis=1)
+
+        def normalise(lo, hi):
+            inv_std[lo:hi] = 1 / np.sqrt(var[lo:hi] + t(self.eps))
+            np.multiply(x_hat[lo:hi], inv_std[lo:hi, None], out=x_hat[lo:hi])
+            if self.affine:
+                np.multiply(x_hat[lo:hi], self.params["weight"][lo:hi, None], out=y[lo:hi])
+                y[lo:hi] += self.params["bias"][lo:hi, None]
+
+        def part(lo, hi):
+            if use_batch_stats:
+                sum_x(lo, hi)
+                mean[lo:hi] /= count
+            centre(lo, hi)
+            if use_batch_stats:
+                var[lo:hi] /= count
+            normalise(lo, hi)
+
+        if split:  # statistics of the whole batch, of which x is a part: sums exchanged
+            self.splitter.split(sum_x, channels, x2.size)
+            mean[:] = self.batch_sums.total(mean) / count
+            self.splitter.split(centre, channels, x2.size)
+            var[:] = self.batch_sums.total(var) / count
+            self.splitter.split(normalise, channels, x2.size)
         else:
-            mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
-            var = self.buffers["running_var"].astype(x.dtype, copy=False)
-            centred = x2 - mean[:, None]
-        inv_std = 1 / np.sqrt(var + t(self.eps))
-        x_hat = centred * inv_std[:, None]
-        if self.affine:
-            y = x_hat * self.params["weight"][:, None] + self.params["bias"][:, None]
-        else:
-            y = x_hat
+            self.splitter.split(part, channels, x2.size)
+        if train and self.track_running_stats:
+            self._update_running(mean, var, count)
         self._cache = (x_hat, inv_std, use_batch_stats, shape, count if split else None)
         return y.reshape(shape)
 
@@ -122,26 +152,52 @@ class _BatchNorm(Layer):
     def _backward(self, dy, need_dx=True):
         x_hat, inv_std, batch_stats, shape, split_count = self._cache
         dy2 = dy.reshape(shape[0], math.prod(shape[1:]))
-        sum_dy = dy2.sum(axis=1)
-        sum_dy_xhat = (dy2 * x_hat).sum(axis=1)
+        # On a split batch the means are over the whole batch (the weight gradients stay
+        # this part's sums: they are summed with the other parts' later).
+        count = dy2.shape[1] if split_count is None else split_count
+        sum_dy = np.empty_like(inv_std)
+        sum_dy_xhat = np.empty_like(inv_std)
+        gamma = self.params["weight"] if self.affine else np.ones_like(inv_std)
+        dx = np.empty_like(dy2) if need_dx else None
+
+        def sums(lo, hi):
+            product = np.multiply(dy2[lo:hi], x_hat[lo:hi])
+            sum_dy[lo:hi] = dy2[lo:hi].sum(axis=1)
+            sum_dy_xhat[lo:hi] = product.sum(axis=1)
+            return product
+
+        def input_grad(lo, hi, mean_dy, mean_dy_xhat, product=None):
+            d = dy2[lo:hi]
+            scale = (gamma[lo:hi] * inv_std[lo:hi])[:, None]
+            if not batch_stats:  # eval with running stats: a fixed affine map per channel
+                np.multiply(d, scale, out=dx[lo:hi])
+                return
+            # d/dx of (x - mean) / std with batch mean and biased batch variance:
+            # (dy - mean_dy - x_hat * mean_dy_xhat) * scale, in that order.
+            correction = np.multiply(x_hat[lo:hi], mean_dy_xhat[:, None], out=product)
+            out = np.subtract(d, mean_dy[:, None], out=dx[lo:hi])
+            out -= correction
+            out *= scale
+
+        def part(lo, hi):
+            product = sums(lo, hi)
+            if dx is not None:
+                input_grad(lo, hi, sum_dy[lo:hi] / count, sum_dy_xhat[lo:hi] / count, product)
+
+        if split_count is None:
+            self.splitter.split(part, shape[0], dy2.size)
+        else:
+            self.splitter.split(sums, shape[0], dy2.size)
+            if dx is not None:
+                mean_dy = self.batch_sums.total(sum_dy) / count
+                mean_dy_xhat = self.batch_sums.total(sum_dy_xhat) / count
+                self.splitter.split(lambda lo, hi: input_grad(lo, hi, mean_dy[lo:hi],
+                                                              mean_dy_xhat[lo:hi]),
+                                    shape[0], dy2.size)
         if self.affine:
             self.grads["weight"] += sum_dy_xhat
             self.grads["bias"] += sum_dy
-        if not need_dx:
-            return None
-        gamma = self.params["weight"] if self.affine else np.ones_like(inv_std)
-        scale = gamma * inv_std
-        if not batch_stats:  # eval with running stats: a fixed affine map per channel
-            return (dy2 * scale[:, None]).reshape(shape)
-        # d/dx of (x - mean) / std with batch mean and biased batch variance.
-        count = dy2.shape[1]
-        if split_count is not None:  # the means are over the whole batch (the weight
-            count = split_count      # gradients above stay this part's: summed later)
-            sum_dy, sum_dy_xhat = self.batch_sums.total(sum_dy), self.batch_sums.total(sum_dy_xhat)
-        mean_dy = sum_dy / count
-        mean_dy_xhat = sum_dy_xhat / count
-        dx = (dy2 - mean_dy[:, None] - x_hat * mean_dy_xhat[:, None]) * scale[:, None]
-        return dx.reshape(shape)
+        return None if dx is None else dx.reshape(shape)
 
     def num_params(self, input_shape=None):
         shape = input_shape if input_shape is not None else self.input_shape
