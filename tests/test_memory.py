@@ -240,6 +240,10 @@ def test_dataset_bytes_from_idx_headers_and_image_folders(tmp_path):
         data = check_text(f"model: {{input_shape: [1, 5, 5], layers: [{{type: flatten}}, "
                           f"{{type: dense, units: 2}}]}}\ndata: {{path: {path}}}\n").run.data
         assert dataset_bytes(data, (1, 5, 5)) == count * 25 * 5
+    # a streamed image folder holds its prefetch queue (4 batches ahead + 2), not its images
+    assert dataset_bytes(data, (1, 5, 5), batch_size=8) == (4 + 2) * 8 * 25 * 5
+    (folder / "cat" / "3.png").write_bytes(b"")
+    assert dataset_bytes(data, (1, 5, 5), batch_size=8) == (4 + 2) * 8 * 25 * 5
 
 
 def test_an_unreadable_source_counts_zero(tmp_path):

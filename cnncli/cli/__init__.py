@@ -4,7 +4,7 @@ Each command module parses options, calls the library and renders the result; im
 here registers their commands on ``main``. The library never imports this package.
 """
 
-from cnncli.cli import bench, interop, runs, show, summary, train  # noqa: F401  (register them)
+from cnncli.cli import bench, data, interop, runs, show, summary, train  # noqa: F401  (register them)
 from cnncli.cli.app import main
 
 __all__ = ["main"]

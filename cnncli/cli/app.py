@@ -151,7 +151,7 @@ ARGUMENT_FLAGS = (("overwrite=True", "--overwrite"), ("out_dir=", "--out "),
                   ("at=", "--at "), ("terminal=True", "--terminal"), ("plot=", "--plot "),
                   ("errors=", "--errors "), ("format=", "--format "), ("opset=", "--opset "),
                   ("reinit=", "--reinit "), ("freeze=", "--freeze "), ("resize=", "--resize "),
-                  ("input_shape=", "--input-shape "))
+                  ("input_shape=", "--input-shape "), ("size=", "--size "))
 
 
 def as_flags(text: str) -> str:

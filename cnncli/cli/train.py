@@ -180,6 +180,9 @@ def _run_dir_option(ctx, param, value):
 @click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override any config value by its dotted path, e.g. --set train.lr=0.01 or "
                    "--set model.layers.0.out_channels=32 (repeatable).")
+@click.option("--data", "data", metavar="PATH_OR_DATASET",
+              help="Train on this dataset name or path instead of the config's data.path "
+                   "(one config, several copies of the data).")
 @click.option("--out", type=click.Path(file_okay=False), callback=_run_dir_option,
               help="Run directory (default: runs/<name>/).")
 @click.option("--resume", "resume", type=click.Path(exists=True, path_type=Path),
@@ -206,7 +209,7 @@ def _run_dir_option(ctx, param, value):
                    "[mpi] extra). Under mpiexec, the ranks it started are used.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print the training settings.")
-def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overwrite,
+def train_command(config, epochs, batch_size, lr, seed, sets, data, out, resume, overwrite,
                   init_from, freeze, reinit, tensorboard, ranks, quiet, verbose):
     """Train the model CONFIG describes; write config.yaml, metrics.csv, last.npz, best.npz.
 
@@ -216,6 +219,7 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
     Examples:
       cnncli train configs/digits.yaml
       cnncli train configs/digits.yaml --epochs 5 --out runs/quick --overwrite
+      cnncli train configs/digits.yaml --data packed_digits/
       cnncli train --resume runs/digits --epochs 40
       cnncli train configs/digits.yaml --ranks 2
     """
@@ -227,7 +231,7 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
         raise click.UsageError("give a CONFIG file (or --resume RUN_DIR to continue a run)")
     if _on_ranks(ranks):
         return
-    checked, cfg = _run_config(config, resume, sets, tensorboard, epochs=epochs,
+    checked, cfg = _run_config(config, resume, sets, tensorboard, data, epochs=epochs,
                                batch_size=batch_size, lr=lr, seed=seed)
     extra = {}
     if init_from is not None or freeze or reinit:
@@ -253,6 +257,8 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
         progress.close()
     if not mpi.is_follower():
         _report_run(run, quiet)
+        if not quiet:
+            _decoding_note(run)
 
 
 def _on_ranks(ranks) -> bool:
@@ -293,9 +299,35 @@ def _command_words(ctx) -> list[str]:
     return words
 
 
-def _run_config(config, resume, sets, tensorboard, **flags):
+#: Decoding an image folder that costs more than this share of an epoch's time earns a note
+#: on `cnncli data pack`: the packed folder trains at in-memory speed (benchmarks/RESULTS.md).
+DECODING_NOTE_SHARE = 0.1
+
+
+def _decoding_note(run) -> None:
+    """One line on stderr when decoding the image folder was a large part of each epoch."""
+    from cnncli.data import decoding_cost
+
+    cost = decoding_cost(run.dataset)
+    if cost is None or not run.metrics:
+        return
+    images = len(run.dataset.y_train) + len(run.dataset.y_val)  # decoded every epoch
+    epoch = sum(row["seconds"] for row in run.metrics) / len(run.metrics)
+    share = cost * images / max(epoch, 1e-9)
+    if share <= DECODING_NOTE_SHARE:
+        return
+    data, (channels, height, width) = run.config.data, run.config.model.input_shape
+    resize = f" --resize {data.resize}" if data.resize else ""
+    click.echo(printable(
+        f"cnncli: note: decoding the images costs {cost * 1e6:.0f} us each, {share:.0%} of an "
+        f"epoch's time; pack them once with `cnncli data pack {data.path} OUT --channels "
+        f"{channels} --size {height}x{width}{resize}` and train with --data OUT"), err=True)
+
+
+def _run_config(config, resume, sets, tensorboard, data=None, **flags):
     """(the CheckedConfig of CONFIG or None, the RunConfig to train or None for the resumed
-    run's own): --set applied, warnings printed, a missing [tensorboard] extra refused."""
+    run's own): --set and --data applied, warnings printed, a missing [tensorboard] extra
+    refused."""
     from cnncli.config import check_config, check_data
     from cnncli.config.overrides import refuse_both
     from cnncli.inspect.tensorboard import summary_writer_class
@@ -310,12 +342,18 @@ def _run_config(config, resume, sets, tensorboard, **flags):
             if not mpi.is_follower():     # (rank 0 speaks for every rank)
                 click.echo(f"cnncli: warning: {printable(line)}", err=True)
         cfg = checked.run
-    elif sets:                            # --resume RUN --set ...: the run's own config, changed
+    elif sets or data:                    # --resume RUN --set ...: the run's own config, changed
         from cnncli.training.checkpoint import load_checkpoint
         from cnncli.training.trainer import resolve_resume_path
 
         ckpt_path = resolve_resume_path(resume)
         cfg = check_data(load_checkpoint(ckpt_path).config, file=str(ckpt_path), sets=sets).run
+    if data is not None:
+        import dataclasses
+
+        from cnncli.data.checkpoint_split import data_config
+
+        cfg = dataclasses.replace(cfg, data=data_config(cfg, data))
     if cfg is not None and cfg.train.tensorboard:
         summary_writer_class()            # a missing extra stops here, before any work
     return checked, cfg

@@ -28,6 +28,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "exponential")
 NORMALIZATIONS = ("scale", "standardize", "none")
 LAYOUTS = ("NCHW", "NHWC")
+DATA_FORMATS = ("auto", "npy_dir")
+RESIZES = ("fit", "crop")
 EARLY_STOPPING_METRICS = ("val_accuracy", "val_loss")
 #: train.lr when the file leaves it out (or null), by optimizer: torch.optim's usual choices.
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001}
@@ -115,6 +117,18 @@ class DataConfig:
     augment: AugmentConfig = setting(AugmentConfig(), None, "see the two keys below")
     cache_dir: str | None = setting(None, STRING_OR_NULL, "where downloads go; else "
                                     "`$CNNCLI_DATA`, else the user cache dir")
+    format: str = setting("auto", choice_rule(DATA_FORMATS),
+                          "how `path` is read: `auto` tells from the files; `npy_dir` is a "
+                          "folder of x_train.npy, y_train.npy, ... (`cnncli data pack`), "
+                          "memory-mapped")
+    resize: str | None = setting(None, choice_rule(RESIZES, null=True),
+                                 "images of another size than `input_shape`: stretch (`fit`), "
+                                 "scale and centre-crop (`crop`), or refuse", default_doc="`null` "
+                                 "(refuse)")
+    loader_threads: int = setting(2, int_rule(1, 64), "threads decoding a streamed image "
+                                  "folder; results do not depend on it")
+    prefetch: int = setting(4, int_rule(1, 1024), "batches of a streamed dataset (image folder, "
+                            "`npy_dir`) read ahead in the background")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import numpy as np
 from cnncli.config.schema import DATASETS, DataConfig
 from cnncli.data import download, sources
 from cnncli.data.batching import iterate_batches
+from cnncli.data.streaming import ImageRows, MappedArray
 from cnncli.data.transforms import (
     as_labels,
     check_images,
@@ -21,7 +22,7 @@ from cnncli.data.transforms import (
 from cnncli.errors import DataError
 
 __all__ = ["Dataset", "load_dataset", "download_dataset", "normalize", "load_inputs",
-           "iterate_batches"]
+           "iterate_batches", "decoding_cost"]
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 
@@ -51,7 +52,7 @@ def load_dataset(data_cfg: DataConfig, input_shape: tuple, num_classes: int, see
     ``progress`` is told about first-use downloads (see ``download.fetch``).
     """
     input_shape = _image_shape(input_shape)
-    raw = read_source(data_cfg, input_shape[0], root, progress=progress)
+    raw = read_source(data_cfg, input_shape[0], root, progress=progress, size=input_shape[1:])
     try:
         x_train, y_train, x_test, y_test = _checked_arrays(raw, data_cfg, input_shape,
                                                            num_classes)
@@ -75,22 +76,54 @@ def load_dataset(data_cfg: DataConfig, input_shape: tuple, num_classes: int, see
     if len(train_idx) == 0:
         raise DataError(f"val_split {fraction} leaves no training images", key="val_split")
     stats = normalization if normalization is not None else fit_normalization(
-        x_train[train_idx], data_cfg.normalize or "none", raw.value_max)
-    return Dataset(normalize(x_train[train_idx], stats), y_train[train_idx],
-                   normalize(x_train[val_idx], stats), y_train[val_idx],
-                   normalize(x_test, stats), y_test, class_names, stats, raw.skipped)
+        _rows(x_train, train_idx), data_cfg.normalize or "none", raw.value_max)
+    return Dataset(_normalized(x_train, train_idx, stats), y_train[train_idx],
+                   _normalized(x_train, val_idx, stats), y_train[val_idx],
+                   _normalized(x_test, None, stats), y_test, class_names, stats, raw.skipped)
+
+
+def decoding_cost(dataset: Dataset) -> float | None:
+    """CPU seconds per image that decoding the training images from files has cost so far;
+    None when they are not decoded from image files (arrays, an npy_dir)."""
+    source = getattr(dataset.x_train, "source", None)
+    if not isinstance(source, sources.ImageFiles) or source.decoded == 0:
+        return None
+    return source.decode_seconds / source.decoded
+
+
+def _rows(x, rows):
+    """``x[rows]``: a copy of an array, a view of a streamed dataset."""
+    return x.subset(rows) if isinstance(x, ImageRows) else x[rows]
+
+
+def _normalized(x, rows, stats: dict):
+    """Model input of ``x[rows]`` (all rows for None): computed now for an array, batch by
+    batch when indexed for a streamed dataset."""
+    if isinstance(x, ImageRows):
+        return (x if rows is None else x.subset(rows)).normalized(stats)
+    return normalize(x if rows is None else x[rows], stats)
+
+
+def _nchw(x, input_shape: tuple, layout: str | None, what: str, prefetch: int):
+    """Images as NCHW: a memory-mapped file stays on disk (streamed), as does an image folder."""
+    if isinstance(x, ImageRows):
+        return x
+    if isinstance(x, np.memmap):
+        return ImageRows(MappedArray(x, to_nchw(x, input_shape, layout, what)),
+                         prefetch=prefetch)
+    return to_nchw(x, input_shape, layout, what)
 
 
 def _checked_arrays(raw, data_cfg: DataConfig, input_shape: tuple, num_classes: int):
     """NCHW images and int64 labels of the train and test splits, checked against the model."""
     layout = raw.layout or data_cfg.layout
-    x_train = to_nchw(raw.x_train, input_shape, layout, "x_train")
+    x_train = _nchw(raw.x_train, input_shape, layout, "x_train", data_cfg.prefetch)
     if len(x_train) == 0:
         raise DataError("the training split is empty (x_train has 0 images)")
     check_images(x_train, input_shape, "x_train")
     y_train = as_labels(raw.y_train, len(x_train), num_classes, "train")
     if raw.x_test is not None:
-        x_test = to_nchw(raw.x_test, input_shape, layout, "x_test")
+        x_test = _nchw(raw.x_test, input_shape, layout, "x_test", data_cfg.prefetch)
         check_images(x_test, input_shape, "x_test")
         y_test = as_labels(raw.y_test, len(x_test), num_classes, "test")
     else:
@@ -148,11 +181,13 @@ def download_dataset(data_cfg: DataConfig, root: Path | None = None, *,
 
 
 def read_source(data_cfg: DataConfig, channels: int, root: Path | None = None, *,
-                progress: download.Progress | None = None) -> sources.RawData:
-    """Raw arrays of the configured ``dataset`` or ``path``."""
+                progress: download.Progress | None = None,
+                size: tuple[int, int] | None = None) -> sources.RawData:
+    """Raw arrays of the configured ``dataset`` or ``path``; an image folder is listed, its
+    images decoded when indexed and brought to ``size`` (H, W) as ``data.resize`` says."""
     path = data_cfg.path
     if path is not None:
-        return read_path(path, channels, root)
+        return read_path(path, channels, root, size=size, data_cfg=data_cfg)
     name = data_cfg.dataset or "digits"
     if name == "digits":
         return sources.read_digits()
@@ -178,18 +213,26 @@ def _resolve(path, root: Path | None) -> Path:
     return p
 
 
-def read_path(path, channels: int, root: Path | None = None) -> sources.RawData:
-    """An .npz, an IDX directory / file / [images, labels] pair, CIFAR-10 archive or images."""
+def read_path(path, channels: int, root: Path | None = None, *,
+              size: tuple[int, int] | None = None,
+              data_cfg: DataConfig | None = None) -> sources.RawData:
+    """An .npz, an IDX directory / file / [images, labels] pair, CIFAR-10 archive, a folder
+    of images or an npy_dir (``cnncli data pack``); ``data_cfg`` gives format, resize,
+    loader_threads and prefetch."""
+    cfg = data_cfg or DataConfig()
     if isinstance(path, (list, tuple)):
         if len(path) == 2:
             return sources.read_idx_pair(_resolve(path[0], root), _resolve(path[1], root))
         path = path[0]
     p = _resolve(path, root)
     name = p.name.lower()
+    if cfg.format == "npy_dir" or (p.is_dir() and sources.is_npy_dir(p)):
+        return sources.read_npy_dir(p)
     if p.is_dir():
         if sources.is_idx_dir(p):
             return sources.read_idx_dir(p)
-        return sources.read_image_folder(p, channels)
+        return sources.read_image_folder(p, channels, size, cfg.resize, cfg.loader_threads,
+                                         cfg.prefetch)
     if name.endswith(".npz"):
         return sources.read_npz(p)
     if name.endswith((".tar.gz", ".tgz")):

@@ -26,9 +26,12 @@ def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.rando
     pad = augment.random_crop if augment is not None else 0
     flip = augment.horizontal_flip if augment is not None else False
     starts = batch_starts(n, batch_size, min_last_batch)
-    for start, stop in zip(starts, starts[1:] + [n], strict=True):
-        idx = order[start:stop]
-        xb = x[idx]
+    indices = [order[start:stop] for start, stop in zip(starts, starts[1:] + [n], strict=True)]
+    # A streamed dataset reads batches ahead in the background; augmentation stays here, in
+    # order, so the random numbers and the batches do not depend on it.
+    prefetched = getattr(x, "prefetched", None)
+    loaded = prefetched(indices) if prefetched else (x[idx] for idx in indices)
+    for idx, xb in zip(indices, loaded, strict=True):
         if pad:
             xb = random_crop(xb, pad, rng)
         if flip:

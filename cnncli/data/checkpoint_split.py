@@ -15,7 +15,7 @@ from cnncli.data.transforms import as_labels, check_images, normalize, stratifie
 from cnncli.errors import DataError
 
 
-def _data_config(run: RunConfig, data: str | None) -> DataConfig:
+def data_config(run: RunConfig, data: str | None) -> DataConfig:
     """The run's data config, with other data swapped in (a dataset name or a path)."""
     cfg = run.data
     if data is None:
@@ -50,7 +50,7 @@ def checkpoint_split(ckpt, model, data: str | None, split: str, *, progress=None
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    cfg = _data_config(ckpt.run, data)
+    cfg = data_config(ckpt.run, data)
     seed = ckpt.run.seed
     shape, num_classes = tuple(model.input_shape), model.output_shape[0]
     if data is None:

@@ -20,15 +20,29 @@ from cnncli.data import sources
 KNOWN_SIZES = {"mnist": (70_000, 1), "fashion-mnist": (70_000, 1), "cifar10": (60_000, 1)}
 
 
-def dataset_bytes(data_cfg: DataConfig, input_shape, root: Path | None = None) -> int:
+def dataset_bytes(data_cfg: DataConfig, input_shape, root: Path | None = None,
+                  batch_size: int = 1) -> int:
     """Bytes of the loaded dataset: every image as float32 (what training keeps) plus the
-    source arrays as stored (held while it is split and normalised); 0 when unknown."""
+    source arrays as stored (held while it is split and normalised); 0 when unknown. A
+    streamed dataset (image folder, npy_dir) holds only its prefetch queue: the batches read
+    ahead, the one being read and the one in use."""
     values = math.prod(int(s) for s in input_shape)
     try:
-        images, stored_itemsize = _images(data_cfg, root)
+        if _streamed(data_cfg, root):
+            images, stored_itemsize = (data_cfg.prefetch + 2) * batch_size, 1
+        else:
+            images, stored_itemsize = _images(data_cfg, root)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, gzip.BadGzipFile):
         return 0
     return images * values * (np.dtype(np.float32).itemsize + stored_itemsize)
+
+
+def _streamed(data_cfg: DataConfig, root) -> bool:
+    path = data_cfg.path
+    if path is None or isinstance(path, (list, tuple)):
+        return False
+    p = _where(path, root)
+    return data_cfg.format == "npy_dir" or (p.is_dir() and not sources.is_idx_dir(p))
 
 
 def _images(data_cfg: DataConfig, root) -> tuple[int, int]:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import gzip
 import math
 import tarfile
+import threading
+import time
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cnncli import arrayfiles
+from cnncli.data.png import open_simple_png, png_size
+from cnncli.data.streaming import ImageRows, open_npy
 from cnncli.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -258,24 +263,33 @@ MAX_IMAGE_PIXELS = 1 << 26
 
 
 def read_image(path: Path, channels: int, size: tuple[int, int] | None = None,
-               resize: str = "fit") -> np.ndarray:
+               resize: str = "fit", size_hint: str = "use resize=fit or resize=crop",
+               out: np.ndarray | None = None) -> np.ndarray:
     """One image as uint8 (C, H, W), brought to ``size`` = (H, W) when given: stretched
-    (bilinear, ``fit``), scaled to cover it and centre-cropped (``crop``), or refused."""
+    (bilinear, ``fit``), scaled to cover it and centre-cropped (``crop``), or refused.
+    Written into ``out`` (a (C, H, W) uint8 view, e.g. a batch's row) when given."""
     Image = _pillow()
     try:
-        with warnings.catch_warnings():  # a size past PIL's limit is refused below in our words
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
+        opened = open_simple_png(path, MAX_IMAGE_PIXELS) if path.suffix.lower() == ".png" \
+            else None
+        if opened is None:
+            with warnings.catch_warnings():  # a size past PIL's limit is refused below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(path)
         with opened as img:
             width, height = img.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise DataError(_too_many_pixels(path, f"{width}x{height} pixels"))
-            img = img.convert(pil_mode(channels))
             if size is not None and img.size != (size[1], size[0]):
                 if resize == "none":
-                    raise DataError(f"{path} is {img.size[0]}x{img.size[1]} (WxH) but the model "
+                    raise DataError(f"{path} is {width}x{height} (WxH) but the model "
                                     f"takes {size[1]}x{size[0]} images",
-                                    hint="use resize=fit or resize=crop")
+                                    hint=size_hint)
+                if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that still
+                    img.draft(img.mode, (size[1], size[0]))  # covers the size: far cheaper
+            if img.mode != pil_mode(channels):
+                img = img.convert(pil_mode(channels))
+            if size is not None and img.size != (size[1], size[0]):
                 if resize == "crop":
                     img = _cover(img, size, Image.BILINEAR)
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
@@ -286,7 +300,11 @@ def read_image(path: Path, channels: int, size: tuple[int, int] | None = None,
         raise DataError(_too_many_pixels(path, "over 178 million pixels")) from None
     except Exception as err:  # pillow raises many types for a bad file
         raise DataError(f"cannot read image {path}: {err}") from None
-    return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+    arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+    if out is None:
+        return arr
+    out[...] = arr
+    return out
 
 
 def _cover(img, size: tuple[int, int], resample):
@@ -317,29 +335,97 @@ def _class_dirs(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
     return [p for p in dirs if not p.name.startswith(".")]
 
 
-def _read_class_tree(folder: Path, class_names: list[str], channels: int):
-    images, labels = [], []
-    shape = None
+def _class_files(folder: Path, class_names: list[str]) -> tuple[list[Path], np.ndarray]:
+    files, labels = [], []
     for label, name in enumerate(class_names):
         sub = folder / name
-        files = sorted(p for p in sub.iterdir() if p.is_file() and is_image(p)) \
+        found = sorted(p for p in sub.iterdir() if p.is_file() and is_image(p)) \
             if sub.is_dir() else []
-        for file in files:
-            img = read_image(file, channels)
-            if shape is None:
-                shape, first = img.shape, file
-            elif img.shape != shape:
-                raise DataError(f"{file} is {img.shape[2]}x{img.shape[1]} but {first} is "
-                                f"{shape[2]}x{shape[1]}; all images must have one size")
-            images.append(img)
-            labels.append(label)
-    if not images:
+        files.extend(found)
+        labels.extend([label] * len(found))
+    if not files:
         raise DataError(f"{folder} holds no images (.png, .jpg, ...) in its class subfolders")
-    return np.stack(images), np.asarray(labels, np.int64)
+    return files, np.asarray(labels, np.int64)
 
 
-def read_image_folder(folder: Path, channels: int) -> RawData:
-    """<folder>/<class>/*.png, or <folder>/train/<class>/... with an optional test/."""
+def _check_one_size(files: list[Path], size_hint: str) -> None:
+    """Every image of the same size, from the files' headers (no pixel is decoded); a file
+    that is not an image is refused now, not half way through an epoch."""
+    Image = _pillow()
+    first = None
+    for file in files:
+        found = png_size(file)
+        if found is None:
+            try:
+                with Image.open(file) as img:
+                    found = img.size
+            except Exception as err:  # noqa: BLE001  (pillow raises many types)
+                raise DataError(f"cannot read image {file}: {err}") from None
+        if first is None:
+            first, first_size = file, found
+        elif found != first_size:
+            raise DataError(f"{file} is {found[0]}x{found[1]} but {first} is "
+                            f"{first_size[0]}x{first_size[1]}; all images must have one size",
+                            hint=size_hint)
+
+
+#: What an image folder's images of another size than the model's input need.
+RESIZE_HINT = "set data.resize: fit (stretch) or crop (scale and centre-crop)"
+
+
+class ImageFiles:
+    """Image files decoded on demand to uint8 (C, H, W) of one size, in ``threads`` threads."""
+
+    def __init__(self, paths: list[Path], shape: tuple[int, int, int], resize: str | None,
+                 threads: int = 1, size_hint: str = RESIZE_HINT):
+        self.paths, self.image_shape = list(paths), tuple(shape)
+        self.resize, self.size_hint = resize or "none", size_hint
+        self.dtype = np.dtype(np.uint8)
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self.decoded, self.decode_seconds = 0, 0.0  # images so far, and their decoding's CPU
+        self._counting = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.paths),) + self.image_shape
+
+    def decode(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Images ``rows`` decoded into ``out[0], out[1], ...``."""
+        c, h, w = self.image_shape
+        started = time.thread_time()
+        for i, row in enumerate(rows.tolist()):
+            read_image(self.paths[row], c, (h, w), self.resize, self.size_hint, out[i])
+        with self._counting:
+            self.decoded += len(rows)
+            self.decode_seconds += time.thread_time() - started
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows),) + self.image_shape, np.uint8)
+        parts = min(self.threads, len(rows))
+        if parts <= 1:
+            self.decode(rows, out)
+            return out
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnncli-decode")
+        # One contiguous share of the batch per thread, each image written at its own row:
+        # the result does not depend on the thread count.
+        bounds = np.linspace(0, len(rows), parts + 1).astype(int)
+        shares = [self._pool.submit(self.decode, rows[lo:hi], out[lo:hi])
+                  for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        for share in shares:
+            share.result()
+        return out
+
+
+def read_image_folder(folder: Path, channels: int, size: tuple[int, int] | None = None,
+                      resize: str | None = None, threads: int = 1, prefetch: int = 4,
+                      size_hint: str = RESIZE_HINT) -> RawData:
+    """<folder>/<class>/*.png, or <folder>/train/<class>/... with an optional test/, listed
+    now and decoded when indexed, to (H, W) = ``size`` (default: the first image's)."""
     train_dir = folder / "train" if (folder / "train").is_dir() else folder
     skipped: list[Path] = []
     class_dirs = _class_dirs(train_dir, skipped)
@@ -348,14 +434,70 @@ def read_image_folder(folder: Path, channels: int) -> RawData:
         raise DataError(f"{train_dir} has no class subfolders{hidden}",
                         hint="put the images of each class in their own subfolder")
     names = [d.name for d in class_dirs]
-    x_train, y_train = _read_class_tree(train_dir, names, channels)
-    x_test = y_test = None
-    if train_dir != folder and (folder / "test").is_dir():
-        extra = sorted(set(d.name for d in _class_dirs(folder / "test", skipped)) - set(names))
+    train_files, y_train = _class_files(train_dir, names)
+    test_dir = folder / "test" if train_dir != folder and (folder / "test").is_dir() else None
+    test_files, y_test = _class_files(test_dir, names) if test_dir else ([], None)
+    if not resize:  # refused now, not half way through an epoch
+        _check_one_size(train_files + test_files, size_hint)
+    if size is None:
+        size = read_image(train_files[0], channels).shape[1:]
+    else:
+        read_image(train_files[0], channels, size, resize or "none", size_hint)
+
+    def lazy(files):
+        source = ImageFiles(files, (channels, *size), resize, threads, size_hint)
+        return ImageRows(source, prefetch=prefetch)
+
+    x_train, x_test = lazy(train_files), None
+    if test_dir is not None:
+        extra = sorted(set(d.name for d in _class_dirs(test_dir, skipped)) - set(names))
         if extra:
-            raise DataError(f"{folder / 'test'} has class folders missing from train/: "
+            raise DataError(f"{test_dir} has class folders missing from train/: "
                             f"{', '.join(extra)}")
-        x_test, y_test = _read_class_tree(folder / "test", names, channels)
+        x_test = lazy(test_files)
     return RawData(x_train, y_train, x_test, y_test, names, layout="NCHW",
                    skipped=[str(p.relative_to(folder)) for p in skipped])
 
+
+
+# ---------------------------------------------------------------- npy_dir (cnncli data pack)
+
+NPY_DIR_META = "meta.json"
+
+
+def is_npy_dir(folder: Path) -> bool:
+    return (folder / "x_train.npy").is_file()
+
+
+def read_npy_dir(folder: Path) -> RawData:
+    """x_train.npy, y_train.npy [, x_test.npy, y_test.npy] memory-mapped, and meta.json's
+    class_names, layout and value_max: the images stay on disk until indexed."""
+    import json
+
+    if not is_npy_dir(folder):
+        raise DataError(f"{folder} has no x_train.npy, so it is not an npy_dir",
+                        key="format", hint="write one with: cnncli data pack SRC OUT")
+    arrays = {}
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        if (folder / f"{key}.npy").is_file():
+            arrays[key] = open_npy(folder / f"{key}.npy")
+    if "y_train" not in arrays:
+        raise DataError(f"{folder} has x_train.npy but no y_train.npy")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{folder} has {'x_test' if 'x_test' in arrays else 'y_test'}.npy but "
+                        f"not its partner")
+    meta = {}
+    if (folder / NPY_DIR_META).is_file():
+        try:
+            meta = json.loads((folder / NPY_DIR_META).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read {folder / NPY_DIR_META}: {err}") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{folder / NPY_DIR_META} must hold a JSON object")
+    names = meta.get("class_names")
+    if names is not None:
+        _check_name_count(folder, len(names), [arrays["y_train"], arrays.get("y_test")])
+    return RawData(arrays["x_train"], np.asarray(arrays["y_train"]), arrays.get("x_test"),
+                   None if "y_test" not in arrays else np.asarray(arrays["y_test"]),
+                   None if names is None else [str(n) for n in names],
+                   value_max=meta.get("value_max"), layout=meta.get("layout"))

@@ -77,14 +77,30 @@ def check_images(x: np.ndarray, input_shape: tuple, what: str) -> None:
     if x.shape[2:] != (h, w):
         raise DataError(f"{what} images are {x.shape[2]}x{x.shape[3]} (HxW) but the model "
                         f"input_shape {list(input_shape)} expects {h}x{w}", key="input_shape")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
-        raise DataError(f"{what} image {bad} contains NaN or inf values")
-    if x.dtype.kind == "f" and x.dtype.itemsize > 4 and x.size and \
-            np.abs(x).max() > np.finfo(np.float32).max:  # inf once cast to the model's float32
-        bad = int(np.argmax(np.abs(x).reshape(len(x), -1).max(axis=1)))
-        raise DataError(f"{what} image {bad} holds {float(np.abs(x).max()):.3g}, beyond the "
-                        f"float32 range the model computes in (+-3.4e38)")
+    if x.dtype.kind != "f":
+        return
+    for start, chunk in _chunks(x):  # a streamed dataset is checked a piece at a time
+        finite = np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
+        if not finite.all():
+            raise DataError(f"{what} image {start + int(np.flatnonzero(~finite)[0])} contains "
+                            f"NaN or inf values")
+        if chunk.dtype.itemsize > 4 and chunk.size and \
+                np.abs(chunk).max() > np.finfo(np.float32).max:  # inf once cast to float32
+            peak = np.abs(chunk).reshape(len(chunk), -1).max(axis=1)
+            raise DataError(f"{what} image {start + int(np.argmax(peak))} holds "
+                            f"{float(peak.max()):.3g}, beyond the float32 range the model "
+                            f"computes in (+-3.4e38)")
+
+
+#: Images per piece when a whole split is scanned (statistics, checks): bounded memory, and
+#: the same pieces whether the split is in memory or streamed, so the same numbers.
+CHUNK_IMAGES = 1024
+
+
+def _chunks(x):
+    """(first index, x[first:first + CHUNK_IMAGES]) over the whole of ``x``."""
+    for start in range(0, len(x), CHUNK_IMAGES):
+        yield start, np.asarray(x[start:start + CHUNK_IMAGES])
 
 
 def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator):
@@ -102,8 +118,9 @@ def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator):
     return np.flatnonzero(mask), val_idx
 
 
-def fit_normalization(x: np.ndarray, mode: str, value_max: float | None = None) -> dict:
-    """Statistics of the training images (NCHW, raw units) for ``normalize``."""
+def fit_normalization(x, mode: str, value_max: float | None = None) -> dict:
+    """Statistics of the training images (NCHW, raw units) for ``normalize``, read a piece
+    at a time: ``x`` is an array or a streamed dataset (``streaming.ImageRows``)."""
     channels = x.shape[1]
     if mode == "none":
         scale = 1.0
@@ -112,16 +129,34 @@ def fit_normalization(x: np.ndarray, mode: str, value_max: float | None = None) 
     elif x.dtype == np.uint8:
         scale = 255.0
     else:
-        peak = float(x.max()) if x.size else 1.0
+        peak = max((float(chunk.max()) for _, chunk in _chunks(x) if chunk.size), default=1.0)
         scale = peak if peak > 1.0 else 1.0
     mean = np.zeros(channels, np.float32)
     std = np.ones(channels, np.float32)
     if mode == "standardize":
-        scaled = x.astype(np.float32) / np.float32(scale)
-        mean = scaled.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
-        std = scaled.std(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+        mean64, var64 = channel_moments(x, np.float32(scale))
+        mean, std = mean64.astype(np.float32), np.sqrt(var64).astype(np.float32)
         std[std == 0] = 1.0  # a constant channel: leave it centred, do not divide by zero
     return {"mode": mode, "scale": np.float32(scale), "mean": mean, "std": std}
+
+
+def channel_moments(x, scale: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) variance of ``x / scale`` in float64, in one pass:
+    each piece's own moments, merged by Chan et al.'s pairwise update (no cancellation)."""
+    count, mean, m2 = 0, np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for _, chunk in _chunks(x):
+        scaled = chunk.astype(np.float32) / scale
+        n = scaled.size // scaled.shape[1]
+        if n == 0:
+            continue
+        piece_mean = scaled.mean(axis=(0, 2, 3), dtype=np.float64)
+        centred = scaled - piece_mean.reshape(1, -1, 1, 1)
+        piece_m2 = np.einsum("nchw,nchw->c", centred, centred)
+        delta, total = piece_mean - mean, count + n
+        mean = mean + delta * (n / total)
+        m2 = m2 + piece_m2 + delta ** 2 * (count * n / total)
+        count = total
+    return mean, m2 / max(count, 1)
 
 
 def normalize(x_raw: np.ndarray, normalization: dict) -> np.ndarray:

@@ -24,7 +24,8 @@ def check_training_memory(config: RunConfig, *, root=None) -> None:
     estimate = estimate_memory(layers, shapes, batch_size=train.batch_size, labels=labels,
                                sources=sources,
                                optimizer=optimizer_label(train.optimizer, train.momentum),
-                               data_bytes=dataset_bytes(config.data, model.input_shape, root))
+                               data_bytes=dataset_bytes(config.data, model.input_shape, root,
+                                                          train.batch_size))
     check_memory(estimate)
 
 

@@ -1,0 +1,251 @@
+"""Streamed datasets: npy_dir (cnncli data pack) memory-mapped, image folders decoded per batch
+in loader threads; the same statistics, batches and weights as the in-memory path."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnncli.cli import main
+from cnncli.config.schema import DataConfig
+from cnncli.data import load_dataset
+from cnncli.data.streaming import ImageRows, _read_ahead
+from cnncli.data.transforms import CHUNK_IMAGES, channel_moments, fit_normalization
+from cnncli.errors import DataError
+from cnncli.training.trainer import train
+
+MODEL = {"input_shape": [3, 6, 6], "layers": [
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "activation": "relu"},
+    {"type": "batchnorm2d"}, {"type": "maxpool2d", "kernel_size": 2}, {"type": "flatten"},
+    {"type": "dropout", "p": 0.2}, {"type": "dense", "units": 3}]}
+
+
+def _config(path, **data):
+    return {"name": "s", "seed": 3, "model": MODEL,
+            "data": {"path": str(path), "val_split": 0.2, "normalize": "standardize",
+                     "augment": {"random_crop": 1, "horizontal_flip": True}, **data},
+            "train": {"epochs": 2, "batch_size": 7, "optimizer": "sgd", "momentum": 0.9}}
+
+
+def _images(rng, n=40, size=(6, 6)):
+    x = rng.integers(0, 256, (n, 3, *size), dtype=np.uint8)
+    return x, np.arange(n) % 3
+
+
+def _write_folder(folder, x, y):
+    from PIL import Image
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        (folder / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.moveaxis(img, 0, -1)).save(folder / f"c{label}" / f"{i:03d}.png")
+
+
+def _folder_and_npz(tmp_path, rng):
+    """The same images as tmp_path/images/c*/ PNGs and as tmp_path/same.npz in folder order."""
+    x, y = _images(rng)
+    _write_folder(tmp_path / "images", x, y)
+    order = np.argsort([f"c{label}/{i:03d}" for i, label in enumerate(y)], kind="stable")
+    np.savez(tmp_path / "same.npz", x_train=x[order], y_train=y[order],
+             class_names=np.array(["c0", "c1", "c2"]))
+
+
+def _weights(run):
+    return {k: v for k, v in run.model.state_dict().items()}
+
+
+def _same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_packed_npy_dir_trains_to_the_same_weights_as_the_npz_in_memory(tmp_path):
+    x, y = _images(np.random.default_rng(0))
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:9], y_test=y[:9])
+    result = CliRunner().invoke(main, ["data", "pack", str(tmp_path / "d.npz"),
+                                       str(tmp_path / "packed")])
+    assert result.exit_code == 0, result.output
+    assert "x_train.npy: [40, 3, 6, 6]" in result.output
+    streamed = load_dataset(DataConfig(dataset=None, path=str(tmp_path / "packed"),
+                                       normalize="standardize"), (3, 6, 6), 3, seed=1)
+    memory = load_dataset(DataConfig(dataset=None, path=str(tmp_path / "d.npz"),
+                                     normalize="standardize"), (3, 6, 6), 3, seed=1)
+    assert isinstance(streamed.x_train, ImageRows)
+    assert isinstance(streamed.x_train.source.mapped, np.memmap)
+    for key in ("scale", "mean", "std"):
+        np.testing.assert_array_equal(streamed.normalization[key], memory.normalization[key])
+    np.testing.assert_array_equal(streamed.x_val[:], memory.x_val)
+    runs = [train(_config(tmp_path / name), out_dir=tmp_path / f"run_{name}")
+            for name in ("d.npz", "packed")]
+    _same_weights(_weights(runs[0]), _weights(runs[1]))
+    assert runs[0].test == {**runs[1].test, "checkpoint": runs[0].test["checkpoint"]}
+
+
+def test_image_folder_streams_with_any_loader_thread_count_to_the_same_weights(tmp_path):
+    pytest.importorskip("PIL")
+    _folder_and_npz(tmp_path, np.random.default_rng(1))
+    weights = [_weights(train(_config(tmp_path / "images", loader_threads=threads, prefetch=2),
+                              out_dir=tmp_path / f"t{threads}")) for threads in (1, 4)]
+    weights.append(_weights(train(_config(tmp_path / "same.npz"), out_dir=tmp_path / "npz")))
+    _same_weights(weights[0], weights[1])
+    _same_weights(weights[0], weights[2])
+
+
+def test_streamed_statistics_match_numpy_over_many_pieces():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (2 * CHUNK_IMAGES + 5, 2, 3, 3), dtype=np.uint8)
+    mean, var = channel_moments(x, np.float32(255))
+    scaled = x.astype(np.float32) / np.float32(255)
+    np.testing.assert_allclose(mean, scaled.mean(axis=(0, 2, 3), dtype=np.float64), rtol=1e-12)
+    np.testing.assert_allclose(var, scaled.var(axis=(0, 2, 3), dtype=np.float64), rtol=1e-10)
+    rows = ImageRows(x)
+    streamed, memory = fit_normalization(rows, "standardize"), fit_normalization(x, "standardize")
+    for key in ("mean", "std"):
+        np.testing.assert_array_equal(streamed[key], memory[key])
+
+
+def test_images_of_another_size_need_data_resize(tmp_path):
+    pytest.importorskip("PIL")
+    x, y = _images(np.random.default_rng(3), n=6, size=(9, 7))
+    _write_folder(tmp_path / "big", x, y)
+    cfg = DataConfig(dataset=None, path=str(tmp_path / "big"), normalize="none", val_split=0)
+    with pytest.raises(DataError, match="7x9 .*takes 6x6") as err:
+        load_dataset(cfg, (3, 6, 6), 3, seed=0)
+    assert "data.resize: fit" in err.value.hint
+    for resize in ("fit", "crop"):
+        ds = load_dataset(DataConfig(**{**cfg.__dict__, "resize": resize}), (3, 6, 6), 3, seed=0)
+        assert ds.x_train.shape == (6, 3, 6, 6) and ds.x_train[:].shape == (6, 3, 6, 6)
+
+
+def test_a_read_error_is_raised_at_its_batch_and_closing_stops_the_reader():
+    def read(i):
+        if i == 3:
+            raise DataError("image 3 is damaged")
+        return i * 10
+
+    got = []
+    with pytest.raises(DataError, match="image 3"):
+        for value in _read_ahead(read, range(6), depth=2):
+            got.append(value)
+    assert got == [0, 10, 20]
+    before = threading.active_count()
+    reader = _read_ahead(lambda i: i, range(10_000), depth=1)
+    assert next(reader) == 0
+    reader.close()
+    assert threading.active_count() <= before
+
+
+def test_pack_refuses_a_folder_that_is_not_empty_and_train_takes_data(tmp_path):
+    x, y = _images(np.random.default_rng(4))
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["data", "pack", str(tmp_path / "d.npz"),
+                                       str(tmp_path / "full")])
+    assert result.exit_code == 2 and "is not empty" in result.output
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["keep.txt"]
+    import yaml
+    config = _config(tmp_path / "elsewhere.npz")
+    config["train"]["epochs"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "c.yaml"), "-q", "--data",
+                                       str(tmp_path / "d.npz"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "best.npz").is_file()
+
+
+
+def _pack_fails(src, out, message):
+    """`data pack SRC OUT` fails with one line matching ``message`` and leaves no OUT."""
+    result = CliRunner().invoke(main, ["data", "pack", str(src), str(out), "--channels", "3"])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert re.search(message, result.output), result.output
+    assert not out.exists()
+
+
+def test_pack_refuses_empty_class_damaged_image_and_mixed_sizes_leaving_no_folder(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+    src, out = tmp_path / "src", tmp_path / "out"
+    x, y = _images(np.random.default_rng(5), n=9)
+    _write_folder(src, x, y)
+    (src / "c3").mkdir()
+    _pack_fails(src, out, "class 'c3' has no training images")
+    (src / "c3").rmdir()
+    (src / "c1" / "broken.png").write_bytes(b"\x89PNG broken")
+    _pack_fails(src, out, "cannot read image .*broken.png")
+    (src / "c1" / "broken.png").unlink()
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(src / "c2" / "odd.png")
+    _pack_fails(src, out, "odd.png is 5x4 but .*one size .*--size HxW with --resize fit")
+    result = CliRunner().invoke(main, ["data", "pack", str(src), str(out), "--channels", "3",
+                                       "--size", "6x6", "--resize", "crop"])
+    assert result.exit_code == 0, result.output
+    assert np.load(out / "x_train.npy").shape == (10, 3, 6, 6)
+
+
+def test_eval_data_reads_an_image_folder_and_its_pack_like_the_npz(tmp_path):
+    pytest.importorskip("PIL")
+    import json
+    _folder_and_npz(tmp_path, np.random.default_rng(6))
+    assert CliRunner().invoke(main, ["data", "pack", str(tmp_path / "images"),
+                                     str(tmp_path / "packed"), "--channels", "3"]).exit_code == 0
+    train(_config(tmp_path / "same.npz"), out_dir=tmp_path / "run")
+    reports = []
+    for data in ("same.npz", "images", "packed"):
+        result = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--data",
+                                           str(tmp_path / data), "--split", "all", "--json"])
+        assert result.exit_code == 0, result.output
+        reports.append({k: v for k, v in json.loads(result.output).items() if k != "data"})
+    assert reports[0] == reports[1] == reports[2]
+    assert reports[0]["num_samples"] == 40
+
+
+def test_train_notes_when_decoding_an_image_folder_costs_much_of_an_epoch(tmp_path,
+                                                                         monkeypatch):
+    pytest.importorskip("PIL")
+    import yaml
+
+    from cnncli.cli import train as train_cli
+    x, y = _images(np.random.default_rng(7))
+    _write_folder(tmp_path / "images", x, y)
+    config = _config(tmp_path / "elsewhere")
+    config["train"]["epochs"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    command = ["train", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "images"),
+               "--overwrite", "--out", str(tmp_path / "r")]
+    outputs = {}
+    for share in (0.0, 1e9):   # every decoding cost is above 0 and below 1e9 epochs
+        monkeypatch.setattr(train_cli, "DECODING_NOTE_SHARE", share)
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 0, result.output
+        outputs[share] = result.stderr
+    assert re.fullmatch(r"cnncli: note: decoding the images costs \d+ us each, \d+% of an "
+                        r"epoch's time; pack them once with `cnncli data pack .*images OUT "
+                        r"--channels 3 --size 6x6` and train with --data OUT\n", outputs[0.0])
+    assert outputs[1e9] == ""
+
+
+def test_pack_of_idx_files_loads_as_the_idx_files_do(tmp_path):
+    from test_data import write_idx
+    rng = np.random.default_rng(8)
+    x, y = rng.integers(0, 256, (30, 7, 7), dtype=np.uint8), np.arange(30) % 3
+    (tmp_path / "idx").mkdir()
+    write_idx(tmp_path / "idx" / "train-images-idx3-ubyte", x, gz=True)
+    write_idx(tmp_path / "idx" / "train-labels-idx1-ubyte", y.astype(np.uint8), gz=True)
+    write_idx(tmp_path / "idx" / "t10k-images-idx3-ubyte", x[:6])
+    write_idx(tmp_path / "idx" / "t10k-labels-idx1-ubyte", y[:6].astype(np.uint8))
+    result = CliRunner().invoke(main, ["data", "pack", str(tmp_path / "idx"),
+                                       str(tmp_path / "packed")])
+    assert result.exit_code == 0, result.output
+    assert "x_test.npy: [6, 7, 7]" in result.output
+    loaded = [load_dataset(DataConfig(dataset=None, path=str(tmp_path / name),
+                                      normalize="standardize", val_split=0.2), (1, 7, 7), 3,
+                           seed=4) for name in ("idx", "packed")]
+    assert isinstance(loaded[1].x_train, ImageRows)
+    for key in ("x_train", "x_val", "x_test"):
+        np.testing.assert_array_equal(getattr(loaded[0], key), getattr(loaded[1], key)[:])
+    np.testing.assert_array_equal(loaded[0].y_train, loaded[1].y_train)
