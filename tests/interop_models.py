@@ -73,3 +73,60 @@ def small_config(layers, input_shape=(3, 9, 9)) -> dict:
 def raw_batch(input_shape, n: int = 4, seed: int = 0) -> np.ndarray:
     """Raw pixel values (0..255), what predict reads from an .npy."""
     return np.random.default_rng(seed).uniform(0, 255, (n, *input_shape)).astype(np.float32)
+
+
+def random_graph(draw, st):
+    """(layer entries, input shape) of a small random branching model, drawn with hypothesis's
+    ``draw`` and strategies ``st``: convs, activations, batch norms, pools and dropouts reading
+    any earlier tensor (the input too), add and concat joining tensors of one size, and every
+    tensor used: those no layer reads are concatenated before the dense head."""
+    c, h, w = draw(st.integers(1, 3)), draw(st.integers(3, 7)), draw(st.integers(3, 7))
+    channels: list[int] = []          # per entry: its output channels (all keep h x w)
+    layers: list[dict] = []
+    read: set = set()
+
+    def source():
+        ref = draw(st.sampled_from(["input", *range(len(layers))]))
+        read.add(ref)
+        return ref, c if ref == "input" else channels[ref]
+
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["conv", "conv", "activation", "batchnorm", "pool",
+                                     "dropout", "add", "concat"]))
+        if kind in ("add", "concat") and layers:
+            pool = ["input", *range(len(layers))]
+            refs = draw(st.lists(st.sampled_from(pool), min_size=2, max_size=3, unique=True))
+            sizes = [c if r == "input" else channels[r] for r in refs]
+            if kind == "add" and len(set(sizes)) > 1:
+                kind = "concat"   # add needs one shape
+            read.update(refs)
+            layers.append({"type": kind, "from": refs})
+            channels.append(sum(sizes) if kind == "concat" else sizes[0])
+            continue
+        if kind in ("add", "concat"):
+            kind = "conv"   # nothing to join yet
+        ref, size = source()
+        if kind == "conv":
+            k = draw(st.sampled_from([1, 3]))
+            entry = {"type": "conv2d", "filters": draw(st.sampled_from([2, 3])),
+                     "kernel_size": k, "padding": k // 2, "bias": draw(st.booleans())}
+            if draw(st.booleans()):
+                entry["activation"] = draw(st.sampled_from(["relu", "tanh", "gelu"]))
+            size = entry["filters"]
+        elif kind == "activation":
+            entry = {"type": draw(st.sampled_from(["relu", "leaky_relu", "elu", "sigmoid"]))}
+        elif kind == "batchnorm":
+            entry = {"type": "batchnorm2d"}
+        elif kind == "pool":
+            entry = {"type": draw(st.sampled_from(["maxpool2d", "avgpool2d"])),
+                     "kernel_size": 3, "stride": 1, "padding": 1}
+        else:
+            entry = {"type": "dropout", "p": 0.3}
+        layers.append({**entry, "from": [ref]})
+        channels.append(size)
+    unread = [k for k in range(len(layers)) if k not in read]
+    if len(unread) > 1:
+        layers.append({"type": "concat", "from": unread})
+    layers += [{"type": draw(st.sampled_from(["global_avg_pool2d", "flatten"]))},
+               {"type": "dense", "units": 3}]
+    return layers, (c, h, w)

@@ -178,12 +178,13 @@ def test_unused_output_warns_at_the_layer():
     ("        - {type: conv2d, name: conv2", "        - {type: basic}\n"
      "        - {type: conv2d, name: conv2", ":10:", ["block 'basic' uses itself"]),
     ("name: stage1, repeat: 2", "name: stage1, repeat: 2, channels: 8", ":11:",
-     ["[8, 8, 8] and [4, 8, 8]", "stage1.0.sum", "out_channels 8"]),
+     ["[8, 8, 8] (from[0]) and [4, 8, 8] (from[1])", "stage1.0.sum",
+      "project from[1] to 8 channels", "out_channels 8"]),
     ("stride: $stride, activation: relu}", "stride: 2, activation: relu}", ":11:",
-     ["[4, 4, 4] and [4, 8, 8]"]),
+     ["[4, 4, 4] (from[0]) and [4, 8, 8] (from[1])"]),
     ("{type: concat, from: [stage1, proj]}",
      "{type: max_pool2d, kernel_size: 2}\n    - {type: concat, from: [-1, proj]}", ":17:",
-     ["concat", "spatial sizes", "[6, 4, 4] and [6, 8, 8]"]),
+     ["concat", "spatial sizes", "[6, 4, 4] (from[0]) and [6, 8, 8] (from[1])"]),
     ("from: stem}", "from: [stem, stage1]}", ":15:", ["conv2d takes one input"]),
     ("  layers:\n    - {type: conv2d, name: stem", "  scale: {depth: 0}\n  layers:\n"
      "    - {type: conv2d, name: stem", ":12:", ["model.scale.depth", "> 0"]),
@@ -275,8 +276,15 @@ def test_summary_table_has_a_from_column_only_when_the_model_branches(tmp_path):
     assert "from" not in chain
     markdown = summary_json(INCEPTION, tmp_path, "--format", "markdown")
     assert "| from |" in markdown and "| a, b, c |" in markdown
+    # blank where a layer reads just the row above (a reads the input, relu_1 reads sum);
+    # the rows that branch name their inputs
+    rows = {line.split(" | ")[1]: line.split(" | ")[3] for line in markdown.splitlines()[3:]
+            if line.startswith("| ")}
+    assert rows["a"] == rows["relu_1"] == rows["flatten_1"] == ""
+    assert rows["b"] == rows["c"] == "input" and rows["p"] == "cat" and rows["d"] == "b"
     csv = summary_json(INCEPTION, tmp_path, "--format", "csv")
     assert csv.splitlines()[0].endswith(",from") and '"a, b, c"' in csv
+    assert csv.splitlines()[1].endswith(",input")   # the CSV lists every layer's inputs
 
 
 def test_summary_graph_draws_lanes(tmp_path):

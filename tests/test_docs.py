@@ -46,8 +46,7 @@ NEVER = {"pip": "installs packages", "pytest": "runs the test suite from inside 
 FIXED = ("summary", "config", "layers")
 #: Documents that show no commands (only YAML, Python or prose).
 NO_COMMANDS = ("docs/layers-conv.md", "docs/layers-other.md", "docs/layers-pool.md",
-               "docs/torch-reference.md",
-               "docs/graphs.md")  # until branching lands: all its examples are "not run" yet
+               "docs/torch-reference.md")
 NOTE = re.compile(r"^<!--\s*(not run|needs|file|setup):\s*(.*?)\s*-->$")
 BOX = re.compile("[\u2500-\u257f]")
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*(?:e[-+]?\d+)?")

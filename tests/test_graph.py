@@ -86,10 +86,16 @@ def test_merge_shapes_and_errors():
     assert Add().output_shape([(3, 4, 4), (3, 4, 4)]) == (3, 4, 4)
     assert Concat().output_shape([(3, 4, 4), (5, 4, 4)]) == (8, 4, 4)
     assert Concat().output_shape([(3,), (5,)]) == (8,)
-    with pytest.raises(ShapeError, match=r"\[3, 4, 4\] and \[5, 4, 4\]") as err:
+    with pytest.raises(ShapeError, match=r"\[3, 4, 4\] \(from\[0\]\) and \[5, 4, 4\] "
+                                         r"\(from\[1\]\)") as err:
         Add().output_shape([(3, 4, 4), (5, 4, 4)])
+    assert "project from[1] to 3 channels" in err.value.hint
     assert "out_channels 3" in err.value.hint
-    with pytest.raises(ShapeError, match="spatial sizes.*\\[3, 4, 4\\] and \\[3, 2, 2\\]"):
+    with pytest.raises(ShapeError, match=r"\[3, 2, 2\] \(from\[2\]\)") as err:
+        Add().output_shape([(3, 4, 4), (3, 4, 4), (3, 2, 2)])
+    assert err.value.hint == "make the branches end in one shape"
+    with pytest.raises(ShapeError, match=r"spatial sizes.*\[3, 4, 4\] \(from\[0\]\) and "
+                                         r"\[3, 2, 2\] \(from\[1\]\)"):
         Concat().output_shape([(3, 4, 4), (3, 2, 2)])
     with pytest.raises(ShapeError, match="at least two inputs"):
         Add().output_shape([(3, 4, 4)])

@@ -74,3 +74,21 @@ def test_walk_groups_each_window_with_the_pointwise_layers_after_it():
     seen = fields(steps)
     assert seen[3] is None and seen[4] is None   # flat: no input box
     assert seen[2].size == (4, 4) and seen[2].jump == (2, 2)
+
+
+def test_a_branch_ends_a_feature_group_so_each_picture_is_an_output_some_layer_reads():
+    """DenseNet-like: the stem's raw output feeds the concat too, so the stem is pictured on
+    its own and not folded into the norm and relu that read it (their output is not what the
+    concat sees)."""
+    entries = [{"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1,
+                "name": "stem"},
+               {"type": "batchnorm2d", "name": "norm"}, {"type": "relu", "name": "act"},
+               {"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1,
+                "name": "conv"},
+               {"type": "concat", "from": [0, 3], "name": "cat"},
+               {"type": "relu", "name": "act2"},
+               {"type": "maxpool2d", "kernel_size": 2, "name": "pool"},
+               {"type": "relu", "name": "act3"}]
+    model = model_from_entries((1, 6, 6), entries, dtype=np.float64)
+    assert feature_groups(model.layers, model.shapes, model.sources) == [
+        (0, 0), (3, 3), (6, 7)]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from interop_models import (
     EVERY_LAYER,
     make_checkpoint,
+    random_graph,
     randomize,
     raw_batch,
     shipped_config,
@@ -58,8 +59,16 @@ def test_every_shipped_config_runs_in_onnx_runtime_as_in_cnncli(tmp_path, config
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     assert "Dropout" not in {n.op_type for n in proto.graph.node}
     raw = raw_batch(load_checkpoint(ckpt).model().input_shape, n=3)
-    np.testing.assert_allclose(run_onnx(tmp_path / "run" / "last.onnx", raw),
-                               cnncli_logits(ckpt, raw), atol=1e-4, rtol=0)
+    expected = cnncli_logits(ckpt, raw)
+    np.testing.assert_allclose(run_onnx(tmp_path / "run" / "last.onnx", raw), expected,
+                               atol=1e-4, rtol=0)
+    if config.stem == "alexnet":
+        return  # a chain like lenet5, whose 61 M parameters would take the import 20 s more
+    # and back (the ResNets and the DenseNet-like model too): the same names and logits
+    assert cli("import", tmp_path / "run" / "last.onnx", "-o", tmp_path / "back").exit_code == 0
+    back = load_checkpoint(tmp_path / "back")
+    assert list(back.state) == list(load_checkpoint(ckpt).state)
+    assert np.array_equal(cnncli_logits(tmp_path / "back", raw), expected)
 
 
 def test_without_normalization_the_graph_takes_normalised_input(tmp_path):
@@ -103,6 +112,22 @@ def test_a_ceil_mode_pool_whose_last_window_pytorch_drops_runs_in_floor_mode(tmp
                                atol=1e-4, rtol=0)
     back = import_onnx(tmp_path / "last.onnx", tmp_path / "back")
     assert np.array_equal(cnncli_logits(back.checkpoint_path, raw), cnncli_logits(ckpt, raw))
+
+
+def test_a_strided_same_conv_pads_by_the_input_size_and_imports_back_as_same(tmp_path):
+    # 9 pixels, kernel 4, stride 2: 5 outputs need 3 padding pixels, 1 before and 2 after
+    layers = [{"type": "conv2d", "name": "c", "filters": 2, "kernel_size": 4, "stride": 2,
+               "padding": "same"}, {"type": "flatten"}, {"type": "dense", "units": 2}]
+    ckpt = make_checkpoint(tmp_path / "last.npz", small_config(layers))
+    export(ckpt, "--format", "onnx")
+    conv = next(n for n in onnx.load(str(tmp_path / "last.onnx")).graph.node if n.name == "c")
+    assert [list(a.ints) for a in conv.attribute if a.name == "pads"] == [[1, 1, 2, 2]]
+    raw = raw_batch((3, 9, 9))
+    np.testing.assert_allclose(run_onnx(tmp_path / "last.onnx", raw), cnncli_logits(ckpt, raw),
+                               atol=1e-4, rtol=0)
+    assert cli("import", tmp_path / "last.onnx", "-o", tmp_path / "back").exit_code == 0
+    assert load_checkpoint(tmp_path / "back").config["model"]["layers"][0]["padding"] == "same"
+    assert np.array_equal(cnncli_logits(tmp_path / "back", raw), cnncli_logits(ckpt, raw))
 
 
 @pytest.mark.parametrize("opset", [17, 20])  # ReduceMean's axes: an attribute, then an input
@@ -180,6 +205,29 @@ def test_random_layer_stacks_match_onnx_runtime_and_import_back(tmp_path_factory
     assert np.array_equal(load_checkpoint(imported.checkpoint_path).model().forward(x), expected)
 
 
+@st.composite
+def small_graphs(draw):
+    return random_graph(draw, st)
+
+
+@given(graph=small_graphs(), seed=st.integers(0, 2**16))
+def test_random_small_graphs_match_onnx_runtime_and_import_back(tmp_path_factory, graph, seed):
+    from cnncli.interop.onnx_export import build_onnx
+    from cnncli.interop.onnx_import import import_onnx
+    from cnncli.nn.model import model_from_entries
+
+    layers, shape = graph
+    model = model_from_entries(shape, layers)
+    randomize(model, seed)
+    folder = tmp_path_factory.mktemp("graph")
+    (folder / "m.onnx").write_bytes(build_onnx(model).SerializeToString())
+    x = raw_batch(shape, n=3, seed=seed) / 255
+    expected = model.forward(x)
+    np.testing.assert_allclose(run_onnx(folder / "m.onnx", x), expected, atol=1e-4, rtol=1e-5)
+    imported = import_onnx(folder / "m.onnx", folder / "back")
+    assert np.array_equal(load_checkpoint(imported.checkpoint_path).model().forward(x), expected)
+
+
 def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -238,6 +286,10 @@ def test_foreign_matmul_reshape_models_import(tmp_path):
 @pytest.mark.parametrize("make, words", [
     (lambda p: p.write_bytes(b"\x08\x07garbage that is no protobuf" * 3), "not a readable ONNX"),
     (lambda p: p.write_bytes(b""), "not a readable ONNX"),
+    (lambda p: p.write_bytes(b"PK\x03\x04" + bytes(40)),
+     "not a readable ONNX model (it is a zip archive, such as a cnncli .npz checkpoint)"),
+    (lambda p: p.write_bytes(b"\x10" + bytes(7) + b'{"a": 1}  '),
+     "not a readable ONNX model (it is a safetensors file)"),
 ])
 def test_foreign_or_empty_files_are_one_line_and_write_nothing(tmp_path, make, words):
     path = tmp_path / "bad.onnx"
@@ -311,9 +363,6 @@ def test_a_branching_model_exports_and_runs_in_onnx_runtime(tmp_path):
     raw = raw_batch((3, 9, 9), n=3)
     np.testing.assert_allclose(run_onnx(tmp_path / "g.onnx", raw), cnncli_logits(ckpt, raw),
                                atol=1e-4, rtol=0)
-    result = CliRunner().invoke(main, ["export", str(ckpt), "--format", "pytorch", "-o",
-                                       str(tmp_path / "torch")])
-    assert result.exit_code == 2 and "branches" in result.output
     # and back: the same layers, from: and logits
     assert cli("import", tmp_path / "g.onnx", "-o", tmp_path / "back").exit_code == 0
     back = load_checkpoint(tmp_path / "back" / "last.npz")

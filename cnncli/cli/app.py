@@ -107,15 +107,22 @@ class _Group(click.Group):
         except click.UsageError as err:  # a command's arguments and options
             raise _one_line(err) from None
         except CnncliError as err:
+            from cnncli.parallel import mpi
+
+            mpi.let_rank_0_speak()
             # One line whatever a quoted user value holds (a "\r" in a YAML string, say).
             click.echo(f"cnncli: error: {printable(as_flags(' '.join(str(err).splitlines())))}",
                        err=True)
+            mpi.stop_now(err.exit_code)  # under MPI: mpiexec stops the other ranks
             sys.exit(err.exit_code)
         except MemoryError as err:   # a model or batch too big for this machine
+            from cnncli.parallel import mpi
+
             detail = f": {err}" if str(err) else ""
             click.echo(f"cnncli: error: out of memory{detail} (see the estimate of "
                        "'cnncli summary CONFIG --batch-size N'; use a smaller model or batch)",
                        err=True)
+            mpi.stop_now(1)
             sys.exit(1)
         except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and says so)
             _interrupted()

@@ -15,6 +15,7 @@ from cnncli.cli.app import main, table_console
 from cnncli.cli.complete import complete_config, complete_run
 from cnncli.errors import CheckpointError, CnncliError, printable
 from cnncli.files import atomic_write
+from cnncli.parallel import mpi
 
 
 def _cell(text) -> str:
@@ -90,7 +91,8 @@ class _Progress:
         skipped = data.skipped
         note = (f"; skipped {len(skipped)} hidden folder{'s' if len(skipped) > 1 else ''}: "
                 f"{', '.join(skipped)}" if skipped else "")
-        click.echo(printable(f"{what} {run.config.name}: {len(data.y_train)} train / "
+        ranks = f" on {run.ranks} ranks" if run.ranks > 1 else ""
+        click.echo(printable(f"{what} {run.config.name}{ranks}: {len(data.y_train)} train / "
                              f"{len(data.y_val)} val / {len(data.y_test)} test images, "
                              f"{sum(v.size for _, v, _ in run.model.parameters()):,} parameters "
                              f"-> {run.run_dir}{note}"))
@@ -191,17 +193,21 @@ def _run_dir_option(ctx, param, value):
               metavar="CKPT_OR_SAFETENSORS",
               help="Start from these weights, matched by parameter name (a new run).")
 @click.option("--freeze", multiple=True, metavar="LAYER",
-              help="With --init-from: give this layer no updates (repeatable).")
+              help="With --init-from: give this layer, or every layer of this block "
+                   "(e.g. layer1), no updates (repeatable).")
 @click.option("--reinit", multiple=True, metavar="LAYER",
-              help="With --init-from: keep this layer's fresh weights, even if its shape "
-                   "differs from the source's (repeatable).")
+              help="With --init-from: keep this layer's (or this block's) fresh weights, "
+                   "even if their shape differs from the source's (repeatable).")
 @click.option("--tensorboard", is_flag=True,
               help="Write TensorBoard event files into RUN_DIR/tensorboard/ (same as "
                    "--set train.tensorboard=true; needs the [tensorboard] extra).")
+@click.option("--ranks", type=click.IntRange(min=1), metavar="N",
+              help="Train on N MPI ranks of this machine (starts mpiexec -n N; needs the "
+                   "[mpi] extra). Under mpiexec, the ranks it started are used.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print the training settings.")
 def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overwrite,
-                  init_from, freeze, reinit, tensorboard, quiet, verbose):
+                  init_from, freeze, reinit, tensorboard, ranks, quiet, verbose):
     """Train the model CONFIG describes; write config.yaml, metrics.csv, last.npz, best.npz.
 
     With --resume, CONFIG may be omitted: the run's stored config is used.
@@ -211,6 +217,7 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
       cnncli train configs/digits.yaml
       cnncli train configs/digits.yaml --epochs 5 --out runs/quick --overwrite
       cnncli train --resume runs/digits --epochs 40
+      cnncli train configs/digits.yaml --ranks 2
     """
     from cnncli.inspect.tensorboard import TensorBoardReporter
     from cnncli.training.reporters import Reporters
@@ -218,6 +225,8 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
 
     if config is None and resume is None:
         raise click.UsageError("give a CONFIG file (or --resume RUN_DIR to continue a run)")
+    if _on_ranks(ranks):
+        return
     checked, cfg = _run_config(config, resume, sets, tensorboard, epochs=epochs,
                                batch_size=batch_size, lr=lr, seed=seed)
     extra = {}
@@ -242,7 +251,46 @@ def train_command(config, epochs, batch_size, lr, seed, sets, out, resume, overw
         _interrupted(stop, epochs)
     finally:
         progress.close()
-    _report_run(run, quiet)
+    if not mpi.is_follower():
+        _report_run(run, quiet)
+
+
+def _on_ranks(ranks) -> bool:
+    """--ranks N (N > 1) outside MPI: run this very command under ``mpiexec -n N`` and exit
+    with its code (True: done). Under MPI: join the ranks (rank 0 alone prints; Ctrl-C and
+    SIGTERM stop each rank the same way) and train here (False)."""
+    import os
+    import signal
+
+    from cnncli.parallel import mpi_launched
+
+    if mpi_launched():
+        if mpi.world() is not None:
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            if mpi.is_follower():
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the whole run)
+        return False
+    if ranks is None or ranks == 1:
+        return False
+    sys.exit(mpi.launch(ranks, _command_words(click.get_current_context())))
+
+
+def _command_words(ctx) -> list[str]:
+    """The command line of this command, rebuilt from its parsed parameters (the process's
+    own argv may belong to another program, a test runner say); --ranks left out."""
+    words = [ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "ranks" or value is None or value is False or value == ():
+            continue
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+        elif getattr(param, "is_flag", False):
+            words.append(param.opts[0])
+        else:
+            for item in (value if param.multiple else (value,)):
+                words += [param.opts[0], str(item)]
+    return words
 
 
 def _run_config(config, resume, sets, tensorboard, **flags):
@@ -259,7 +307,8 @@ def _run_config(config, resume, sets, tensorboard, **flags):
     if config is not None:
         checked = check_config(config, sets=sets)
         for line in checked.warnings:     # strides that drop rows: once per layer
-            click.echo(f"cnncli: warning: {printable(line)}", err=True)
+            if not mpi.is_follower():     # (rank 0 speaks for every rank)
+                click.echo(f"cnncli: warning: {printable(line)}", err=True)
         cfg = checked.run
     elif sets:                            # --resume RUN --set ...: the run's own config, changed
         from cnncli.training.checkpoint import load_checkpoint
@@ -274,6 +323,8 @@ def _run_config(config, resume, sets, tensorboard, **flags):
 
 def _interrupted(stop, epochs) -> None:
     """Ctrl-C: where the state is and the command that resumes it; exit 130."""
+    if mpi.is_follower():  # rank 0 says it
+        mpi.stop_together(130)
     # No CONFIG: the run's stored config keeps this run's --lr/--batch-size overrides; the
     # file may also have been edited since.
     again = ["cnncli", "train", "--resume", str(stop.run_dir)] + \
@@ -281,6 +332,7 @@ def _interrupted(stop, epochs) -> None:
     click.echo("\n" + printable(f"interrupted: state after epoch {stop.epoch} saved to "
                                 f"{stop.run_dir / 'last.npz'}"), err=True)
     click.echo(printable(f"resume with: {shlex.join(again)}"), err=True)
+    mpi.stop_together(130)
     sys.exit(130)
 
 
@@ -333,12 +385,11 @@ def _initial_weights(cfg, init_from, freeze, reinit, resume, seed, quiet):
 def _init_table(report):
     from rich.table import Table
 
-    frozen = set(report.frozen)
     table = Table()
     for name in ("parameter", "weights", "trained"):
         table.add_column(name)
     for name, what in report.rows():
-        table.add_row(name, what, "frozen" if name.rsplit(".", 1)[0] in frozen else "yes")
+        table.add_row(name, what, report.trained(name))
     return table
 
 

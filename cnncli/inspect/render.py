@@ -54,8 +54,9 @@ def summary_table(summary: Summary, title: str | None = None) -> Table:
     branch = [""] if summary.branching else []
     table.add_row("", "input", "", *branch, "", _shape(summary.input_shape), "", "", "1x1",
                   "1x1", "")
-    for number, row in zip(_entry_numbers(summary), summary.layers, strict=True):
-        branch = [escape(_from_cell(row))] if summary.branching else []
+    for number, row, source in zip(_entry_numbers(summary), summary.layers,
+                                   _from_cells(summary), strict=True):
+        branch = [escape(source)] if summary.branching else []
         table.add_row(number, escape(row.name), row.type, *branch, escape(row.description),
                       _shape(row.output_shape),
                       format_count(row.params), format_count(row.macs),
@@ -66,6 +67,14 @@ def summary_table(summary: Summary, title: str | None = None) -> Table:
 
 def _from_cell(row) -> str:
     return ", ".join(row.inputs)
+
+
+def _from_cells(summary: Summary) -> list[str]:
+    """The table's ``from`` column: blank where a layer reads just the row above it, so the
+    branch points stand out (the CSV and JSON always list the inputs)."""
+    names = ["input"] + [row.name for row in summary.layers]
+    return ["" if row.inputs == [above] else _from_cell(row)
+            for row, above in zip(summary.layers, names, strict=False)]
 
 
 def graph_lines(summary: Summary) -> list[str]:
@@ -207,8 +216,9 @@ def summary_markdown(summary: Summary) -> str:
                             for h in head) + "|",
              f"|  | input |  | {' |  ' * len(branch)} | {_shape(summary.input_shape)} |  |  "
              f"| 1x1 | 1x1 |  |"]
-    for number, row in zip(_entry_numbers(summary), summary.layers, strict=True):
-        cells = [number, row.name, row.type, *[_from_cell(row) for _ in branch],
+    for number, row, source in zip(_entry_numbers(summary), summary.layers,
+                                   _from_cells(summary), strict=True):
+        cells = [number, row.name, row.type, *[source for _ in branch],
                  row.description, _shape(row.output_shape),
                  format_count(row.params), format_count(row.macs),
                  _shape(row.receptive_field), _shape(row.jump),

@@ -132,15 +132,20 @@ def union(seen: list[Field]) -> Field:
 def feature_groups(layers, shapes, sources=None) -> list[tuple[int, int]]:
     """[(first, last)] layer index ranges: each window layer (conv, pool) with a spatial
     output plus the position-wise layers right after it (reading it), whose output the next
-    layer sees."""
+    layer sees. A layer whose output another layer also reads (a branch) ends its group, so
+    each picture is an output some layer reads."""
     steps = walk(layers, shapes[0], shapes, sources)
+    readers = [0] * (len(steps) + 1)
+    for step in steps:
+        for source in set(step.sources or (step.index,)):
+            readers[source] += 1
     groups = []
     for step in steps:
         if not step.spatial or step.geometry is None:
             continue
         last = step.index
         while (last + 1 < len(steps) and steps[last + 1].pointwise
-               and steps[last + 1].reads_previous):
+               and steps[last + 1].reads_previous and readers[last + 1] == 1):
             last += 1
         groups.append((step.index, last))
     return groups

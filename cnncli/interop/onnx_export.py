@@ -73,7 +73,7 @@ def _normalization(g: _Graph, norm: dict, rank: int) -> None:
 
 
 def _conv(g: _Graph, layer, shape) -> None:
-    (t, b), (lft, r) = layer._pads
+    (t, b), (lft, r) = layer._pads_for(shape[1], shape[2])  # 'same' with a stride: per size
     inputs = [g.x, g.const(f"{layer.name}.weight", layer.params["weight"])]
     if layer.bias:
         inputs.append(g.const(f"{layer.name}.bias", layer.params["bias"]))

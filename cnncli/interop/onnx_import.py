@@ -19,6 +19,7 @@ import yaml
 
 from cnncli.errors import CheckpointError, CnncliError
 from cnncli.interop.common import require
+from cnncli.nn.layers.conv import same_padding
 
 SUPPORTED = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Relu",
              "LeakyRelu", "Elu", "Gelu", "Tanh", "Sigmoid", "BatchNormalization", "Gemm",
@@ -63,6 +64,10 @@ class _Chain:
             for name in node.input:
                 self.users[name] = self.users.get(name, 0) + 1
         self._numpy_helper = numpy_helper
+        #: (H, W) of the 4-D tensors whose shapes ONNX's shape inference knows (worked out
+        #: when a strided convolution first asks)
+        self.proto = None
+        self._spatial: dict[str, list[int]] | None = None
 
     # -- helpers
     def fail(self, node, problem: str) -> CheckpointError:
@@ -80,8 +85,14 @@ class _Chain:
         name = node.input[index]
         if name not in self.consts:
             raise self.fail(node, f"input {name!r} is computed, not a stored weight; only "
-                                  "single-chain networks import (branches are not supported)")
+                                  "weights stored in the file (initializers, Constant nodes) "
+                                  "import")
         return self.consts[name]
+
+    def spatial(self) -> dict[str, list[int]]:
+        if self._spatial is None:
+            self._spatial = _spatial_sizes(self.proto)
+        return self._spatial
 
     def layer_name(self, node, type_name: str) -> str:
         name = node.name
@@ -226,10 +237,13 @@ class _Chain:
         pads = list(a.get("pads", [0, 0, 0, 0]))
         if pads[:2] == pads[2:]:
             return _pair(pads[:2])
-        if conv and strides == [1, 1]:
-            same = [d * (k - 1) for k, d in zip(kernel, dilations, strict=True)]
-            if pads == [same[0] // 2, same[1] // 2, same[0] - same[0] // 2,
-                        same[1] - same[1] // 2]:
+        if conv:  # cnncli's 'same' (the extra pixel at the end), as cnncli exports it
+            spatial = {} if strides == [1, 1] else self.spatial()
+            size = spatial.get(node.input[0]) or [1, 1]   # stride 1: any size will do
+            same = [same_padding(n, k, s, d) for n, k, s, d in zip(
+                size, kernel, strides, dilations, strict=True)]
+            if (strides == [1, 1] or node.input[0] in spatial) and \
+                    pads == [same[0][0], same[1][0], same[0][1], same[1][1]]:
                 return "same"
         raise self.fail(node, f"has asymmetric pads {pads}; cnncli pads both sides equally")
 
@@ -436,6 +450,15 @@ def _tidy(value: float) -> float:
     return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
 
 
+def _kind_of(blob: bytes) -> str | None:
+    """What a file that is no ONNX model is, when its first bytes tell."""
+    if blob[:4] == b"PK\x03\x04":
+        return "it is a zip archive, such as a cnncli .npz checkpoint"
+    if blob[8:10] in (b'{"', b"{ ") and len(blob) > 8:
+        return "it is a safetensors file"
+    return None
+
+
 def read_onnx(path):
     """The checked ModelProto of a .onnx file; a foreign or truncated file is one line."""
     onnx = require("onnx", "onnx")
@@ -449,11 +472,29 @@ def read_onnx(path):
         onnx.checker.check_model(proto)
     except Exception as err:  # protobuf's DecodeError, onnx's ValidationError, ...
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path} is not a readable ONNX model ({first[:160]})",
+        why = _kind_of(blob) or first[:160]
+        raise CheckpointError(f"{path} is not a readable ONNX model ({why})",
                               hint="pass a complete .onnx file") from None
     if not proto.graph.node:
         raise CheckpointError(f"{path} is not a readable ONNX model (its graph has no nodes)")
     return proto
+
+
+def _spatial_sizes(proto) -> dict[str, list[int]]:
+    """(H, W) of each 4-D tensor of fixed size that shape inference finds (none if it fails:
+    only a strided 'same' convolution needs them)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto).graph
+    except (onnx.shape_inference.InferenceError, ValueError, RuntimeError):
+        return {}
+    out = {}
+    for info in [*inferred.input, *inferred.value_info]:
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+            out[info.name] = [dims[2].dim_value, dims[3].dim_value]
+    return out
 
 
 def import_onnx(path, out_dir) -> Imported:
@@ -481,6 +522,7 @@ def import_onnx(path, out_dir) -> Imported:
                               f"{['?' if s is None else s for s in shape]}; cnncli needs "
                               "(N, C, H, W) or (N, F) with fixed C, H, W")
     chain = _Chain(path, graph, numpy_helper, helper)
+    chain.proto = proto
     chain.input_shape = [int(s) for s in shape[1:]]
     chain.run(inputs[0].name, len(shape))
     if chain.x != graph.output[0].name:

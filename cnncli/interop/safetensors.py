@@ -62,7 +62,10 @@ def decode(blob: bytes, where="<bytes>") -> tuple[dict[str, np.ndarray], dict[st
         raise bad("shorter than its 8-byte header length")
     (size,) = struct.unpack("<Q", blob[:8])
     if size > min(MAX_HEADER, len(blob) - 8):
-        raise bad(f"header length {size} exceeds the file's {len(blob)} bytes; truncated?")
+        if blob[8:9] == b"{":   # a JSON header begins: the end of the file is missing
+            raise bad(f"header length {size} exceeds the file's {len(blob)} bytes; truncated?")
+        raise bad(f"header length {size} exceeds the file's {len(blob)} bytes and no JSON "
+                  "header follows; it is some other kind of file")
     try:
         header = json.loads(blob[8:8 + size].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:

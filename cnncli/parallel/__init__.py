@@ -33,3 +33,21 @@ def speedups_on(requested: bool | None = None) -> bool:
 
     raise ConfigError(f"{SPEEDUPS_VAR} must be on or off, got {value!r}",
                       hint=f"unset it, or set {SPEEDUPS_VAR}=off for the plain math")
+
+
+#: Environment variables an MPI launcher sets in every rank's environment, holding the number
+#: of ranks: MPICH/Hydra and Intel MPI (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), PMIx
+#: launchers such as Slurm's srun (PMIX_SIZE is not always set; SLURM_NTASKS with PMIX_RANK).
+MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+def mpi_launched() -> bool:
+    """Whether an MPI launcher started this process as one of several ranks, read from the
+    environment alone: a plain run never imports mpi4py (``parallel.mpi``)."""
+    for var in MPI_SIZE_VARS:
+        value = os.environ.get(var, "").strip()
+        if value.isdigit():
+            return int(value) > 1
+    return any(var in os.environ for var in MPI_RANK_VARS) and \
+        os.environ.get("SLURM_NTASKS", "1").strip() not in ("", "0", "1")

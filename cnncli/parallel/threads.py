@@ -23,7 +23,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from cnncli.parallel import OFF_VALUES, SPEEDUPS_VAR
+from cnncli.parallel import OFF_VALUES, SPEEDUPS_VAR, mpi_launched
 
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS")
 
@@ -36,7 +36,8 @@ def _claim_blas() -> None:
         return
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
-    os.environ.setdefault("CNNCLI_THREADS", str(usable_cores()))
+    # Under MPI the ranks share the machine's cores: one thread each unless told otherwise.
+    os.environ.setdefault("CNNCLI_THREADS", "1" if mpi_launched() else str(usable_cores()))
 
 
 def usable_cores() -> int:

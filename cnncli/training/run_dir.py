@@ -236,3 +236,34 @@ class RunDirectory:
             save_checkpoint(self.best, **snapshot)
             return best_epoch
         return None
+
+
+class FollowerRunDirectory(RunDirectory):
+    """The run directory as MPI ranks other than 0 see it: rank 0 checks, locks and writes it;
+    the others write nothing (so nothing is written twice, nor anywhere but rank 0's disk)."""
+
+    def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def claim(self) -> None: ...
+
+    def remove_stale_temporaries(self) -> list[str]:
+        return []
+
+    def refuse_overwrite(self, overwrite: bool) -> None: ...
+
+    def refuse_rollback(self, ckpt) -> None: ...
+
+    def write_test_scores(self, report: dict) -> Path:
+        return self.path / TEST_FILE
+
+    def write_config(self, text: str) -> None: ...
+
+    def save(self, snapshot: dict, *, best: bool) -> None:
+        self.disk_epoch = snapshot["epoch"]
+
+    def finish_interrupted(self, snapshot: dict) -> None: ...
+
+    def start_from(self, ckpt, snapshot: dict, best_epoch: int | None) -> None:
+        self.disk_epoch = snapshot["epoch"]

@@ -21,13 +21,14 @@ from cnncli.config import RunConfig, check_data, dump_config, resolve_config
 from cnncli.errors import ConfigError
 from cnncli.nn.losses import softmax_cross_entropy
 from cnncli.nn.model import model_from_entries
-from cnncli.parallel.plan import plan_training
+from cnncli.parallel import mpi
+from cnncli.parallel.plan import apply_plan, plan_training
 from cnncli.training.checkpoint import load_checkpoint
 from cnncli.training.evaluate import evaluate, loss_and_accuracy
 from cnncli.training.memory import check_training_memory
 from cnncli.training.metrics import write_metrics_csv
 from cnncli.training.optim import clip_grad_norm, make_optimizer
-from cnncli.training.run_dir import RunDirectory, same_file
+from cnncli.training.run_dir import FollowerRunDirectory, RunDirectory, same_file
 from cnncli.training.run_state import (
     BestTracker,
     Diverged,
@@ -77,6 +78,7 @@ class Run:
     metrics: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     test: dict | None = None
+    ranks: int = 1  # MPI ranks training it (parallel/mpi.py)
 
     best_by = property(lambda self: self.best.by)
     best_metric = property(lambda self: self.best.metric)
@@ -129,10 +131,13 @@ class Trainer:
 
         check_training_memory(config, root=root)  # before any weight or image is allocated
         self.config = config
-        self.reporter = reporter or Callbacks()
+        # Under MPI every rank trains; rank 0 alone reports and writes files.
+        self.world = mpi.world()
+        self.lead = self.world is None or self.world.rank == 0
+        self.reporter = (reporter or Callbacks()) if self.lead else Callbacks()
         self.ckpt = resume_from
         self.overwrite = overwrite
-        self.dir = RunDirectory(Path(run_dir))
+        self.dir = (RunDirectory if self.lead else FollowerRunDirectory)(Path(run_dir))
         model = model_from_entries(config.model.input_shape, config.model.entries(),
                                    seed=config.seed)
         if init_weights is not None and resume_from is None:
@@ -161,7 +166,8 @@ class Trainer:
         state = self.state
         return Run(config=self.config, run_dir=self.dir.path, model=state.model,
                    dataset=self.data, epochs=self.config.train.epochs,
-                   start_epoch=self.start_epoch, best=state.best, metrics=state.metrics)
+                   start_epoch=self.start_epoch, best=state.best, metrics=state.metrics,
+                   ranks=1 if self.world is None else self.world.size)
 
     def snapshot(self) -> dict:
         """Everything a checkpoint holds, copied now."""
@@ -179,7 +185,7 @@ class Trainer:
             self.reporter.on_start(run)
             stopped = self._epochs()
             run.metrics, run.stopped_early = self.state.metrics, stopped
-            if run.metrics and not self.dir.metrics.exists():
+            if run.metrics and self.lead and not self.dir.metrics.exists():
                 write_metrics_csv(self.dir.metrics, run.metrics)
             run.test = self._test_best()
             if run.test is not None:  # what `cnncli runs` and `cnncli report` read
@@ -204,7 +210,8 @@ class Trainer:
         """Run epochs until the last one or early stopping (True)."""
         train = self.config.train
         # The speed-ups (docs/speed.md); maybe half of each batch in a worker process.
-        split = plan_training(self.state.model, train.batch_size)
+        split = (plan_training(self.state.model, train.batch_size) if self.world is None
+                 else mpi.RankSliceModel(apply_plan(self.state.model), self.world))
         self._trained = split or self.state.model
         consistent = self.snapshot()
         try:
@@ -283,7 +290,7 @@ class Trainer:
 
     def _test_best(self) -> dict | None:
         """Test-split scores of best.npz (the run's model keeps the last weights)."""
-        if not len(self.data.y_test) or not self.dir.best.exists():
+        if not len(self.data.y_test) or not self.lead or not self.dir.best.exists():
             return None
         best_model = load_checkpoint(self.dir.best).model()
         report = evaluate(best_model, self.data.x_test, self.data.y_test, self.data.class_names)

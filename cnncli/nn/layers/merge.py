@@ -46,14 +46,15 @@ class Add(Merge):
 
     def output_shape(self, input_shape):
         shapes = self._shapes(input_shape)
-        for other in shapes[1:]:
+        for j, other in enumerate(shapes[1:], start=1):
             if other != shapes[0]:
-                hint = None
+                hint = "make the branches end in one shape"
                 if len(other) == len(shapes[0]) == 3 and other[1:] == shapes[0][1:]:
-                    hint = ("project the shortcut: a conv2d with kernel_size 1 and "
-                            f"out_channels {shapes[0][0]} on it")
-                raise ShapeError(f"add needs inputs of one shape, got {list(shapes[0])} and "
-                                 f"{list(other)}", key="from", hint=hint)
+                    hint = (f"project from[{j}] to {shapes[0][0]} channels: a conv2d with "
+                            f"kernel_size 1 and out_channels {shapes[0][0]} reading it")
+                raise ShapeError(f"add needs inputs of one shape, got {list(shapes[0])} "
+                                 f"(from[0]) and {list(other)} (from[{j}])", key="from",
+                                 hint=hint)
         return shapes[0]
 
     def _forward(self, xs, train):
@@ -75,11 +76,12 @@ class Concat(Merge):
 
     def output_shape(self, input_shape):
         shapes = self._shapes(input_shape)
-        for other in shapes[1:]:
+        for j, other in enumerate(shapes[1:], start=1):
             if len(other) != len(shapes[0]) or other[1:] != shapes[0][1:]:
                 what = "spatial sizes" if len(other) == 3 else "shapes"
                 raise ShapeError(f"concat needs inputs of the same {what} (all but channels), "
-                                 f"got {list(shapes[0])} and {list(other)}", key="from",
+                                 f"got {list(shapes[0])} (from[0]) and {list(other)} "
+                                 f"(from[{j}])", key="from",
                                  hint="pool or stride the larger input to the smaller size")
         return (sum(s[0] for s in shapes),) + shapes[0][1:]
 
