@@ -185,4 +185,4 @@ def test_convs_share_one_scratch_pool_and_agree_to_rounding(two_threads):
             np.testing.assert_allclose(got[2][key], want[2][key], rtol=1e-4, atol=1e-5,
                                        err_msg=key)
     pool = convs[0].scratch._arrays
-    assert pool and len(pool) == len({key.split(":", 1)[0] for key in pool})  # one set
+    assert pool and len(pool) == len({role for role, _, _ in pool})  # one set

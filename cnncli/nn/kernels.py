@@ -16,8 +16,8 @@ class BufferPool:
     """Arrays reused across steps, keyed by role; reallocated only when shape or dtype changes."""
 
     def __init__(self):
-        self._arrays: dict[str, np.ndarray] = {}
-        self._interiors: dict[str, tuple] = {}  # get_bordered's key per role
+        self._arrays: dict = {}  # by role (by role, shape and dtype in SharedScratch)
+        self._interiors: dict = {}  # get_bordered's interior per key
 
     def get(self, role: str, shape, dtype, zero: bool = False) -> np.ndarray:
         shape = tuple(int(s) for s in shape)
@@ -39,10 +39,10 @@ class BufferPool:
         self._arrays.clear()
         self._interiors.clear()
 
-    def _key(self, role: str, shape: tuple, dtype) -> str:
+    def _key(self, role: str, shape: tuple, dtype):
         return role
 
-    def _fetch(self, key: str, shape: tuple, dtype, zero: bool) -> np.ndarray:
+    def _fetch(self, key, shape: tuple, dtype, zero: bool) -> np.ndarray:
         self._interiors.pop(key, None)  # contents are the caller's from here on
         arr = self._arrays.get(key)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
@@ -58,8 +58,9 @@ class SharedScratch(BufferPool):
     (im2col pieces it rebuilds, backward's padded and im2col'd gradients), kept by role and
     shape, so that layers of the same shape reuse one set instead of each holding its own."""
 
-    def _key(self, role: str, shape: tuple, dtype) -> str:
-        return f"{role}:{'x'.join(map(str, shape))}:{np.dtype(dtype).name}"
+    def _key(self, role: str, shape: tuple, dtype):
+        # A tuple, not a formatted string: this runs for every im2col piece.
+        return role, shape, dtype
 
 
 def pad_into(buf: np.ndarray, x: np.ndarray, top: int, left: int) -> np.ndarray:

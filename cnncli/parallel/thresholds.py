@@ -36,8 +36,10 @@ TRANSPOSED_WEIGHT_GRAD_MACS = 1_000_000
 
 # ---------------------------------------------------------------- chunked inference
 #: Inference splits a batch over threads (one chunk and layer copy each) only when every
-#: chunk gets this many images: fewer do not repay a chunk's fixed costs.
-CHUNK_MIN_IMAGES = 32
+#: chunk gets this many images: fewer do not repay a chunk's fixed costs (on the 2-core Xeon
+#: of benchmarks/RESULTS.md, LeNet-5 at batch 64 ran 1.3x slower in chunks of 32 than whole;
+#: the 2-core EPYC of 2026-12-01 had measured chunks of 32 1.3x faster).
+CHUNK_MIN_IMAGES = 64
 #: ... and only when every conv does fewer multiply-adds than this on the batch: bigger
 #: convs share their own work over the threads better.
 CHUNK_MAX_MACS = 64_000_000
