@@ -249,3 +249,19 @@ def test_pack_of_idx_files_loads_as_the_idx_files_do(tmp_path):
     for key in ("x_train", "x_val", "x_test"):
         np.testing.assert_array_equal(getattr(loaded[0], key), getattr(loaded[1], key)[:])
     np.testing.assert_array_equal(loaded[0].y_train, loaded[1].y_train)
+
+
+def test_a_streamed_folder_holds_its_file_names_in_one_compact_array(tmp_path):
+    """The list of files is what grows with a streamed folder: one array of relative names,
+    handed out as the same Paths, in the same order, as the folder's sorted listing."""
+    from cnncli.data.sources import _class_files
+
+    for label in ("b", "a"):
+        (tmp_path / label).mkdir()
+        for k in (3, 1, 2):
+            (tmp_path / label / f"img{k}.png").write_bytes(b"")
+    files, labels = _class_files(tmp_path, ["a", "b"])
+    expected = [tmp_path / c / f"img{k}.png" for c in ("a", "b") for k in (1, 2, 3)]
+    assert list(files) == expected and [files[i] for i in range(6)] == expected
+    assert len(files) == 6 and labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert files.nbytes <= 6 * 4 * len("b/img3.png")  # fixed-width names, no Path objects
