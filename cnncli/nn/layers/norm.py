@@ -75,7 +75,7 @@ class _BatchNorm(Layer):
     def _forward(self, x, train=False):
         shape = x.shape
         x2 = x.reshape(shape[0], math.prod(shape[1:]))
-        count = x2.shape[1]
+        count = length = x2.shape[1]  # count: the values per channel of the whole batch
         t = x.dtype.type
         use_batch_stats = train or not self.track_running_stats
         split = train and self.batch_sums is not LOCAL_BATCH
@@ -120,7 +120,7 @@ class _BatchNorm(Layer):
         def part(lo, hi):
             # A few channels at a time, so each pass over them reads what the last one left
             # in cache; every channel's numbers are those of whole-array NumPy.
-            for a, b in _row_groups(lo, hi, count):
+            for a, b in _row_groups(lo, hi, length):
                 if use_batch_stats:
                     mean[a:b] = x2[a:b].mean(axis=1)
                 centre(a, b)
@@ -128,11 +128,11 @@ class _BatchNorm(Layer):
 
         if split:  # sums, exchanged between the parts, between the passes
             self.splitter.split(_in_groups(lambda a, b: np.sum(x2[a:b], axis=1, out=mean[a:b]),
-                                           count), shape[0], x2.size)
+                                           length), shape[0], x2.size)
             mean[:] = self.batch_sums.total(mean) / count
-            self.splitter.split(_in_groups(centre, count), shape[0], x2.size)
+            self.splitter.split(_in_groups(centre, length), shape[0], x2.size)
             var[:] = self.batch_sums.total(var) / count
-            self.splitter.split(_in_groups(normalise, count), shape[0], x2.size)
+            self.splitter.split(_in_groups(normalise, length), shape[0], x2.size)
         else:
             self.splitter.split(part, shape[0], x2.size)
         if use_batch_stats and train and self.track_running_stats:
