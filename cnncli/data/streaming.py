@@ -19,8 +19,10 @@ from cnncli.data.transforms import normalize
 from cnncli.errors import DataError
 
 #: Mapped pages of an .npy are handed back to the kernel after about this many bytes were read,
-#: so the resident memory of a memory-mapped dataset stays flat however large the file.
-MAPPED_BYTES_KEPT = 32 << 20
+#: so the resident memory of a memory-mapped dataset stays flat however large the file. Small,
+#: because what is kept counts in the process's resident memory; pages handed back stay in the
+#: page cache, so reading them again is cheap (benchmarks/RESULTS.md has the trade).
+MAPPED_BYTES_KEPT = 4 << 20
 #: What one row read can map: the kernel maps up to 64 KiB of cached pages around a fault.
 FAULT_AROUND = 64 << 10
 
