@@ -36,6 +36,21 @@ def run_onnx(path, x, names=("input", "logits")) -> np.ndarray:
     return session.run([names[1]], {names[0]: x})[0]
 
 
+def assert_onnx_round_trip(model, shape, seed: int, folder) -> None:
+    """``model`` (random weights from ``seed``) in ONNX Runtime gives its logits within 1e-4,
+    and imported back gives them exactly."""
+    from cnncli.interop.onnx_export import build_onnx
+    from cnncli.interop.onnx_import import import_onnx
+
+    randomize(model, seed)
+    (folder / "m.onnx").write_bytes(build_onnx(model).SerializeToString())
+    x = raw_batch(shape, n=3, seed=seed) / 255
+    expected = model.forward(x)
+    np.testing.assert_allclose(run_onnx(folder / "m.onnx", x), expected, atol=1e-4, rtol=1e-5)
+    imported = import_onnx(folder / "m.onnx", folder / "back")
+    assert np.array_equal(load_checkpoint(imported.checkpoint_path).model().forward(x), expected)
+
+
 def cnncli_logits(ckpt_path, raw) -> np.ndarray:
     ckpt = load_checkpoint(ckpt_path)
     return ckpt.model().forward(normalize(raw, ckpt.normalization))
@@ -186,8 +201,6 @@ def layer_stacks(draw):
 
 @given(stack=layer_stacks(), seed=st.integers(0, 2**16))
 def test_random_layer_stacks_match_onnx_runtime_and_import_back(tmp_path_factory, stack, seed):
-    from cnncli.interop.onnx_export import build_onnx
-    from cnncli.interop.onnx_import import import_onnx
     from cnncli.nn.model import model_from_entries
 
     layers, shape = stack
@@ -195,14 +208,7 @@ def test_random_layer_stacks_match_onnx_runtime_and_import_back(tmp_path_factory
         model = model_from_entries(shape, layers)
     except CnncliError:
         assume(False)
-    randomize(model, seed)
-    folder = tmp_path_factory.mktemp("stack")
-    (folder / "m.onnx").write_bytes(build_onnx(model).SerializeToString())
-    x = raw_batch(shape, n=3, seed=seed) / 255
-    expected = model.forward(x)
-    np.testing.assert_allclose(run_onnx(folder / "m.onnx", x), expected, atol=1e-4, rtol=1e-5)
-    imported = import_onnx(folder / "m.onnx", folder / "back")
-    assert np.array_equal(load_checkpoint(imported.checkpoint_path).model().forward(x), expected)
+    assert_onnx_round_trip(model, shape, seed, tmp_path_factory.mktemp("stack"))
 
 
 @st.composite
@@ -212,20 +218,11 @@ def small_graphs(draw):
 
 @given(graph=small_graphs(), seed=st.integers(0, 2**16))
 def test_random_small_graphs_match_onnx_runtime_and_import_back(tmp_path_factory, graph, seed):
-    from cnncli.interop.onnx_export import build_onnx
-    from cnncli.interop.onnx_import import import_onnx
     from cnncli.nn.model import model_from_entries
 
     layers, shape = graph
     model = model_from_entries(shape, layers)
-    randomize(model, seed)
-    folder = tmp_path_factory.mktemp("graph")
-    (folder / "m.onnx").write_bytes(build_onnx(model).SerializeToString())
-    x = raw_batch(shape, n=3, seed=seed) / 255
-    expected = model.forward(x)
-    np.testing.assert_allclose(run_onnx(folder / "m.onnx", x), expected, atol=1e-4, rtol=1e-5)
-    imported = import_onnx(folder / "m.onnx", folder / "back")
-    assert np.array_equal(load_checkpoint(imported.checkpoint_path).model().forward(x), expected)
+    assert_onnx_round_trip(model, shape, seed, tmp_path_factory.mktemp("graph"))
 
 
 def cli(*args):
