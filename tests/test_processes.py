@@ -66,13 +66,51 @@ BRANCHING = [
     {"type": "flatten"},
     {"type": "dense", "units": 5},
 ]
+# batch norm: a plain conv + batch norm chain (2-D and 1-D, one without affine weights) ...
+NORM_CHAIN = [
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+    {"type": "batchnorm2d", "momentum": 0.3},
+    {"type": "relu"},
+    {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 3},
+    {"type": "batchnorm2d", "affine": False, "momentum": None},
+    {"type": "flatten"},
+    {"type": "dense", "units": 7},
+    {"type": "batchnorm1d"},
+    {"type": "dense", "units": 5},
+]
+# ... and a small ResNet-20: a stem, an identity block, a stride-2 block with a 1x1 conv +
+# batch norm shortcut (configs/resnet20_cifar.yaml's `basic` and `down`), global pooling.
+RESNET = [
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "bias": False},
+    {"type": "batchnorm2d"},
+    {"type": "relu"},
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "bias": False},
+    {"type": "batchnorm2d"},
+    {"type": "relu"},
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "bias": False},
+    {"type": "batchnorm2d"},
+    {"type": "add", "from": [-1, 2], "activation": "relu"},
+    {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1,
+     "bias": False},
+    {"type": "batchnorm2d"},
+    {"type": "relu"},
+    {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1, "bias": False},
+    {"type": "batchnorm2d"},
+    {"type": "conv2d", "out_channels": 8, "kernel_size": 1, "stride": 2, "bias": False,
+     "from": 8},
+    {"type": "batchnorm2d"},
+    {"type": "add", "from": [13, 15], "activation": "relu"},
+    {"type": "global_avg_pool2d"},
+    {"type": "dense", "units": 5},
+]
 
 
 def test_which_networks_split(two_cores, any_size, monkeypatch):
     model = _model()
     assert can_split(model, 64) and not can_split(model, 63)
     assert can_split(_model(DROPOUT), 64)  # its masks are drawn for the whole batch
-    assert not can_split(_model([{"type": "batchnorm2d"}] + LAYERS), 64)  # batch statistics
+    assert can_split(_model(NORM_CHAIN), 64) and can_split(_model(RESNET), 64)  # sums exchanged
     assert not can_split(_model([{"type": "flatten"}, {"type": "dense", "units": 40_000}]), 64)
     big = _model([{"type": "conv2d", "out_channels": 64, "kernel_size": 3},
                   {"type": "flatten"}, {"type": "dense", "units": 5}], (16, 32, 32))
@@ -130,8 +168,8 @@ def test_overflow_in_the_worker_is_for_the_loss_check_even_with_warnings_as_erro
     assert not np.isfinite(loss)
 
 
-@pytest.mark.parametrize("layers", [LAYERS, DROPOUT, BRANCHING],
-                         ids=["plain", "dropout", "branching"])
+@pytest.mark.parametrize("layers", [LAYERS, DROPOUT, BRANCHING, NORM_CHAIN, RESNET],
+                         ids=["plain", "dropout", "branching", "batch-norm", "resnet"])
 def test_a_split_batch_gives_the_whole_batch_logits_and_gradients(two_threads, any_size, layers):
     whole, split = _model(layers, dtype=np.float64), _model(layers, dtype=np.float64)
     x, y = _batch(71, np.float64)  # halves of 35 and 36 images
@@ -146,6 +184,12 @@ def test_a_split_batch_gives_the_whole_batch_logits_and_gradients(two_threads, a
     for (name, _, grad), (_, _, split_grad) in zip(whole.parameters(), split.parameters(),
                                                    strict=True):
         np.testing.assert_allclose(split_grad, grad, rtol=1e-10, atol=1e-13, err_msg=name)
+    for layer, reference in zip(split.layers, whole.layers, strict=True):
+        for key, value in layer.buffers.items():  # running statistics of the whole batch
+            np.testing.assert_allclose(value, reference.buffers[key], rtol=1e-12, atol=1e-15,
+                                       err_msg=f"{layer.name}.{key}")
+    assert all(type(layer).batch_sums is layer.batch_sums for layer in split.layers
+               if hasattr(layer, "batch_sums"))  # the hook is uninstalled after the step
 
 
 def _train(model, steps, split):
@@ -161,7 +205,8 @@ def _train(model, steps, split):
     return model.state_dict()
 
 
-@pytest.mark.parametrize("layers", [LAYERS, DROPOUT], ids=["plain", "dropout"])
+@pytest.mark.parametrize("layers", [LAYERS, DROPOUT, NORM_CHAIN, RESNET],
+                         ids=["plain", "dropout", "batch-norm", "resnet"])
 def test_split_training_repeats_bit_for_bit_and_matches_one_process_to_rounding(two_threads,
                                                                                 any_size, layers):
     first = _train(_model(layers), 6, split=True)
@@ -236,3 +281,63 @@ def test_bad_input_is_the_models_error_and_the_worker_stays_in_step(two_threads,
         loss, _ = train_step(stand_in, SGD(lr=0.1), x, y)
         assert np.isfinite(loss)
         assert stand_in.worker_memory_mb()[0] > 0  # replies still answer their requests
+
+
+def test_batch_norm_sums_between_two_sides_and_a_failed_side():
+    """``PairSums`` on two threads: both sides get the same total, first half then second,
+    through two rounds of slots; a side that fails or stops wakes the other with an error."""
+    import threading
+
+    slots = np.zeros((2, 2, 64), np.uint8)
+    there, here = os.pipe(), os.pipe()
+    sides = [processes.PairSums(slots, 0, here[0], there[1]),
+             processes.PairSums(slots, 1, there[0], here[1])]
+    parts = [np.float32([0.1, 2.5, -3.0]), np.float32([1e-8, 1e8, 3.0])]
+    results: list = [[], []]
+
+    def run(side):
+        for step in range(5):
+            results[side].append(sides[side].total(parts[side] * (step + 1)))
+
+    runs = [threading.Thread(target=run, args=(side,)) for side in (0, 1)]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join()
+    for step in range(5):
+        expected = parts[0] * (step + 1)
+        expected += parts[1] * (step + 1)
+        np.testing.assert_array_equal(results[0][step], expected)
+        np.testing.assert_array_equal(results[1][step], expected)
+    sides[1].abort()
+    with pytest.raises(processes.PartnerFailed) as failed:
+        sides[0].total(parts[0])
+    assert not failed.value.stopped
+    for fd in (*there, here[1]):
+        os.close(fd)
+    with pytest.raises(processes.PartnerFailed) as stopped:
+        sides[0].total(parts[0])  # the other side's descriptors are closed: it stopped
+    assert stopped.value.stopped
+    os.close(here[0])
+
+
+def test_a_failure_midway_through_a_batch_norm_batch_stops_the_worker_at_once(two_threads,
+                                                                              any_size):
+    """The worker waits for this half's batch-norm sums: if this half fails (Ctrl-C, say),
+    the worker is stopped rather than waited for, and later batches say that it stopped."""
+    model = _model(NORM_CHAIN)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with SplitBatchModel(model, 64) as stand_in:
+        worker = stand_in._worker
+        model.layers[5]._forward = interrupted  # after the first batch norm's exchanges
+        with pytest.raises(KeyboardInterrupt):
+            train_step(stand_in, SGD(lr=0.1), *_batch(64))
+        assert worker.poll() is not None
+        del model.layers[5]._forward
+        with pytest.raises(WorkerError, match="stopped"):
+            train_step(stand_in, SGD(lr=0.1), *_batch(64))
+    assert all(type(layer).batch_sums is layer.batch_sums for layer in model.layers
+               if hasattr(layer, "batch_sums"))

@@ -11,7 +11,7 @@ from cnncli.cli.app import main
 from cnncli.nn.model import WholeBatch, model_from_entries
 from cnncli.nn.splitter import SERIAL
 from cnncli.parallel import speedups_on, threads, thresholds
-from cnncli.parallel.plan import THREADED, ChunkedInference, apply_plan, plan_training
+from cnncli.parallel.plan import THREADED, ProcessInference, apply_plan, plan_training
 from cnncli.training.checkpoint import load_checkpoint, save_checkpoint
 
 # Big enough for every layer-side trick: conv1's weight gradient is cut (split-K), its im2col
@@ -60,7 +60,7 @@ def test_the_plan_really_differs_from_the_plain_math():
     assert not any(layer.may_overwrite_input or layer.may_overwrite_grad for layer in off.layers)
     assert all(layer.splitter is THREADED for layer in on.layers)
     assert all(layer.splitter is SERIAL for layer in off.layers)
-    assert type(on.runner) is ChunkedInference and type(off.runner) is WholeBatch
+    assert type(on.runner) is ProcessInference and type(off.runner) is WholeBatch
     conv = on.layers[0]
     rows = conv._chunks(3, 16, 16, 64)
     assert len(rows) > 1 and len(off.layers[0]._chunks(3, 16, 16, 64)) == 1

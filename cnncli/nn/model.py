@@ -263,6 +263,19 @@ class Model:
                 for i in range(0, len(x), batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0,) + self.output_shape, self.dtype)
 
+    def close(self) -> None:
+        """Let go of what the runner holds beyond this process (an execution plan's worker
+        process); the model stays usable."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def zero_grad(self) -> None:
         for layer in self.layers:
             layer.zero_grad()

@@ -31,11 +31,17 @@ from cnncli.nn.layers.activation import ReLU
 from cnncli.nn.layers.base import Layer
 from cnncli.nn.layers.conv import Conv2d
 from cnncli.nn.layers.dropout import Dropout
+from cnncli.nn.layers.norm import _BatchNorm
 from cnncli.nn.layers.pool import GlobalMaxPool2d, MaxPool2d
 from cnncli.nn.model import Model, WholeBatch
 from cnncli.nn.splitter import SERIAL, SerialSplitter
 from cnncli.parallel import speedups_on, threads, thresholds
-from cnncli.parallel.processes import SplitBatchModel
+from cnncli.parallel.processes import (
+    InferenceWorker,
+    SplitBatchModel,
+    WorkerError,
+    shared_weights,
+)
 
 
 class ThreadSplitter(SerialSplitter):
@@ -156,6 +162,85 @@ class ChunkedInference(WholeBatch):
         return [model.layers, *self.replicas][:count]
 
 
+class ProcessInference(ChunkedInference):
+    """``ChunkedInference``, except that an inference batch big enough to repay a second
+    process (``can_split_inference``) runs as two halves: the first here, the second in a
+    worker process (``processes.InferenceWorker``), started in the background on the first
+    such batch. Until it is ready the second half runs here, after the first: the same
+    numbers (the same code on the same shapes, one thread each). If it cannot start or
+    fails, batches run as ``ChunkedInference`` runs them. ``close()`` stops the worker."""
+
+    def __init__(self):
+        super().__init__()
+        self.worker: InferenceWorker | None = None
+        self.worker_failed = False  # no second process for this model any more
+        self._remote: np.ndarray | None = None  # the images the worker ran, for backward
+
+    def forward(self, model: Model, x: np.ndarray, train: bool) -> np.ndarray:
+        self._remote = None
+        if train or self.worker_failed or not can_split_inference(model, len(x)):
+            return super().forward(model, x, train)
+        half = len(x) // 2
+        worker = self._worker(model, len(x) - half)
+        if not self.replicas:
+            self.replicas.append(_replica(model.layers))
+        self.bounds = [0, half, len(x)]
+        try:
+            if worker is not None:
+                worker.send(x[half:])
+            with threads.serial():  # the worker has the other core
+                first = model.forward_through(model.layers, x[:half], False)
+                if worker is None:  # (the copy: backward needs both halves' caches)
+                    second = model.forward_through(self.replicas[0], x[half:], False)
+                else:
+                    second = worker.receive()
+                    self._remote = x[half:]
+        except WorkerError:  # the answer does not need the worker: threads it is, from now on
+            self.close()
+            self.worker_failed = True
+            return super().forward(model, x, train)
+        except BaseException:
+            self.close()  # it may still be busy with this batch; a later one starts another
+            raise
+        return np.concatenate([first, second])
+
+    def backward(self, model: Model, dlogits: np.ndarray, need_input_grad: bool):
+        if self._remote is not None:  # the worker ran the second half: run it again here
+            with threads.serial():
+                model.forward_through(self.replicas[0], self._remote, False)
+            self._remote = None
+        return super().backward(model, dlogits, need_input_grad)
+
+    def wait_for_worker(self, timeout: float = 30.0) -> bool:
+        """Wait until a started worker can take batches (benchmarks time the steady state);
+        whether one can."""
+        return self.worker is not None and self.worker.wait_until_ready(timeout)
+
+    def close(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.close()
+
+    def __del__(self):
+        self.close()
+
+    def _worker(self, model: Model, images: int) -> InferenceWorker | None:
+        """The worker if it can take ``images`` images now; starts one (for next time) if
+        there is none or it is too small."""
+        if self.worker_failed:
+            return None
+        if self.worker is not None and images > self.worker.capacity:
+            self.close()
+        try:
+            if self.worker is None:
+                self.worker = InferenceWorker(model, images)
+            return self.worker if self.worker.usable() else None
+        except (OSError, WorkerError):  # no shared memory, no process to spare, or it died
+            self.close()
+            self.worker_failed = True
+            return None
+
+
 def _replica(layers: list[Layer]) -> list[Layer]:
     """Copies of the layers that share their parameter arrays (and running statistics) with
     the originals but own every cache and buffer, so that both can run at once (the copies
@@ -213,7 +298,10 @@ class ExecutionPlan:
             layer.splitter = self.splitter
             layer.may_overwrite_input = self.may_overwrite_input[k]
             layer.may_overwrite_grad = self.may_overwrite_grad[k]
-        model.runner = ChunkedInference() if self.chunked_inference else WholeBatch()
+        close = getattr(model.runner, "close", None)
+        if close is not None:  # an earlier plan's worker process
+            close()
+        model.runner = ProcessInference() if self.chunked_inference else WholeBatch()
         # Convs' one-call arrays in one pool for the model (they run one after the other),
         # not one set per layer: a deep network's step needs far less memory.
         scratch = SharedScratch() if self.speedups else None
@@ -244,12 +332,18 @@ def plan_training(model: Model, batch_size: int, *,
     return plan.split_training(batch_size)
 
 
+def per_sample_in_training(layer: Layer) -> bool:
+    """Whether a training batch may run ``layer`` in parts: per-sample layers, dropout (its
+    masks are drawn for the whole batch) and batch norm (its sums are exchanged)."""
+    return layer.per_sample or isinstance(layer, (Dropout, _BatchNorm))
+
+
 def can_split(model: Model, batch_size: int) -> bool:
     """Whether training ``model`` at ``batch_size`` would split each batch over two processes:
     on Linux, with 2 cnncli threads (or more, for networks whose convs are too small to use
     them) and 2 usable cores, batches of 2 * PROCESS_MIN_IMAGES or more with PROCESS_MIN_MACS
-    of work per half, per-sample layers (dropout too: its masks are drawn here for the whole
-    batch) and at most PROCESS_MAX_PARAMETERS parameters."""
+    of work per half, layers that ``per_sample_in_training`` admits and at most
+    PROCESS_MAX_PARAMETERS parameters."""
     count = threads.get_threads()
     macs = sum(layer.macs(shape) for layer, shape in zip(model.layers, model.shapes,
                                                           strict=False))
@@ -257,8 +351,32 @@ def can_split(model: Model, batch_size: int) -> bool:
             and (count == 2 or small_convs(model, batch_size))
             and batch_size >= 2 * thresholds.PROCESS_MIN_IMAGES
             and macs * (batch_size // 2) >= thresholds.PROCESS_MIN_MACS
-            and all(layer.per_sample or isinstance(layer, Dropout) for layer in model.layers)
+            and all(per_sample_in_training(layer) for layer in model.layers)
             and (sum(value.size for _, value, _ in model.parameters())
+                 <= thresholds.PROCESS_MAX_PARAMETERS))
+
+
+def per_sample_in_evaluation(layer: Layer) -> bool:
+    """Whether an inference batch may run ``layer`` in parts: per-sample layers, dropout (the
+    identity) and batch norm with running statistics."""
+    return (layer.per_sample or isinstance(layer, Dropout)
+            or (isinstance(layer, _BatchNorm) and layer.track_running_stats))
+
+
+def can_split_inference(model: Model, batch: int) -> bool:
+    """Whether evaluating a batch of ``batch`` images splits it with a worker process: as
+    ``can_split`` for training, with INFERENCE_PROCESS_MIN_IMAGES images and
+    INFERENCE_PROCESS_MIN_MACS multiply-adds per half and ``per_sample_in_evaluation``."""
+    count = threads.get_threads()
+    if (count < 2 or batch < 2 * thresholds.INFERENCE_PROCESS_MIN_IMAGES
+            or not hasattr(os, "memfd_create")):
+        return False  # the cheap tests first: this runs on every inference batch
+    macs = sum(layer.macs(shape) for layer, shape in zip(model.layers, model.shapes,
+                                                          strict=False))
+    return (macs * (batch // 2) >= thresholds.INFERENCE_PROCESS_MIN_MACS
+            and threads.usable_cores() >= 2 and (count == 2 or small_convs(model, batch))
+            and all(per_sample_in_evaluation(layer) for layer in model.layers)
+            and (sum(value.size for _, value in shared_weights(model, True))
                  <= thresholds.PROCESS_MAX_PARAMETERS))
 
 

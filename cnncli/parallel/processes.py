@@ -20,18 +20,23 @@ over the worker's stdin and stdout, one short line per message.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import mmap
 import os
+import select
 import subprocess
 import sys
 import tempfile
+import time
+import weakref
 
 import numpy as np
 
 from cnncli.errors import CnncliError
 from cnncli.nn.layers.dropout import Dropout
+from cnncli.nn.layers.norm import _BatchNorm
 from cnncli.parallel import threads, thresholds
 
 
@@ -39,20 +44,50 @@ class WorkerError(CnncliError):
     """The worker process failed or stopped."""
 
 
-class _Layout:
-    """Where each array sits in the shared block: parameters, worker gradients, images,
-    logits and logit gradients of up to ``images`` images."""
+#: Batch norm's exchange wake-ups: one byte through a pipe, "my sums are in" or "my half failed".
+SUMS_IN, HALF_FAILED = b"+", b"!"
 
-    def __init__(self, model, images: int):
+
+def shared_weights(model, inference: bool) -> list[tuple[str, np.ndarray]]:
+    """What the worker needs of the weights: the parameters, and for inference the running
+    statistics too (floating-point buffers), in layer order."""
+    out = [(name, value) for name, value, _ in model.parameters()]
+    if inference:
+        out += [(f"{layer.name}.{key}", value) for layer in model.layers
+                for key, value in layer.buffers.items() if value.dtype.kind == "f"]
+    return out
+
+
+def batch_norms(model) -> list:
+    """The model's batch-norm layers (their ``batch_sums`` hook synchronises a split batch)."""
+    return [layer for layer in model.layers if isinstance(layer, _BatchNorm)]
+
+
+class _Layout:
+    """Where each array sits in the shared block: batch norm's exchange slots, weights, the
+    worker's gradients, and images, logits and logit gradients of up to ``images`` images
+    (for ``inference``: weights with running statistics, images and logits only)."""
+
+    def __init__(self, model, images: int, *, inference: bool = False):
         self.dtype = model.dtype
-        self.param_shapes = [(name, value.shape) for name, value, _ in model.parameters()]
-        sizes = {"params": sum(int(np.prod(s)) for _, s in self.param_shapes)}
-        sizes["grads"] = sizes["params"]
+        self.param_shapes = [(name, value.shape)
+                             for name, value in shared_weights(model, inference)]
+        # Two rounds of slots (this process's sums, the worker's), so that one side may write
+        # its next sums while the other still reads the last ones; float64 at most.
+        channels = [int(layer.input_shape[0]) for layer in batch_norms(model)]
+        self.slot_bytes = 8 * max(channels) if channels and not inference else 0
+        sizes = {"sums": 4 * self.slot_bytes // self.dtype.itemsize,
+                 "params": sum(int(np.prod(s)) for _, s in self.param_shapes)}
+        if not inference:
+            sizes["grads"] = sizes["params"]
         sizes["x"] = images * int(np.prod(model.input_shape))
-        sizes["logits"] = sizes["dlogits"] = images * int(np.prod(model.output_shape))
+        sizes["logits"] = images * int(np.prod(model.output_shape))
         #: dropout layers by index, and the per-sample shape of their masks
-        self.masks = {k: model.input_shapes[k] for k, layer in enumerate(model.layers)
-                      if isinstance(layer, Dropout) and layer.p > 0}
+        self.masks = {} if inference else {
+            k: model.input_shapes[k] for k, layer in enumerate(model.layers)
+            if isinstance(layer, Dropout) and layer.p > 0}
+        if not inference:
+            sizes["dlogits"] = sizes["logits"]
         for k, shape in self.masks.items():
             sizes[f"mask{k}"] = images * int(np.prod(shape))
         self.offsets, offset = {}, 0
@@ -66,9 +101,11 @@ class _Layout:
     def views(self, buffer) -> dict[str, np.ndarray]:
         views = {key: np.frombuffer(buffer, self.dtype, size, offset)
                  for key, (offset, size) in self.offsets.items()}
+        views["sums"] = views["sums"].view(np.uint8).reshape(2, 2, self.slot_bytes)
         views["x"] = views["x"].reshape((self.images,) + tuple(self.input_shape))
         for key in ("logits", "dlogits"):
-            views[key] = views[key].reshape((self.images,) + tuple(self.output_shape))
+            if key in views:
+                views[key] = views[key].reshape((self.images,) + tuple(self.output_shape))
         for k, shape in self.masks.items():  # the internal batch-last layout
             views[f"mask{k}"] = views[f"mask{k}"].reshape(tuple(shape) + (self.images,))
         return views
@@ -82,25 +119,77 @@ class _Layout:
         return out
 
 
-class SplitBatchModel:
-    """Stands in for ``model`` in ``train_step``: training batches of 2 * PROCESS_MIN_IMAGES or
-    more run their first half here and their second half in the worker process; anything
-    else runs here whole. ``close()`` (or leaving the ``with`` block) stops the worker."""
+class PairSums:
+    """Batch norm's ``batch_sums`` hook on a batch split between this process (side 0, the
+    first half) and the worker (side 1): each side writes its per-channel sums to its slot in
+    shared memory and wakes the other with a byte through a pipe; both add the two slots first
+    half then second, so both get the same bits, those of a fixed order."""
 
-    def __init__(self, model, batch_size: int):
+    def __init__(self, slots: np.ndarray, side: int, read_fd: int, write_fd: int):
+        self.slots, self.side = slots, side
+        self.read_fd, self.write_fd = read_fd, write_fd
+        self.exchanges = 0  # so far: both sides make the same ones, in the same order
+
+    def total(self, sums: np.ndarray) -> np.ndarray:
+        sums = np.ascontiguousarray(sums)
+        slots = self.slots[self.exchanges % 2]
+        self.exchanges += 1
+        slots[self.side, :sums.nbytes] = sums.reshape(-1).view(np.uint8)
+        try:
+            os.write(self.write_fd, SUMS_IN)
+            got = os.read(self.read_fd, 1)
+        except OSError:
+            got = b""
+        if got != SUMS_IN:
+            raise PartnerFailed(got)
+        def part(side):
+            return slots[side, :sums.nbytes].view(sums.dtype).reshape(sums.shape)
+        result = part(0).copy()
+        result += part(1)
+        return result
+
+    def abort(self) -> None:
+        """Tell the other side that this half failed (it may be waiting for its sums)."""
+        with contextlib.suppress(OSError):
+            os.write(self.write_fd, HALF_FAILED)
+
+
+class PartnerFailed(Exception):
+    """The other side of a batch-norm exchange failed (``HALF_FAILED``) or stopped (no byte)."""
+
+    def __init__(self, got: bytes):
+        super().__init__("the other half of the batch failed" if got else
+                         "the other half of the batch stopped")
+        self.stopped = not got
+
+
+class _Worker:
+    """A worker process (``worker.serve``) with the block of shared memory ``layout``
+    describes; its replies come one line per request. ``exchange``: give it a pipe pair for
+    batch norm's sums (``PairSums``)."""
+
+    def __init__(self, model, layout: _Layout, *, inference: bool = False,
+                 exchange: bool = False):
         self.model = model
-        self._layout = _Layout(model, batch_size - batch_size // 2)
+        self._layout = layout
+        self._pid = os.getpid()  # a forked child must not use (or stop) its parent's worker
         self._fd = _memfd_above_stdio("cnncli-split")
         os.ftruncate(self._fd, self._layout.nbytes)
         self._buffer = mmap.mmap(self._fd, self._layout.nbytes)
         self._views = self._layout.views(self._buffer)
         self._params = self._layout.per_param(self._views["params"])
-        self._grads = self._layout.per_param(self._views["grads"])
-        self._split: tuple[int, int] | None = None  # (first half, second half) of the batch
+        self._sums: PairSums | None = None
+        passed, theirs = [self._fd], None
+        if exchange:
+            to_worker, from_worker = os.pipe(), os.pipe()
+            theirs = [to_worker[0], from_worker[1]]
+            passed += theirs
+            self._sums = PairSums(self._views["sums"], 0, from_worker[0], to_worker[1])
         spec = {"input_shape": list(model.input_shape), "dtype": model.dtype.name,
                 "layers": model.layer_entries(),
                 "params": [[name, list(shape)] for name, shape in self._layout.param_shapes],
-                "images": self._layout.images, "fd": self._fd}
+                "images": self._layout.images, "fd": self._fd, "inference": inference,
+                "exchange": theirs}
         env = {**os.environ, "CNNCLI_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         self._stderr = tempfile.TemporaryFile()
@@ -110,67 +199,14 @@ class SplitBatchModel:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         start = (f"import sys; sys.path[0] = {root!r}; "
                  f"from cnncli.parallel.worker import serve; serve(sys.argv[1])")
-        self._worker = subprocess.Popen(
-            [sys.executable, "-c", start, json.dumps(spec)], env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            pass_fds=(self._fd,), text=True, bufsize=1)
-        # No waiting here: the worker reads its first request once it has built the network
-        # (about 0.3 s), while this process goes on loading data.
-
-    # -- the model interface train_step uses
-    def zero_grad(self) -> None:
-        self.model.zero_grad()
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        x = np.asarray(x)
-        n = len(x) if x.ndim else 0
-        half = n // 2
-        if (not train or half < thresholds.PROCESS_MIN_IMAGES or n - half > self._layout.images
-                or x.shape[1:] != tuple(self.model.input_shape)):  # the model's own checks
-            self._split = None
-            return self.model.forward(x, train)
-        rest = n - half
-        for shared, (_, value, _) in zip(self._params, self.model.parameters(), strict=True):
-            shared[...] = value
-        self._views["x"][:rest] = x[half:]
-        for k in self._layout.masks:  # the whole batch's masks, from this process's streams
-            shape = tuple(self.model.input_shapes[k]) + (n,)
-            mask = self.model.layers[k].draw_mask(shape, self.model.dtype)
-            self.model.layers[k].use_mask(np.ascontiguousarray(mask[..., :half]))
-            self._views[f"mask{k}"][..., :rest] = mask[..., half:]
-        self._send(f"forward {rest}")
         try:
-            with threads.serial():  # the worker has the other core
-                first = self.model.forward(x[:half], train=True)
+            self._worker = subprocess.Popen(
+                [sys.executable, "-c", start, json.dumps(spec)], env=env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                pass_fds=tuple(passed), text=True, bufsize=1)
         finally:
-            self._reply()  # even if this half failed, so that requests and replies stay paired
-        self._split = (half, rest)
-        return np.concatenate([first, self._views["logits"][:rest]])
-
-    def backward(self, dlogits: np.ndarray, need_input_grad: bool = True):
-        if self._split is None:
-            return self.model.backward(dlogits, need_input_grad)
-        half, rest = self._split
-        if need_input_grad:
-            raise WorkerError("a split training batch gives no input gradient")
-        if dlogits.shape != (half + rest,) + tuple(self.model.output_shape):
-            raise WorkerError(f"dlogits must have the shape of the last forward output "
-                              f"{(half + rest,) + tuple(self.model.output_shape)}, "
-                              f"got {tuple(dlogits.shape)}")
-        self._views["dlogits"][:rest] = dlogits[half:]
-        self._send(f"backward {rest}")
-        try:
-            with threads.serial():
-                self.model.backward(dlogits[:half], need_input_grad=False)
-        finally:
-            self._reply()
-        for (_, _, grad), worker_grad in zip(self.model.parameters(), self._grads, strict=True):
-            grad += worker_grad
-        self._split = None
-        return None
+            for fd in theirs or []:  # the worker's ends: its exit must end our reads
+                os.close(fd)
 
     def worker_memory_mb(self) -> tuple[float, float]:
         """The worker's (resident set now, peak resident set) in MB."""
@@ -184,6 +220,8 @@ class SplitBatchModel:
     # -- lifetime
     def close(self) -> None:
         worker, self._worker = getattr(self, "_worker", None), None
+        if getattr(self, "_pid", None) != os.getpid():
+            return  # a forked child's copy: the worker and the descriptors are its parent's
         if worker is not None:
             # The worker holds nothing worth keeping: stop it at once, so that closing on the
             # way out of a Ctrl-C takes a millisecond and a second Ctrl-C finds it done.
@@ -197,6 +235,10 @@ class SplitBatchModel:
             for pipe in (worker.stdin, worker.stdout):
                 with contextlib.suppress(OSError, ValueError):
                     pipe.close()
+        sums, self._sums = getattr(self, "_sums", None), None
+        if sums is not None:
+            for fd in (sums.read_fd, sums.write_fd):
+                os.close(fd)
         self._views = self._params = self._grads = None
         if getattr(self, "_buffer", None) is not None:
             with contextlib.suppress(BufferError):
@@ -241,12 +283,184 @@ class SplitBatchModel:
 
     def _stopped(self) -> WorkerError:
         last = ""
-        if self._stderr is not None:
+        if getattr(self, "_stderr", None) is not None:
             self._stderr.seek(0)
             lines = self._stderr.read().decode(errors="replace").strip().splitlines()
             last = f": {lines[-1]}" if lines else ""
         return WorkerError(f"the worker process for the second half of each batch stopped{last}",
                            hint="set CNNCLI_THREADS=1 to train in one process")
+
+
+class SplitBatchModel(_Worker):
+    """Stands in for ``model`` in ``train_step``: training batches of 2 * PROCESS_MIN_IMAGES or
+    more run their first half here and their second half in the worker process; anything
+    else runs here whole. ``close()`` (or leaving the ``with`` block) stops the worker."""
+
+    def __init__(self, model, batch_size: int):
+        norms = batch_norms(model)
+        super().__init__(model, _Layout(model, batch_size - batch_size // 2),
+                         exchange=bool(norms))
+        self._norms = norms
+        self._grads = self._layout.per_param(self._views["grads"])
+        self._split: tuple[int, int] | None = None  # (first half, second half) of the batch
+        # No waiting here: the worker reads its first request once it has built the network
+        # (about 0.3 s), while this process goes on loading data.
+
+    # -- the model interface train_step uses
+    def zero_grad(self) -> None:
+        self.model.zero_grad()
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        x = np.asarray(x)
+        n = len(x) if x.ndim else 0
+        half = n // 2
+        if (not train or half < thresholds.PROCESS_MIN_IMAGES or n - half > self._layout.images
+                or x.shape[1:] != tuple(self.model.input_shape)):  # the model's own checks
+            self._split = None
+            return self.model.forward(x, train)
+        rest = n - half
+        if self._worker is None:  # closed, or stopped by a failure midway through a batch
+            raise self._stopped()
+        for shared, (_, value, _) in zip(self._params, self.model.parameters(), strict=True):
+            shared[...] = value
+        self._views["x"][:rest] = x[half:]
+        for k in self._layout.masks:  # the whole batch's masks, from this process's streams
+            shape = tuple(self.model.input_shapes[k]) + (n,)
+            mask = self.model.layers[k].draw_mask(shape, self.model.dtype)
+            self.model.layers[k].use_mask(np.ascontiguousarray(mask[..., :half]))
+            self._views[f"mask{k}"][..., :rest] = mask[..., half:]
+        self._send(f"forward {rest}")
+        first = self._half(lambda: self.model.forward(x[:half], train=True))
+        self._split = (half, rest)
+        return np.concatenate([first, self._views["logits"][:rest]])
+
+    def backward(self, dlogits: np.ndarray, need_input_grad: bool = True):
+        if self._split is None:
+            return self.model.backward(dlogits, need_input_grad)
+        half, rest = self._split
+        if need_input_grad:
+            raise WorkerError("a split training batch gives no input gradient")
+        if dlogits.shape != (half + rest,) + tuple(self.model.output_shape):
+            raise WorkerError(f"dlogits must have the shape of the last forward output "
+                              f"{(half + rest,) + tuple(self.model.output_shape)}, "
+                              f"got {tuple(dlogits.shape)}")
+        self._views["dlogits"][:rest] = dlogits[half:]
+        self._send(f"backward {rest}")
+        self._half(lambda: self.model.backward(dlogits[:half], need_input_grad=False))
+        for (_, _, grad), worker_grad in zip(self.model.parameters(), self._grads, strict=True):
+            grad += worker_grad
+        self._split = None
+        return None
+
+    def _half(self, run):
+        """``run()`` (this process's half, on one thread: the worker has the other core) while
+        the worker runs its half; then its reply. With batch norm the two exchange sums
+        midway: if either half fails then, the worker may wait for sums that never come, so it
+        is stopped (the error says why; later batches say that it stopped)."""
+        if self._sums is None:
+            try:
+                with threads.serial():
+                    return run()
+            finally:
+                self._reply()  # even if this half failed, so that requests and replies pair up
+        for layer in self._norms:
+            layer.batch_sums = self._sums
+        try:
+            with threads.serial():
+                result = run()
+            self._reply()
+            return result
+        except PartnerFailed as err:
+            problem = self._stopped() if err.stopped else None
+            if problem is None:  # the worker's half failed: its reply says why
+                try:
+                    self._reply()
+                except WorkerError as reply:
+                    problem = reply
+            self.close()
+            raise problem or self._stopped() from None
+        except BaseException:
+            self._sums.abort()
+            self.close()
+            raise
+        finally:
+            for layer in self._norms:
+                layer.__dict__.pop("batch_sums", None)  # back to the class's LOCAL_BATCH
+
+
+class InferenceWorker(_Worker):
+    """A worker process that evaluates the second half of inference batches of up to
+    ``2 * images`` images. It starts in the background; ``usable()`` says when it has built
+    the network. Its weights and running statistics are the shared block's: ``send`` copies
+    this process's there before each batch, which costs a third of comparing them (7 us for
+    LeNet-5, 54 for ResNet-20; benchmarks/RESULTS.md), and whatever changed them (an optimizer
+    step, a checkpoint load, a user's assignment) the worker sees."""
+
+    def __init__(self, model, images: int):
+        super().__init__(model, _Layout(model, images, inference=True), inference=True)
+        self._weights = [value for _, value in shared_weights(model, True)]
+        self._ready = False
+        self._waiting = 0  # images of the request sent and not answered yet
+        _live.add(self)
+
+    @property
+    def capacity(self) -> int:
+        """The most images ``send`` takes."""
+        return self._layout.images
+
+    def usable(self) -> bool:
+        """Whether this process may use the worker: it runs (this is the process that
+        started it, not a forked child) and has built its network; never waits."""
+        if self._pid != os.getpid() or self._worker is None:
+            return False
+        if not self._ready:
+            readable, _, _ = select.select([self._worker.stdout], [], [], 0)
+            if readable:
+                line = self._worker.stdout.readline()
+                if line.strip() != "ready":
+                    raise self._stopped()
+                self._ready = True
+        return self._ready
+
+    def wait_until_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``usable()``; returns it."""
+        deadline = time.monotonic() + timeout
+        while not self.usable() and time.monotonic() < deadline and self._worker is not None:
+            select.select([self._worker.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        return self.usable()
+
+    def send(self, x: np.ndarray) -> None:
+        """Start the worker on ``x`` with this process's weights; ``receive`` returns the
+        logits."""
+        for shared, value in zip(self._params, self._weights, strict=True):
+            shared[...] = value
+        self._views["x"][:len(x)] = x
+        self._send(f"infer {len(x)}")
+        self._waiting = len(x)
+
+    def receive(self) -> np.ndarray:
+        """The logits of the images last sent (a new array)."""
+        n, self._waiting = self._waiting, 0
+        self._reply()
+        return self._views["logits"][:n].copy()
+
+    def close(self) -> None:
+        _live.discard(self)
+        super().close()
+
+
+#: Inference workers not closed yet: stopped at interpreter exit (a worker whose parent is
+#: killed stops too, when its stdin ends).
+_live: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_inference_workers() -> None:
+    for worker in list(_live):
+        worker.close()
 
 
 def _memfd_above_stdio(name: str) -> int:

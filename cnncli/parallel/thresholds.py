@@ -53,3 +53,8 @@ PROCESS_MAX_PARAMETERS = 4_000_000
 #: The hand-offs cost a fixed time per step: a half batch needs this many multiply-adds in
 #: its forward to repay them.
 PROCESS_MIN_MACS = 8_000_000
+#: An inference batch splits with a worker process when each half has this many images ...
+INFERENCE_PROCESS_MIN_IMAGES = 16
+#: ... and this many multiply-adds: the hand-off (images and logits through shared memory,
+#: a line each way, the weights compared with the worker's copy) costs a fixed time.
+INFERENCE_PROCESS_MIN_MACS = 4_000_000

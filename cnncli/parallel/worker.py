@@ -15,9 +15,9 @@ import sys
 
 import numpy as np
 
-from cnncli.nn.model import model_from_entries
+from cnncli.nn.model import WholeBatch, model_from_entries
 from cnncli.parallel.plan import apply_plan
-from cnncli.parallel.processes import _Layout
+from cnncli.parallel.processes import PairSums, _Layout, batch_norms, shared_weights
 
 
 def serve(spec_json: str) -> None:
@@ -32,48 +32,82 @@ def serve(spec_json: str) -> None:
     spec = json.loads(spec_json)
     model = apply_plan(model_from_entries(spec["input_shape"], spec["layers"],
                                           dtype=spec["dtype"]))
-    layout = _Layout(model, spec["images"])
+    model.runner = WholeBatch()  # this process is the second one: never a third
+    inference = spec.get("inference", False)
+    layout = _Layout(model, spec["images"], inference=inference)
     if [[n, list(s)] for n, s in layout.param_shapes] != spec["params"]:
         raise SystemExit("the worker's network does not match its parent's")
     views = layout.views(mmap.mmap(spec["fd"], layout.nbytes))
-    params, grads = layout.per_param(views["params"]), layout.per_param(views["grads"])
+    worker = _Worker(model, layout, views, inference)
+    if spec.get("exchange"):
+        worker.sums = PairSums(views["sums"], 1, *spec["exchange"])
+        for layer in batch_norms(model):
+            layer.batch_sums = worker.sums
+    if inference:
+        out.write("ready\n")  # the parent sends halves from now on
     for line in sys.stdin:
         command, _, arg = line.strip().partition(" ")
         try:
             # Like the training loop around this process's half: overflow or NaN in a
             # diverging run is for the parent to detect from the loss, not a worker failure.
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                reply = _answer(command, arg, model, layout, views, params, grads)
+                reply = worker.answer(command, arg)
             out.write("ok" + reply + "\n")
         except Exception as err:  # reported to the parent, which raises a WorkerError
+            if worker.sums is not None:  # the parent may be waiting for this half's sums
+                worker.sums.abort()
             first_line = (str(err).splitlines() or [""])[0]
             out.write(f"error {type(err).__name__}: {first_line}\n")
 
 
-def _answer(command: str, arg: str, model, layout: _Layout, views: dict,
-            params: list[np.ndarray], grads: list[np.ndarray]) -> str:
-    """Carry out one request; return the text after "ok" in the reply. ``params`` and
-    ``grads`` are the shared weights and worker gradients, one view per parameter."""
-    if command == "forward":
-        for (_, value, _), shared in zip(model.parameters(), params, strict=True):
+class _Worker:
+    """The worker's network and its views of the shared block."""
+
+    def __init__(self, model, layout: _Layout, views: dict, inference: bool):
+        self.model, self.layout, self.views = model, layout, views
+        self.shared = layout.per_param(views["params"])  # one view per weight
+        self.weights = [value for _, value in shared_weights(model, inference)]
+        self.grads = None if inference else layout.per_param(views["grads"])
+        self.sums: PairSums | None = None
+        if inference:  # the shared weights are the network's: nothing to copy per batch
+            shared = iter(self.shared)
+            for layer in model.layers:
+                for key in layer.params:
+                    layer.params[key] = next(shared)
+            for layer in model.layers:
+                for key, value in layer.buffers.items():
+                    if value.dtype.kind == "f":
+                        layer.buffers[key] = next(shared)
+
+    def answer(self, command: str, arg: str) -> str:
+        """Carry out one request; return the text after "ok" in the reply."""
+        model, views = self.model, self.views
+        if command == "forward":
+            self._load_weights()
+            n = int(arg)
+            for k in self.layout.masks:
+                model.layers[k].use_mask(np.ascontiguousarray(views[f"mask{k}"][..., :n]))
+            views["logits"][:n] = model.forward(views["x"][:n], train=True)
+        elif command == "backward":
+            model.zero_grad()
+            model.backward(views["dlogits"][:int(arg)], need_input_grad=False)
+            for (_, _, grad), shared in zip(model.parameters(), self.grads, strict=True):
+                shared[...] = grad
+        elif command == "infer":
+            n = int(arg)
+            views["logits"][:n] = model.forward(views["x"][:n], train=False)
+        elif command == "memory":
+            return " {:.1f} {:.1f}".format(*_rss_mb())
+        elif command == "reset-peak":
+            with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        else:
+            raise ValueError(f"unknown request {command!r}")
+        return ""
+
+    def _load_weights(self) -> None:
+        for value, shared in zip(self.weights, self.shared, strict=True):
             value[...] = shared
-        n = int(arg)
-        for k in layout.masks:
-            model.layers[k].use_mask(np.ascontiguousarray(views[f"mask{k}"][..., :n]))
-        views["logits"][:n] = model.forward(views["x"][:n], train=True)
-    elif command == "backward":
-        model.zero_grad()
-        model.backward(views["dlogits"][:int(arg)], need_input_grad=False)
-        for (_, _, grad), shared in zip(model.parameters(), grads, strict=True):
-            shared[...] = grad
-    elif command == "memory":
-        return " {:.1f} {:.1f}".format(*_rss_mb())
-    elif command == "reset-peak":
-        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    else:
-        raise ValueError(f"unknown request {command!r}")
-    return ""
 
 
 def _rss_mb() -> tuple[float, float]:
