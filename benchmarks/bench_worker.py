@@ -70,7 +70,7 @@ def _timed(fn, steps: int, warmup: int) -> list[float]:
 
 def cnncli_runner(config: dict, x: np.ndarray, y: np.ndarray, threads: int):
     from cnncli import build_model
-    from cnncli.parallel.plan import plan_training
+    from cnncli.parallel.plan import plan_training, wait_for_inference_worker
     from cnncli.training.optim import SGD
     from cnncli.training.trainer import train_step
 
@@ -82,9 +82,14 @@ def cnncli_runner(config: dict, x: np.ndarray, y: np.ndarray, threads: int):
     def train():
         train_step(trained, optimizer, x, y)
 
+    started = []
+
     def infer():
         model.forward(x, train=False)
+        if not started:  # its first batch may start a worker process: time it once it runs
+            started.append(wait_for_inference_worker(model))
 
+    infer.started = started
     return train, infer, split
 
 
@@ -299,6 +304,7 @@ def main() -> None:
         "process_peak_rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                                 + worker_peak),
         "worker_process": split is not None,
+        "inference_worker": any(getattr(infer, "started", [])),
         "cpu": cpu_model(),
         "blas": blas_kernel() if args.framework == "cnncli" else torch_blas(),
         "blas_variables": blas_variables(),

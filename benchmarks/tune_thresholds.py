@@ -27,7 +27,7 @@ from cnncli.nn.layers.base import to_internal
 from cnncli.nn.layers.conv import Conv2d
 from cnncli.nn.model import model_from_entries
 from cnncli.parallel import threads, thresholds
-from cnncli.parallel.plan import apply_plan, split_model
+from cnncli.parallel.plan import apply_plan, split_model, wait_for_inference_worker
 from cnncli.training.optim import SGD
 from cnncli.training.trainer import train_step
 
@@ -250,9 +250,47 @@ def processes(repeats):
            "half macs", rows, thresholds.PROCESS_MIN_MACS)
 
 
+def _split_inference(model, x, repeats) -> tuple[float, float, float]:
+    """(chunks on threads ms, halves with a worker process ms, ratio) for ``x``."""
+    forward = partial(model.forward, x, train=False)
+    plain = with_threshold("INFERENCE_PROCESS_MIN_MACS", HUGE,
+                           lambda: median_ms(forward, repeats))
+    before = thresholds.INFERENCE_PROCESS_MIN_MACS, thresholds.INFERENCE_PROCESS_MIN_IMAGES
+    thresholds.INFERENCE_PROCESS_MIN_MACS, thresholds.INFERENCE_PROCESS_MIN_IMAGES = 0, 1
+    try:
+        forward()
+        if not wait_for_inference_worker(model):  # its worker runs before the timing starts
+            raise SystemExit("INFERENCE_PROCESS_MIN_MACS: no worker process here (needs "
+                             "Linux, 2 usable cores and 2 cnncli threads)")
+        fast = median_ms(forward, repeats)
+    finally:
+        thresholds.INFERENCE_PROCESS_MIN_MACS, thresholds.INFERENCE_PROCESS_MIN_IMAGES = before
+    return plain, fast, plain / fast
+
+
+def inference_processes(repeats):
+    rows = []
+    for config, sizes in (("configs/digits.yaml", (32, 64, 256)),
+                          ("configs/lenet5.yaml", (16, 32, 64, 128, 256)),
+                          ("configs/cifar_small.yaml", (8, 16, 32, 64))):
+        with cnncli.build_model(config) as model:
+            per_image = sum(layer.macs(s) for layer, s in zip(model.layers, model.shapes,
+                                                              strict=False))
+            for batch in sizes:
+                x = np.random.default_rng(0).standard_normal((batch,) + model.input_shape,
+                                                             dtype=np.float32)
+                rows.append((per_image * (batch // 2), *_split_inference(model, x, repeats)))
+                print(f"  ({config}, batch {batch}: {rows[-1][0]:,} multiply-adds per half)")
+    rows.sort()
+    report("INFERENCE_PROCESS_MIN_MACS: an inference batch's second half in a worker process "
+           "(plain: as chunks on threads)", "half macs", rows,
+           thresholds.INFERENCE_PROCESS_MIN_MACS)
+
+
 MEASUREMENTS = {"min_elements": min_elements, "conv_threads": conv_threads,
                 "conv_pair": conv_pair, "im2col_pieces": im2col_pieces, "split_k": split_k,
-                "whole_dcols": whole_dcols, "chunks": chunks, "processes": processes}
+                "whole_dcols": whole_dcols, "chunks": chunks, "processes": processes,
+                "inference_processes": inference_processes}
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from cnncli.inspect.walk import walk
 from cnncli.nn.losses import softmax_cross_entropy
 from cnncli.nn.memory import check_memory
 from cnncli.parallel import threads
-from cnncli.parallel.plan import plan_training
+from cnncli.parallel.plan import plan_training, wait_for_inference_worker
 from cnncli.training.memory import still_needed
 from cnncli.training.optim import SGD
 from cnncli.training.trainer import train_step
@@ -161,6 +161,8 @@ def _time_inference(model, x, steps: int, warmup: int) -> list[float]:
     for i in range(warmup + steps):
         start = time.perf_counter()
         model.predict_logits(x, batch_size=len(x))  # as eval and predict run it
+        if i == 0:  # a worker process for inference starts on the first batch
+            wait_for_inference_worker(model)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
@@ -268,6 +270,8 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
         notes.append("training steps run the second half of each batch in a worker process "
                      "(the layers' times are for the whole batch in one process; the step "
                      "NumPy peak is this process's, for its half)")
+    if getattr(model.runner, "worker", None) is not None:
+        notes.append("inference runs the second half of each batch in a worker process")
     train_ms, infer_ms = _median_ms(train_times), _median_ms(infer_times)
     rss = peak_rss_mb()  # before the matmul probe, whose 48 MB operands are not the model's
     return BenchResult(

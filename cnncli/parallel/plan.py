@@ -380,6 +380,13 @@ def can_split_inference(model: Model, batch: int) -> bool:
                  <= thresholds.PROCESS_MAX_PARAMETERS))
 
 
+def wait_for_inference_worker(model: Model, timeout: float = 30.0) -> bool:
+    """After a first inference batch that started a worker process: wait until it takes the
+    second halves (benchmarks time the steady state); whether it does."""
+    wait = getattr(model.runner, "wait_for_worker", None)
+    return bool(wait is not None and wait(timeout))
+
+
 def split_model(model: Model, batch_size: int) -> SplitBatchModel | None:
     """A ``SplitBatchModel`` for ``model`` (close it when done) if ``can_split`` and the worker
     process starts, else None."""

@@ -54,7 +54,9 @@ PROCESS_MAX_PARAMETERS = 4_000_000
 #: its forward to repay them.
 PROCESS_MIN_MACS = 8_000_000
 #: An inference batch splits with a worker process when each half has this many images ...
-INFERENCE_PROCESS_MIN_IMAGES = 16
-#: ... and this many multiply-adds: the hand-off (images and logits through shared memory,
-#: a line each way, the weights compared with the worker's copy) costs a fixed time.
-INFERENCE_PROCESS_MIN_MACS = 4_000_000
+INFERENCE_PROCESS_MIN_IMAGES = 8
+#: ... and this many multiply-adds: the hand-off (images, weights and logits through shared
+#: memory, a line each way) costs a fixed time. On the 2-core Xeon of benchmarks/RESULTS.md
+#: (2026-12-04, 16:41) halves of 5.4 million lost (0.91x of two threads), 6.8 million gained
+#: 1.08x, 13.5 million 1.39x.
+INFERENCE_PROCESS_MIN_MACS = 6_000_000
