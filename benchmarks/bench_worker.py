@@ -17,7 +17,8 @@ Memory: ``step_peak_rss_mb`` is the rise of the resident set during the training
 the resident set just before them (the kernel's high-water mark is reset via
 /proc/self/clear_refs first), so library and interpreter size do not count;
 ``process_peak_rss_mb`` is the whole process's peak (ru_maxrss). Where cnncli trains each
-batch's second half in a worker process, the worker's rise and peak are added to both.
+batch's second half in a worker process, the worker's rise and peak are added to both, less
+the block of memory the two share (both resident sets count its pages; it is there once).
 """
 
 from __future__ import annotations
@@ -289,7 +290,7 @@ def main() -> None:
     reset = _reset_peak_rss()
     train_times = _timed(train, args.steps, args.warmup)
     step_peak_kb = _status_kb("VmHWM") if reset else None
-    worker_peak = split.worker_memory_mb()[1] if split is not None else 0.0
+    worker_peak = split.worker_memory_mb()[1] - split.shared_mb if split is not None else 0.0
     if split is not None:
         split.close()
     infer_times = _timed(infer, args.steps, args.warmup)

@@ -208,6 +208,11 @@ class _Worker:
             for fd in theirs or []:  # the worker's ends: its exit must end our reads
                 os.close(fd)
 
+    @property
+    def shared_mb(self) -> float:
+        """The shared block's size in MB: both processes' resident sets count its pages."""
+        return self._layout.nbytes / 2**20
+
     def worker_memory_mb(self) -> tuple[float, float]:
         """The worker's (resident set now, peak resident set) in MB."""
         now, peak = self._ask("memory").split()
@@ -360,12 +365,23 @@ class SplitBatchModel(_Worker):
         the worker runs its half; then its reply. With batch norm the two exchange sums
         midway: if either half fails then, the worker may wait for sums that never come, so it
         is stopped (the error says why; later batches say that it stopped)."""
-        if self._sums is None:
-            try:
-                with threads.serial():
-                    return run()
-            finally:
-                self._reply()  # even if this half failed, so that requests and replies pair up
+        layers = self.model.layers
+        splitters = [layer.splitter for layer in layers]
+        for layer, splitter in zip(layers, splitters, strict=True):
+            layer.splitter = HalfBatch(splitter)
+        try:
+            if self._sums is None:
+                try:
+                    with threads.serial():
+                        return run()
+                finally:
+                    self._reply()  # even if this half failed: requests and replies pair up
+            return self._exchanging(run)
+        finally:
+            for layer, splitter in zip(layers, splitters, strict=True):
+                layer.splitter = splitter
+
+    def _exchanging(self, run):
         for layer in self._norms:
             layer.batch_sums = self._sums
         try:
@@ -389,6 +405,25 @@ class SplitBatchModel(_Worker):
         finally:
             for layer in self._norms:
                 layer.__dict__.pop("batch_sums", None)  # back to the class's LOCAL_BATCH
+
+
+class HalfBatch:
+    """A layer's ``splitter`` for one half of a split training batch: ``splitter``, except
+    that a conv's input gradient is one product over all rows only where the whole batch's
+    would be, so the two processes' scratch arrays together stay the whole batch's (ResNet-20
+    at batch 64: 9 MB less)."""
+
+    def __init__(self, splitter):
+        self.splitter = splitter
+
+    def __getattr__(self, name):  # only for what this class does not define
+        if name == "splitter":  # not set yet (a copy being made)
+            raise AttributeError(name)
+        return getattr(self.splitter, name)
+
+    @property
+    def whole_dcols_bytes(self) -> int:
+        return self.splitter.whole_dcols_bytes // 2
 
 
 class InferenceWorker(_Worker):

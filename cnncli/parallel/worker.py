@@ -17,7 +17,7 @@ import numpy as np
 
 from cnncli.nn.model import WholeBatch, model_from_entries
 from cnncli.parallel.plan import apply_plan
-from cnncli.parallel.processes import PairSums, _Layout, batch_norms, shared_weights
+from cnncli.parallel.processes import HalfBatch, PairSums, _Layout, batch_norms
 
 
 def serve(spec_json: str) -> None:
@@ -39,6 +39,9 @@ def serve(spec_json: str) -> None:
         raise SystemExit("the worker's network does not match its parent's")
     views = layout.views(mmap.mmap(spec["fd"], layout.nbytes))
     worker = _Worker(model, layout, views, inference)
+    if not inference:  # this process trains the second half of each batch
+        for layer in model.layers:
+            layer.splitter = HalfBatch(layer.splitter)
     if spec.get("exchange"):
         worker.sums = PairSums(views["sums"], 1, *spec["exchange"])
         for layer in batch_norms(model):
@@ -61,19 +64,20 @@ def serve(spec_json: str) -> None:
 
 
 class _Worker:
-    """The worker's network and its views of the shared block."""
+    """The worker's network, whose weights (and gradients, or running statistics for
+    inference) are the shared block's arrays: nothing is copied in or out per batch."""
 
     def __init__(self, model, layout: _Layout, views: dict, inference: bool):
         self.model, self.layout, self.views = model, layout, views
-        self.shared = layout.per_param(views["params"])  # one view per weight
-        self.weights = [value for _, value in shared_weights(model, inference)]
-        self.grads = None if inference else layout.per_param(views["grads"])
         self.sums: PairSums | None = None
-        if inference:  # the shared weights are the network's: nothing to copy per batch
-            shared = iter(self.shared)
-            for layer in model.layers:
-                for key in layer.params:
-                    layer.params[key] = next(shared)
+        shared = iter(layout.per_param(views["params"]))
+        grads = None if inference else iter(layout.per_param(views["grads"]))
+        for layer in model.layers:  # in ``shared_weights``' order
+            for key in layer.params:
+                layer.params[key] = next(shared)
+                if grads is not None:  # layers add to their gradients in place
+                    layer.grads[key] = next(grads)
+        if inference:
             for layer in model.layers:
                 for key, value in layer.buffers.items():
                     if value.dtype.kind == "f":
@@ -83,7 +87,6 @@ class _Worker:
         """Carry out one request; return the text after "ok" in the reply."""
         model, views = self.model, self.views
         if command == "forward":
-            self._load_weights()
             n = int(arg)
             for k in self.layout.masks:
                 model.layers[k].use_mask(np.ascontiguousarray(views[f"mask{k}"][..., :n]))
@@ -91,8 +94,6 @@ class _Worker:
         elif command == "backward":
             model.zero_grad()
             model.backward(views["dlogits"][:int(arg)], need_input_grad=False)
-            for (_, _, grad), shared in zip(model.parameters(), self.grads, strict=True):
-                shared[...] = grad
         elif command == "infer":
             n = int(arg)
             views["logits"][:n] = model.forward(views["x"][:n], train=False)
@@ -104,10 +105,6 @@ class _Worker:
         else:
             raise ValueError(f"unknown request {command!r}")
         return ""
-
-    def _load_weights(self) -> None:
-        for value, shared in zip(self.weights, self.shared, strict=True):
-            value[...] = shared
 
 
 def _rss_mb() -> tuple[float, float]:
