@@ -12,8 +12,11 @@ bench and training do) changes how it runs, never what it computes:
   pieces (the weight gradient summed in another order: the same to rounding);
 * chunked inference: an inference batch of a small network as one chunk per thread, each on
   its own copy of the layers (the same logits to BLAS's rounding per chunk);
+* inference on two processes: a big enough inference batch's second half in a worker
+  process (``ProcessInference``; the logits of the two halves computed here, bit for bit);
 * training (``plan_training``): each batch's second half in a worker process
-  (``processes``; gradients summed in two halves: the same to rounding).
+  (``processes``; gradients summed in two halves, batch norm's sums exchanged: the same to
+  rounding).
 
 ``CNNCLI_SPEEDUPS=off`` or ``speedups=False`` plans none of them (docs/speed.md). Every size
 at which one starts to pay is in ``thresholds``.

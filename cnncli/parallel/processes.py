@@ -1,4 +1,4 @@
-"""Training on two cores: the second half of each batch in a worker process.
+"""Training and inference on two cores: the second half of each batch in a worker process.
 
 Small layers are too small to share out over threads: every NumPy call takes the GIL, so
 the two halves of a LeNet-5 batch on two threads run hardly faster than the whole batch. Two
@@ -10,12 +10,17 @@ one-process run's in the last bits only (a sum in a different order).
 
 This module is the mechanism; ``plan.can_split`` decides where it is used (where it is exact
 and pays): Linux (shared memory by ``memfd_create``), two cnncli threads, big enough batches,
-every layer per-sample (no batch statistics; dropout masks are drawn here for the whole
-batch, so they are the masks a one-process run draws) and not too many weights to copy.
+layers that are per-sample or made so (dropout masks are drawn here for the whole batch, so
+they are the masks a one-process run draws; batch norm's per-channel sums are exchanged,
+``PairSums``, so both halves are normalised with the whole batch's statistics) and not too
+many weights to copy. ``InferenceWorker`` does the same for inference batches
+(``plan.ProcessInference``, ``plan.can_split_inference``).
 
-The two processes share one block of memory: parameters (written here before each forward),
-the worker's gradients, and its images, logits, logit gradients and dropout masks. They talk
-over the worker's stdin and stdout, one short line per message.
+The two processes share one block of memory: parameters (written here before each forward;
+the worker's network uses them in place), the worker's gradients, its images, logits, logit
+gradients and dropout masks, and batch norm's exchange slots. They talk over the worker's
+stdin and stdout, one short line per message, and batch norm's wake-ups are one byte each
+through a pair of pipes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""The worker process of split training: it builds the parent's network with the speed-ups and
-answers one request a line (the second half of each batch) through shared memory.
+"""The worker process of split training and inference: it builds the parent's network with
+the speed-ups and answers one request a line (the second half of each batch) through shared
+memory.
 
-Started by ``processes.SplitBatchModel`` as ``python -c "... serve(spec)"``.
+Started by ``processes.SplitBatchModel`` and ``processes.InferenceWorker`` as
+``python -c "... serve(spec)"``.
 """
 
 from __future__ import annotations
