@@ -266,12 +266,12 @@ def bench_model(model, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
     notes = [f"{model.layers[k].name} runs after {model.layers[model.run_order[pos - 1]].name}"
              f" (max pooling commutes with ReLU: the same numbers, fewer values to touch)"
              for pos, k in enumerate(model.run_order) if pos > 0 and k < model.run_order[pos - 1]]
+    if getattr(model.runner, "worker", None) is not None:
+        notes.append("inference runs the second half of each batch in a worker process")
     if split is not None:
         notes.append("training steps run the second half of each batch in a worker process "
                      "(the layers' times are for the whole batch in one process; the step "
                      "NumPy peak is this process's, for its half)")
-    if getattr(model.runner, "worker", None) is not None:
-        notes.append("inference runs the second half of each batch in a worker process")
     train_ms, infer_ms = _median_ms(train_times), _median_ms(infer_times)
     rss = peak_rss_mb()  # before the matmul probe, whose 48 MB operands are not the model's
     return BenchResult(
