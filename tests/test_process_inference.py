@@ -231,3 +231,22 @@ def test_the_worker_ends_with_its_process(how):
     finally:
         child.kill()
         child.wait()
+
+
+def test_an_idle_worker_lets_go_of_its_last_batch(split_inference):
+    from cnncli.parallel.worker import IDLE_SECONDS
+
+    model = apply_plan(model_from_entries((8, 32, 32), [
+        {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
+        {"type": "batchnorm2d"}, {"type": "relu"}, {"type": "global_avg_pool2d"},
+        {"type": "dense", "units": 5}]))
+    x = np.random.default_rng(0).standard_normal((256, 8, 32, 32)).astype(np.float32)
+    with model:
+        model.forward(x)
+        worker = _ready(model)
+        expected = _halves_here(model, x)
+        np.testing.assert_array_equal(model.forward(x), expected)
+        holding = worker.worker_memory_mb()[0]  # a 16 MB map per layer for 128 images
+        time.sleep(IDLE_SECONDS + 1.0)
+        assert worker.worker_memory_mb()[0] < holding - 20
+        np.testing.assert_array_equal(model.forward(x), expected)  # and it works on
