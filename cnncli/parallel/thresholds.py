@@ -57,6 +57,6 @@ PROCESS_MIN_MACS = 8_000_000
 INFERENCE_PROCESS_MIN_IMAGES = 8
 #: ... and this many multiply-adds: the hand-off (images, weights and logits through shared
 #: memory, a line each way) costs a fixed time. On the 2-core Xeon of benchmarks/RESULTS.md
-#: (2026-12-04, 16:41) halves of 5.4 million lost (0.91x of two threads), 6.8 million gained
-#: 1.08x, 13.5 million 1.39x.
+#: (2026-12-04, 16:43) halves of 5.4 million lost (0.93x of chunks on threads), 6.8 million
+#: gained 1.15x, 13.5 million 1.35x.
 INFERENCE_PROCESS_MIN_MACS = 6_000_000
