@@ -265,3 +265,45 @@ def test_a_streamed_folder_holds_its_file_names_in_one_compact_array(tmp_path):
     assert list(files) == expected and [files[i] for i in range(6)] == expected
     assert len(files) == 6 and labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert files.nbytes <= 6 * 4 * len("b/img3.png")  # fixed-width names, no Path objects
+
+
+@pytest.mark.parametrize("stored", ["NCHW", "NHWC", "NHW", "fortran", "big-endian float"])
+def test_mapped_rows_are_read_as_the_mapping_holds_them(tmp_path, stored):
+    """Rows of an .npy read from its file (one read per run of rows, no page mapped) or, for a
+    Fortran-ordered array, through the mapping: the same values in every order and layout."""
+    from cnncli.data.streaming import MappedArray, open_npy
+    from cnncli.data.transforms import to_nchw
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (50, 3, 5, 5), dtype=np.uint8)
+    stored_array = {"NCHW": x, "NHWC": np.moveaxis(x, 1, -1), "NHW": x[:, 0],
+                    "fortran": np.asfortranarray(x),
+                    "big-endian float": x.astype(">f4")}[stored]
+    np.save(tmp_path / "x.npy", stored_array)
+    mapped = open_npy(tmp_path / "x.npy")
+    shape = (1, 5, 5) if stored == "NHW" else (3, 5, 5)
+    layout = "NHWC" if stored == "NHWC" else None
+    rows = MappedArray(mapped, to_nchw(mapped, shape, layout, "x"))
+    assert rows._direct == (stored != "fortran")
+    expected = to_nchw(stored_array, shape, layout, "x")
+    for index in (np.arange(50), np.arange(7, 19), rng.permutation(50)[:13],
+                  np.array([3, 3, 4, 49, 0]), np.array([], np.int64)):
+        rows.will_need(index)
+        got = rows.read(index)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected[index])
+    rows.warm_up()  # a hint: reads nothing into this process
+
+
+def test_a_truncated_npy_is_one_located_error_at_the_row_it_lacks(tmp_path):
+    from cnncli.data.streaming import MappedArray, open_npy
+
+    np.save(tmp_path / "x.npy", np.zeros((20, 1, 4, 4), np.uint8))
+    mapped = open_npy(tmp_path / "x.npy")
+    rows = MappedArray(mapped, mapped)
+    with open(tmp_path / "x.npy", "r+b") as f:  # cut after the header and 10 rows
+        f.truncate(mapped.offset + 10 * 16)
+    np.testing.assert_array_equal(rows.read(np.arange(10)), 0)
+    with pytest.raises(DataError, match=r"x\.npy is shorter than its header says \(row 12 is "
+                                        r"missing\)"):
+        rows.read(np.array([2, 12]))
