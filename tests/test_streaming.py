@@ -307,3 +307,56 @@ def test_a_truncated_npy_is_one_located_error_at_the_row_it_lacks(tmp_path):
     with pytest.raises(DataError, match=r"x\.npy is shorter than its header says \(row 12 is "
                                         r"missing\)"):
         rows.read(np.array([2, 12]))
+
+
+def test_cached_image_folder_trains_as_without_and_later_runs_read_the_cache(tmp_path):
+    """data.cache: the first epoch decodes and fills run/data_cache/train.npy, the later
+    epochs and a resumed run read it (nothing decoded), the weights are the same bitwise as
+    without the cache, and a changed file makes a new cache."""
+    import json
+    import os
+
+    from cnncli.data import decoding_cost
+    from cnncli.data.sources import read_image
+
+    rng = np.random.default_rng(6)
+    _folder_and_npz(tmp_path, rng)
+    plain = train(_config(tmp_path / "images", prefetch=2), out_dir=tmp_path / "plain")
+    cached = train(_config(tmp_path / "images", prefetch=2, cache=True),
+                   out_dir=tmp_path / "cached")
+    _same_weights(_weights(plain), _weights(cached))
+    folder = tmp_path / "cached" / "data_cache"
+    assert sorted(p.name for p in folder.iterdir()) == ["train.json", "train.npy"]
+    stored = np.load(folder / "train.npy", allow_pickle=False)
+    files = cached.dataset.x_train.source.files
+    assert stored.shape == (40, 3, 6, 6)
+    for row in (0, 17, 39):
+        np.testing.assert_array_equal(stored[row], read_image(files.paths[row], 3))
+    train_rows, val_rows = len(cached.dataset.y_train), len(cached.dataset.y_val)
+    # the statistics pass and the first epoch (training and validation rows); not the second
+    assert files.decoded == 2 * train_rows + val_rows
+    assert decoding_cost(cached.dataset) > 0
+
+    more = _config(tmp_path / "images", prefetch=2, cache=True)
+    more["train"]["epochs"] = 3
+    resumed = train(more, resume=tmp_path / "cached")
+    assert resumed.dataset.x_train.source.files.decoded == 0
+    assert decoding_cost(resumed.dataset) is None
+
+    changed = next((tmp_path / "images" / "c1").iterdir())
+    os.utime(changed, ns=(0, 0))
+    again = train(_config(tmp_path / "images", prefetch=2, cache=True),
+                  out_dir=tmp_path / "cached", overwrite=True)
+    assert again.dataset.x_train.source.files.decoded == 2 * train_rows + val_rows
+    assert json.loads((folder / "train.json").read_text())["files"] == 40
+    assert not list(folder.glob(".*.part"))
+
+
+def test_data_cache_must_be_a_bool_named_at_its_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("name: x\nmodel:\n  input_shape: [1, 8, 8]\n  layers: [{type: flatten}, "
+                      "{type: dense, units: 10}]\ndata:\n  cache: 3\n")
+    result = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert f"{config}:6:3: data.cache must be true or false, got 3" in result.output
+    assert not (tmp_path / "run").exists()
