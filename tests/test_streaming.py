@@ -225,8 +225,11 @@ def test_train_notes_when_decoding_an_image_folder_costs_much_of_an_epoch(tmp_pa
         outputs[share] = result.stderr
     assert re.fullmatch(r"cnncli: note: decoding the images costs \d+ us each, \d+% of an "
                         r"epoch's time; pack them once with `cnncli data pack .*images OUT "
-                        r"--channels 3 --size 6x6` and train with --data OUT\n", outputs[0.0])
+                        r"--channels 3 --size 6x6` and train with --data OUT, or keep them "
+                        r"decoded in the run with data.cache: true\n", outputs[0.0])
     assert outputs[1e9] == ""
+    cached = CliRunner().invoke(main, command + ["--set", "data.cache=true"])
+    assert cached.exit_code == 0 and cached.stderr == ""   # decoded in the first epoch only
 
 
 def test_pack_of_idx_files_loads_as_the_idx_files_do(tmp_path):

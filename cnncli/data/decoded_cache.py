@@ -4,7 +4,7 @@ Decoding a PNG costs about as much CPU as LeNet-5's step per image on two cores,
 image folder cannot train at in-memory speed if it is decoded every epoch. With the cache,
 the first epoch decodes as before and also writes each decoded image (uint8, C x H x W) to
 its row of one .npy file; once every row is there the file is renamed into place beside a
-fingerprint of the folder (each file's name, size and mtime), and later epochs, and resumed
+fingerprint of the folder (each file's path, size and mtime), and later epochs, and resumed
 runs, read the file like an npy_dir. A folder whose files changed gets a new cache.
 """
 
@@ -31,7 +31,7 @@ CACHE_VERSION = 1
 
 
 def fingerprint(files) -> str:
-    """What the decoded images depend on: every file's name, size and mtime, the size they
+    """What the decoded images depend on: every file's path, size and mtime, the size they
     are brought to and how (``files`` is a ``sources.ImageFiles``)."""
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, list(files.image_shape),
                                         files.resize]).encode())
@@ -40,7 +40,7 @@ def fingerprint(files) -> str:
             stat = path.stat()
         except OSError as err:
             raise DataError(f"cannot read image {path}: {err.strerror or err}") from None
-        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

@@ -56,6 +56,7 @@ class MappedArray:
         self._touched = 0
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._whole_file_read = False
         self._path = getattr(mapped, "filename", None)  # None for an anonymous mapping
         self._direct = (hasattr(os, "preadv") and mapped.flags.c_contiguous
                         and self._path is not None)
@@ -108,11 +109,13 @@ class MappedArray:
                 return
 
         threading.Thread(target=read_through, name="cnncli-warm-up", daemon=True).start()
+        self._whole_file_read = True  # so no hint per row is needed
 
     def will_need(self, rows: np.ndarray) -> None:
         """Ask the kernel to start reading rows ``rows`` into the page cache (no wait), so
         that their read a few batches later does not wait for the disk."""
-        if self._direct and hasattr(os, "posix_fadvise") and len(rows):
+        if self._direct and hasattr(os, "posix_fadvise") and len(rows) \
+                and not self._whole_file_read:
             fd, size = self._open(), self._row_bytes
             for start, stop, row in self._runs(np.asarray(rows, np.int64)):
                 os.posix_fadvise(fd, self.mapped.offset + row * size, (stop - start) * size,
