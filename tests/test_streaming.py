@@ -363,3 +363,20 @@ def test_data_cache_must_be_a_bool_named_at_its_line(tmp_path):
     assert result.exit_code == 2
     assert f"{config}:6:3: data.cache must be true or false, got 3" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch):
+    import errno
+
+    from cnncli.data import decoded_cache
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(decoded_cache, "_write_at", full)
+    _folder_and_npz(tmp_path, np.random.default_rng(2))
+    with pytest.raises(DataError, match=r"cannot write the decoded images to .*data_cache.train"
+                                        r"\.npy: No space left on device \(free space there, "
+                                        r"or set data\.cache: false\)"):
+        train(_config(tmp_path / "images", cache=True), out_dir=tmp_path / "run")
+    assert not list((tmp_path / "run" / "data_cache").glob("*train*"))

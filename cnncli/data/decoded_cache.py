@@ -72,7 +72,12 @@ class DecodedCache:
         if self.stored is not None:
             return self.stored.read(rows)
         images = self.files.read(rows)
-        self._keep(np.asarray(rows, np.int64), images)
+        try:
+            self._keep(np.asarray(rows, np.int64), images)
+        except OSError as err:  # a full disk, say: one line, not a traceback
+            raise DataError(f"cannot write the decoded images to {self.path}: "
+                            f"{err.strerror or err}",
+                            hint="free space there, or set data.cache: false") from None
         return images
 
     def will_need(self, rows: np.ndarray) -> None:
@@ -112,7 +117,7 @@ class DecodedCache:
             flat = np.ascontiguousarray(images).reshape(len(images), -1)
             for i, row in enumerate(rows.tolist()):
                 if not self._filled[row]:
-                    os.pwritev(fd, [flat[i]], self._offset + row * row_bytes)
+                    _write_at(fd, flat[i], self._offset + row * row_bytes)
                     self._filled[row] = True
             if self._filled.all():
                 self._finish()
@@ -155,3 +160,14 @@ class DecodedCache:
             with contextlib.suppress(OSError):
                 os.close(part[0])
                 os.unlink(part[1])
+
+
+def _write_at(fd: int, data: np.ndarray, offset: int) -> None:
+    """``data`` written at byte ``offset`` of the file (callers hold the cache's lock)."""
+    if hasattr(os, "pwritev"):
+        written = os.pwritev(fd, [data], offset)
+    else:  # Windows: no positioned write
+        os.lseek(fd, offset, os.SEEK_SET)
+        written = os.write(fd, data.tobytes())
+    if written != data.nbytes:
+        raise OSError(f"wrote {written} of {data.nbytes} bytes")
