@@ -75,6 +75,7 @@ class DecodedCache:
         try:
             self._keep(np.asarray(rows, np.int64), images)
         except OSError as err:  # a full disk, say: one line, not a traceback
+            self._abandon()
             raise DataError(f"cannot write the decoded images to {self.path}: "
                             f"{err.strerror or err}",
                             hint="free space there, or set data.cache: false") from None
@@ -154,13 +155,17 @@ class DecodedCache:
         self._part, self._filled = None, None
         self.stored = self._open_stored()
 
-    def __del__(self):
-        part = getattr(self, "_part", None)
-        if part is not None:  # never finished (an interrupted first epoch): not kept
+    def _abandon(self) -> None:
+        """Stop filling the cache and delete the unfinished file."""
+        part, self._part, self.writing = getattr(self, "_part", None), None, False
+        if part is not None:
             with contextlib.suppress(OSError):
                 os.close(part[0])
+            with contextlib.suppress(OSError):
                 os.unlink(part[1])
 
+    def __del__(self):
+        self._abandon()  # never finished (an interrupted first epoch): not kept
 
 def _write_at(fd: int, data: np.ndarray, offset: int) -> None:
     """``data`` written at byte ``offset`` of the file (callers hold the cache's lock)."""
