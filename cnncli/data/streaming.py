@@ -2,7 +2,8 @@
 
 ``ImageRows`` behaves like the NCHW array it stands for (``len``, ``shape``, ``dtype``,
 indexing with slices and index arrays), so batching, validation and the trainer need no
-change; ``prefetched`` reads the batches of an epoch ahead in a bounded queue.
+change; ``prefetched`` gives the batches of an epoch: decoded ahead in a bounded queue for
+image files, read in place with the kernel reading ahead for an .npy.
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ class ImageRows:
         return ImageRows(self.source, self.rows, normalization, self.prefetch)
 
     def prefetched(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """``self[idx]`` for each index array, read up to ``prefetch`` batches ahead."""
+        """``self[idx]`` for each index array, read (or for an .npy, asked of the kernel) up to
+        ``prefetch`` batches ahead."""
         if not getattr(self.source, "read_ahead", True):
             return self._hinted(batches)
         return _read_ahead(self.__getitem__, batches, self.prefetch)

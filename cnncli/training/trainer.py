@@ -207,14 +207,14 @@ class Trainer:
         if self._decoded_cache() is not None:  # written into the run directory, now ours
             from cnncli.data import keep_decoded
             keep_decoded(self.data, self._decoded_cache())
+        if self.ckpt is not None and not same_file(self.dir.last, self.ckpt.path):
+            self.dir.start_from(self.ckpt, self.snapshot(), self.state.best.epoch)
 
     def _decoded_cache(self) -> Path | None:
         """Where an image folder's decoded images are kept (``data.cache``; rank 0 only)."""
         from cnncli.data.decoded_cache import CACHE_FOLDER
 
         return self.dir.path / CACHE_FOLDER if self.config.data.cache and self.lead else None
-        if self.ckpt is not None and not same_file(self.dir.last, self.ckpt.path):
-            self.dir.start_from(self.ckpt, self.snapshot(), self.state.best.epoch)
 
     def _epochs(self) -> bool:
         """Run epochs until the last one or early stopping (True)."""
