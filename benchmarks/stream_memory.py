@@ -3,15 +3,18 @@
     python benchmarks/stream_memory.py [--sizes 10000 100000] [--rounds 2]
         [--configs configs/lenet5.yaml configs/digits.yaml configs/dense_digits.yaml
                    configs/cifar_small.yaml configs/resnet20_cifar.yaml]
-        [--loader-threads 1 2] [--timed-images N] [--work DIR]
+        [--loader-threads 1] [--timed-images N] [--work DIR]
 
 For each config and size, writes that many random images of the config's input shape as a PNG
 folder (10 class folders), packs it with `cnncli data pack` into an npy_dir and saves the same
 images as an .npz; then trains one epoch of the config (its data section pointed at each source,
 no validation split, its normalisation and augmentation kept) in a fresh process per run, the
-sources interleaved and their order reversed every other round. Only the first N images of the
-epoch are timed when --timed-images is given (the whole dataset is still read, listed and
-normalised as for a full epoch, so the peak memory is the same).
+sources interleaved and their order reversed every other round. The in-memory run and the
+image folder with `data.cache: true` train two epochs, timed apart (the cache's first epoch
+decodes and writes it, the second reads it); a later epoch's ratio is to in memory's later
+epoch, the others' to in memory's first. Only the first N images of each epoch are timed when
+--timed-images is given (the whole dataset is still read, listed and normalised as for a full
+epoch, so the peak memory is the same; a first epoch of two runs to its end untimed).
 
 Prints each source's peak RSS (the process's ru_maxrss), img/s (median of the rounds), its
 ratio to in memory (median of the per-round ratios, with their range), the CPU time of the
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,37 +49,46 @@ class Enough(Exception):
     pass
 
 class Clock(Callbacks):
-    # Wall and process CPU time (every thread) of the epoch's first `limit` images.
-    def __init__(self, limit):
-        self.limit, self.images = limit, 0
+    # Wall and process CPU time (every thread) of each epoch's first `limit` images; the
+    # epoch goes on untimed (a cache is complete only after a whole epoch).
+    def __init__(self, limit, epochs):
+        self.limit, self.epochs, self.timed = limit, epochs, []
     def on_start(self, run):
         self.run = run
     def on_epoch_start(self, epoch, epochs, num_batches, lr):
+        self.epoch, self.images = epoch, 0
         self.wall, self.cpu = time.perf_counter(), time.process_time()
     def on_batch(self, batch, size, loss, correct):
         self.images += size
-        if self.images >= self.limit:
-            self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-            raise Enough
+        if self.images >= self.limit and len(self.timed) < self.epoch:
+            self.timed.append({"images": self.images,
+                               "seconds": time.perf_counter() - self.wall,
+                               "cpu": time.process_time() - self.cpu})
+            if self.epoch == self.epochs:
+                raise Enough
 
 config = yaml.safe_load(open(sys.argv[1]))
 data = config["data"]
-config["data"] = {"path": sys.argv[2], "val_split": 0.0, **json.loads(sys.argv[4]),
+keys = json.loads(sys.argv[4])
+epochs = keys.pop("epochs", 1)
+config["data"] = {"path": sys.argv[2], "val_split": 0.0, **keys,
                   **{k: data[k] for k in ("normalize", "augment") if k in data}}
-config["train"]["epochs"] = 1
+config["train"]["epochs"] = epochs
 config["train"].pop("lr_schedule", None)
-clock = Clock(int(sys.argv[5]))
+clock = Clock(int(sys.argv[5]), epochs)
 try:
     train(config, out_dir=sys.argv[3], overwrite=True, callbacks=clock)
 except Enough:
     pass
 cost = decoding_cost(clock.run.dataset)
-print(json.dumps({"images": clock.images, "seconds": clock.wall, "cpu": clock.cpu,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "decode_us": None if cost is None else cost * 1e6}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps([dict(t, peak_mib=peak, decode_us=None if cost is None or i else cost * 1e6)
+                  for i, t in enumerate(clock.timed)]))
 """
 
 IN_MEMORY = "in memory (.npz)"
+CACHED = "image folder, data.cache"
+LATER = "later epoch"
 
 
 def make_images(folder: Path, n: int, shape: tuple[int, int, int], seed: int = 0) -> None:
@@ -109,34 +122,46 @@ def prepare(work: Path, n: int, shape: tuple[int, int, int]) -> dict[str, Path]:
     return {"png": folder, "npy": packed, "npz": npz}
 
 
-def epoch(config: str, data: Path, run: Path, data_keys: dict, limit: int) -> dict:
-    """One run in a fresh process: the first ``limit`` images of an epoch, timed."""
+def epochs(config: str, data: Path, run: Path, data_keys: dict, limit: int) -> list[dict]:
+    """One run in a fresh process (``data_keys["epochs"]`` epochs, default 1, into an emptied
+    run directory): the first ``limit`` images of each epoch, timed."""
+    shutil.rmtree(run, ignore_errors=True)
     out = subprocess.run([sys.executable, "-c", CHILD, config, str(data), str(run),
                           json.dumps(data_keys), str(limit)], check=True, capture_output=True,
                          text=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["img_s"] = result["images"] / result["seconds"]
-    result["cpu_us"] = result["cpu"] / result["images"] * 1e6
-    return result
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    for result in results:
+        result["img_s"] = result["images"] / result["seconds"]
+        result["cpu_us"] = result["cpu"] / result["images"] * 1e6
+    return results
 
 
 def measure(config: str, files: dict[str, Path], run: Path, rounds: int,
             loader_threads: list[int], limit: int) -> dict[str, list[dict]]:
     """Each source's runs, interleaved: round r runs the sources in turn, reversed every other
-    round, so a change in the machine's load falls on all of them."""
-    sources = [(IN_MEMORY, files["npz"], {}), ("npy_dir (memory-mapped)", files["npy"], {})]
+    round, so a change in the machine's load falls on all of them. The cached image folder
+    trains two epochs: its first (decoding, writing the cache) and second (reading it)."""
+    sources = [(IN_MEMORY, files["npz"], {"epochs": 2}), ("npy_dir", files["npy"], {})]
     sources += [(f"image folder ({t} loader thread{'s' * (t > 1)})", files["png"],
                  {"loader_threads": t}) for t in loader_threads]
-    results: dict[str, list[dict]] = {label: [] for label, _, _ in sources}
+    sources += [(CACHED, files["png"], {"cache": True, "epochs": 2})]
+    results: dict[str, list[dict]] = {}
     for r in range(rounds):
         for label, data, keys in (sources if r % 2 == 0 else sources[::-1]):
-            results[label].append(epoch(config, data, run, keys, limit))
+            timed = epochs(config, data, run, keys, limit)
+            if len(timed) == 2:
+                results.setdefault(f"{label}, first epoch", []).append(timed[0])
+                results.setdefault(f"{label}, {LATER}", []).append(timed[1])
+            else:
+                results.setdefault(label, []).append(timed[0])
     return results
 
 
 def report(name: str, n: int, results: dict[str, list[dict]]) -> None:
-    memory = results[IN_MEMORY]
+    """One table row per source; a later epoch is compared with in memory's later epoch (no
+    start-up in either), every first epoch with in memory's first."""
     for label, runs in results.items():
+        memory = results[f"{IN_MEMORY}, {LATER if label.endswith(LATER) else 'first epoch'}"]
         ratios = [run["img_s"] / mem["img_s"] for run, mem in zip(runs, memory, strict=True)]
         decode = [r["decode_us"] for r in runs if r["decode_us"] is not None]
         print(f"| {name} | {n} | {runs[0]['images']} | {label} | "
@@ -156,7 +181,7 @@ def main() -> None:
         "configs/lenet5.yaml", "configs/digits.yaml", "configs/dense_digits.yaml",
         "configs/cifar_small.yaml", "configs/resnet20_cifar.yaml"])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--loader-threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--loader-threads", type=int, nargs="+", default=[1])
     parser.add_argument("--timed-images", type=int, default=None,
                         help="time only the first N images of each epoch (default: all)")
     parser.add_argument("--work", type=Path, default=None)

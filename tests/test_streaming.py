@@ -225,8 +225,11 @@ def test_train_notes_when_decoding_an_image_folder_costs_much_of_an_epoch(tmp_pa
         outputs[share] = result.stderr
     assert re.fullmatch(r"cnncli: note: decoding the images costs \d+ us each, \d+% of an "
                         r"epoch's time; pack them once with `cnncli data pack .*images OUT "
-                        r"--channels 3 --size 6x6` and train with --data OUT\n", outputs[0.0])
+                        r"--channels 3 --size 6x6` and train with --data OUT, or keep them "
+                        r"decoded in the run with data.cache: true\n", outputs[0.0])
     assert outputs[1e9] == ""
+    cached = CliRunner().invoke(main, command + ["--set", "data.cache=true"])
+    assert cached.exit_code == 0 and cached.stderr == ""   # decoded in the first epoch only
 
 
 def test_pack_of_idx_files_loads_as_the_idx_files_do(tmp_path):
@@ -265,3 +268,115 @@ def test_a_streamed_folder_holds_its_file_names_in_one_compact_array(tmp_path):
     assert list(files) == expected and [files[i] for i in range(6)] == expected
     assert len(files) == 6 and labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert files.nbytes <= 6 * 4 * len("b/img3.png")  # fixed-width names, no Path objects
+
+
+@pytest.mark.parametrize("stored", ["NCHW", "NHWC", "NHW", "fortran", "big-endian float"])
+def test_mapped_rows_are_read_as_the_mapping_holds_them(tmp_path, stored):
+    """Rows of an .npy read from its file (one read per run of rows, no page mapped) or, for a
+    Fortran-ordered array, through the mapping: the same values in every order and layout."""
+    from cnncli.data.streaming import MappedArray, open_npy
+    from cnncli.data.transforms import to_nchw
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (50, 3, 5, 5), dtype=np.uint8)
+    stored_array = {"NCHW": x, "NHWC": np.moveaxis(x, 1, -1), "NHW": x[:, 0],
+                    "fortran": np.asfortranarray(x),
+                    "big-endian float": x.astype(">f4")}[stored]
+    np.save(tmp_path / "x.npy", stored_array)
+    mapped = open_npy(tmp_path / "x.npy")
+    shape = (1, 5, 5) if stored == "NHW" else (3, 5, 5)
+    layout = "NHWC" if stored == "NHWC" else None
+    rows = MappedArray(mapped, to_nchw(mapped, shape, layout, "x"))
+    assert rows._direct == (stored != "fortran")
+    expected = to_nchw(stored_array, shape, layout, "x")
+    for index in (np.arange(50), np.arange(7, 19), rng.permutation(50)[:13],
+                  np.array([3, 3, 4, 49, 0]), np.array([], np.int64)):
+        rows.will_need(index)
+        got = rows.read(index)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected[index])
+    rows.warm_up()  # a hint: reads nothing into this process
+
+
+def test_a_truncated_npy_is_one_located_error_at_the_row_it_lacks(tmp_path):
+    from cnncli.data.streaming import MappedArray, open_npy
+
+    np.save(tmp_path / "x.npy", np.zeros((20, 1, 4, 4), np.uint8))
+    mapped = open_npy(tmp_path / "x.npy")
+    rows = MappedArray(mapped, mapped)
+    with open(tmp_path / "x.npy", "r+b") as f:  # cut after the header and 10 rows
+        f.truncate(mapped.offset + 10 * 16)
+    np.testing.assert_array_equal(rows.read(np.arange(10)), 0)
+    with pytest.raises(DataError, match=r"x\.npy is shorter than its header says \(row 12 is "
+                                        r"missing\)"):
+        rows.read(np.array([2, 12]))
+
+
+def test_cached_image_folder_trains_as_without_and_later_runs_read_the_cache(tmp_path):
+    """data.cache: the first epoch decodes and fills run/data_cache/train.npy, the later
+    epochs and a resumed run read it (nothing decoded), the weights are the same bitwise as
+    without the cache, and a changed file makes a new cache."""
+    import json
+    import os
+
+    from cnncli.data import decoding_cost
+    from cnncli.data.sources import read_image
+
+    rng = np.random.default_rng(6)
+    _folder_and_npz(tmp_path, rng)
+    plain = train(_config(tmp_path / "images", prefetch=2), out_dir=tmp_path / "plain")
+    cached = train(_config(tmp_path / "images", prefetch=2, cache=True),
+                   out_dir=tmp_path / "cached")
+    _same_weights(_weights(plain), _weights(cached))
+    folder = tmp_path / "cached" / "data_cache"
+    assert sorted(p.name for p in folder.iterdir()) == ["train.json", "train.npy"]
+    stored = np.load(folder / "train.npy", allow_pickle=False)
+    files = cached.dataset.x_train.source.files
+    assert stored.shape == (40, 3, 6, 6)
+    for row in (0, 17, 39):
+        np.testing.assert_array_equal(stored[row], read_image(files.paths[row], 3))
+    train_rows, val_rows = len(cached.dataset.y_train), len(cached.dataset.y_val)
+    # the statistics pass and the first epoch (training and validation rows); not the second
+    assert files.decoded == 2 * train_rows + val_rows
+    assert decoding_cost(cached.dataset) > 0
+
+    more = _config(tmp_path / "images", prefetch=2, cache=True)
+    more["train"]["epochs"] = 3
+    resumed = train(more, resume=tmp_path / "cached")
+    assert resumed.dataset.x_train.source.files.decoded == 0
+    assert decoding_cost(resumed.dataset) is None
+
+    changed = next((tmp_path / "images" / "c1").iterdir())
+    os.utime(changed, ns=(0, 0))
+    again = train(_config(tmp_path / "images", prefetch=2, cache=True),
+                  out_dir=tmp_path / "cached", overwrite=True)
+    assert again.dataset.x_train.source.files.decoded == 2 * train_rows + val_rows
+    assert json.loads((folder / "train.json").read_text())["files"] == 40
+    assert not list(folder.glob(".*.part"))
+
+
+def test_data_cache_must_be_a_bool_named_at_its_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("name: x\nmodel:\n  input_shape: [1, 8, 8]\n  layers: [{type: flatten}, "
+                      "{type: dense, units: 10}]\ndata:\n  cache: 3\n")
+    result = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert f"{config}:6:3: data.cache must be true or false, got 3" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch):
+    import errno
+
+    from cnncli.data import decoded_cache
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(decoded_cache, "_write_at", full)
+    _folder_and_npz(tmp_path, np.random.default_rng(2))
+    with pytest.raises(DataError, match=r"cannot write the decoded images to .*data_cache.train"
+                                        r"\.npy: No space left on device \(free space there, "
+                                        r"or set data\.cache: false\)"):
+        train(_config(tmp_path / "images", cache=True), out_dir=tmp_path / "run")
+    assert not list((tmp_path / "run" / "data_cache").glob("*train*"))

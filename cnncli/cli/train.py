@@ -309,7 +309,7 @@ def _decoding_note(run) -> None:
     from cnncli.data import decoding_cost
 
     cost = decoding_cost(run.dataset)
-    if cost is None or not run.metrics:
+    if cost is None or not run.metrics or run.config.data.cache:  # cached: decoded once
         return
     images = len(run.dataset.y_train) + len(run.dataset.y_val)  # decoded every epoch
     epoch = sum(row["seconds"] for row in run.metrics) / len(run.metrics)
@@ -321,7 +321,8 @@ def _decoding_note(run) -> None:
     click.echo(printable(
         f"cnncli: note: decoding the images costs {cost * 1e6:.0f} us each, {share:.0%} of an "
         f"epoch's time; pack them once with `cnncli data pack {data.path} OUT --channels "
-        f"{channels} --size {height}x{width}{resize}` and train with --data OUT"), err=True)
+        f"{channels} --size {height}x{width}{resize}` and train with --data OUT, or keep them "
+        f"decoded in the run with data.cache: true"), err=True)
 
 
 def _run_config(config, resume, sets, tensorboard, data=None, **flags):

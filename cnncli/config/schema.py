@@ -125,10 +125,13 @@ class DataConfig:
                                  "images of another size than `input_shape`: stretch (`fit`), "
                                  "scale and centre-crop (`crop`), or refuse", default_doc="`null` "
                                  "(refuse)")
-    loader_threads: int = setting(2, int_rule(1, 64), "threads decoding a streamed image "
+    loader_threads: int = setting(1, int_rule(1, 64), "threads decoding a streamed image "
                                   "folder; results do not depend on it")
     prefetch: int = setting(4, int_rule(1, 1024), "batches of a streamed dataset (image folder, "
                             "`npy_dir`) read ahead in the background")
+    cache: bool = setting(False, BOOL, "an image folder's decoded images kept in the run "
+                          "directory (`data_cache/`) by the first epoch and read from there "
+                          "by later epochs and resumed runs")
 
 
 @dataclass(frozen=True)

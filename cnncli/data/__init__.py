@@ -22,7 +22,7 @@ from cnncli.data.transforms import (
 from cnncli.errors import DataError
 
 __all__ = ["Dataset", "load_dataset", "download_dataset", "normalize", "load_inputs",
-           "iterate_batches", "decoding_cost"]
+           "iterate_batches", "decoding_cost", "keep_decoded"]
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 
@@ -44,12 +44,15 @@ class Dataset:
 
 def load_dataset(data_cfg: DataConfig, input_shape: tuple, num_classes: int, seed: int,
                  root: Path | None = None, normalization: dict | None = None, *,
-                 training: bool = False, progress: download.Progress | None = None) -> Dataset:
+                 training: bool = False, progress: download.Progress | None = None,
+                 decoded_cache: Path | None = None) -> Dataset:
     """Read the source ``data_cfg`` names, check it fits the model, split and normalise it.
 
     ``normalization`` (e.g. a checkpoint's) is reused instead of fitting the training split.
     ``training``: data that names its classes must have two or more, each with an image.
     ``progress`` is told about first-use downloads (see ``download.fetch``).
+    ``decoded_cache``: a folder where an image folder's decoded images may have been kept
+    (``keep_decoded``); read, never written, here.
     """
     input_shape = _image_shape(input_shape)
     raw = read_source(data_cfg, input_shape[0], root, progress=progress, size=input_shape[1:])
@@ -62,6 +65,9 @@ def load_dataset(data_cfg: DataConfig, input_shape: tuple, num_classes: int, see
             path = path[0] if isinstance(path, (list, tuple)) else path
             err.message = f"{path}: {err.message}"
         raise
+    if decoded_cache is not None:  # the statistics below read a cache too
+        keep_decoded(Dataset(x_train, y_train, x_train, y_train, x_test, y_test, [], {}),
+                     decoded_cache, writing=False)
     if training:
         _check_classes(raw.class_names, y_train, data_cfg)
     class_names = _class_names(raw.class_names, num_classes)
@@ -86,9 +92,28 @@ def decoding_cost(dataset: Dataset) -> float | None:
     """CPU seconds per image that decoding the training images from files has cost so far;
     None when they are not decoded from image files (arrays, an npy_dir)."""
     source = getattr(dataset.x_train, "source", None)
+    source = getattr(source, "files", source)  # decoded_cache.DecodedCache's files
     if not isinstance(source, sources.ImageFiles) or source.decoded == 0:
         return None
     return source.decode_seconds / source.decoded
+
+
+def keep_decoded(dataset: Dataset, folder: Path, *, writing: bool = True) -> None:
+    """Keep the images of a streamed image folder, once decoded, in ``folder`` (``data.cache``):
+    a cache there of the same files is read; else, when ``writing``, one is written as the
+    first epoch decodes them. Arrays and npy_dirs are left as they are."""
+    from cnncli.data.decoded_cache import DecodedCache
+
+    splits = [("train", (dataset.x_train, dataset.x_val)), ("test", (dataset.x_test,))]
+    for name, views in splits:
+        streamed = [x for x in views if isinstance(x, ImageRows)]
+        source = streamed[0].source if streamed else None
+        if isinstance(source, DecodedCache):
+            source.writing = source.writing or writing
+        elif isinstance(source, sources.ImageFiles):
+            cache = DecodedCache(source, Path(folder) / f"{name}.npy", writing=writing)
+            for x in streamed:  # the train and validation views share their source
+                x.source = cache
 
 
 def _rows(x, rows):

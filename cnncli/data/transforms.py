@@ -162,15 +162,19 @@ def channel_moments(x, scale: np.float32) -> tuple[np.ndarray, np.ndarray]:
 def normalize(x_raw: np.ndarray, normalization: dict) -> np.ndarray:
     """Raw NCHW images -> float32 model input, using stored statistics (train or checkpoint)."""
     mode = str(normalization.get("mode", "none"))
-    x = np.asarray(x_raw, dtype=np.float32)
     if mode == "none":
-        return np.ascontiguousarray(x)
-    x = x / np.float32(normalization.get("scale", 1.0))
+        return np.ascontiguousarray(x_raw, dtype=np.float32)
+    # One float32 copy, then each step in place: the same operations as (x / s - m) / std,
+    # so the same bits, without a new array per step (a batch's normalisation is on the
+    # streaming path's critical path).
+    x = np.array(x_raw, dtype=np.float32, order="C")
+    np.divide(x, np.float32(normalization.get("scale", 1.0)), out=x)
     if mode == "standardize":
         mean = np.asarray(normalization["mean"], np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(normalization["std"], np.float32).reshape(1, -1, 1, 1)
         if mean.shape[1] != x.shape[1]:
             raise DataError(f"the normalisation statistics are for {mean.shape[1]} channel(s) "
                             f"but the images have {x.shape[1]}")
-        x = (x - mean) / std
-    return np.ascontiguousarray(x, dtype=np.float32)
+        np.subtract(x, mean, out=x)
+        np.divide(x, std, out=x)
+    return x

@@ -144,7 +144,8 @@ class Trainer:
             init_weights(model)  # weights trained elsewhere (train.init_from)
         num_classes = _class_count(model)
         self.data = load_dataset(config.data, tuple(model.input_shape), num_classes, config.seed,
-                                 root=root, training=True, progress=progress)
+                                 root=root, training=True, progress=progress,
+                                 decoded_cache=self._decoded_cache())
         self.has_val = len(self.data.y_val) > 0
         early = config.train.early_stopping
         if early is not None and not self.has_val:
@@ -203,8 +204,17 @@ class Trainer:
         if not resuming_here:
             self.dir.refuse_overwrite(self.overwrite)
         self.dir.write_config(dump_config(self.config))
+        if self._decoded_cache() is not None:  # written into the run directory, now ours
+            from cnncli.data import keep_decoded
+            keep_decoded(self.data, self._decoded_cache())
         if self.ckpt is not None and not same_file(self.dir.last, self.ckpt.path):
             self.dir.start_from(self.ckpt, self.snapshot(), self.state.best.epoch)
+
+    def _decoded_cache(self) -> Path | None:
+        """Where an image folder's decoded images are kept (``data.cache``; rank 0 only)."""
+        from cnncli.data.decoded_cache import CACHE_FOLDER
+
+        return self.dir.path / CACHE_FOLDER if self.config.data.cache and self.lead else None
 
     def _epochs(self) -> bool:
         """Run epochs until the last one or early stopping (True)."""
