@@ -144,7 +144,7 @@ def is_follower() -> bool:
 #: How long a rank other than 0 waits before it reports an error (seconds): long enough for
 #: rank 0 to report the same error first and end the run, so an error every rank meets (a bad
 #: config, a diverged loss) is told once.
-FOLLOWER_GRACE = 2.0
+FOLLOWER_GRACE = 5.0
 
 
 def let_rank_0_speak() -> None:
