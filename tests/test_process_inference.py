@@ -127,6 +127,12 @@ def test_the_worker_follows_every_change_of_the_weights(split_inference):
         assert (logits.argmax(axis=1) == 0).all()
         np.testing.assert_array_equal(logits, _halves_here(model, x))
         assert softmax_cross_entropy(logits, np.zeros(40, int))[0] < 1e-3
+        replaced = model.layers[-1].params["bias"].copy()
+        replaced[0] -= 200.0
+        model.layers[-1].params["bias"] = replaced  # a new array, not a write into the old
+        logits = model.forward(x)
+        assert not (logits.argmax(axis=1) == 0).any()
+        np.testing.assert_array_equal(logits, _halves_here(model, x))
 
 
 def test_backward_after_a_split_forward_is_the_whole_batch_gradient(split_inference):

@@ -53,14 +53,22 @@ class WorkerError(CnncliError):
 SUMS_IN, HALF_FAILED = b"+", b"!"
 
 
-def shared_weights(model, inference: bool) -> list[tuple[str, np.ndarray]]:
-    """What the worker needs of the weights: the parameters, and for inference the running
-    statistics too (floating-point buffers), in layer order."""
-    out = [(name, value) for name, value, _ in model.parameters()]
+def weight_slots(model, inference: bool) -> list[tuple[object, str, str]]:
+    """(layer, "params" or "buffers", key) of what the worker shares of the weights: the
+    parameters in layer order, and for inference the running statistics too (floating-point
+    buffers). Both processes lay out the shared block, and the worker puts its arrays there,
+    in this one order."""
+    slots = [(layer, "params", key) for layer in model.layers for key in layer.params]
     if inference:
-        out += [(f"{layer.name}.{key}", value) for layer in model.layers
-                for key, value in layer.buffers.items() if value.dtype.kind == "f"]
-    return out
+        slots += [(layer, "buffers", key) for layer in model.layers
+                  for key, value in layer.buffers.items() if value.dtype.kind == "f"]
+    return slots
+
+
+def shared_weights(model, inference: bool) -> list[tuple[str, np.ndarray]]:
+    """(name, array) of ``weight_slots``."""
+    return [(f"{layer.name}.{key}", getattr(layer, store)[key])
+            for layer, store, key in weight_slots(model, inference)]
 
 
 def batch_norms(model) -> list:
@@ -441,7 +449,6 @@ class InferenceWorker(_Worker):
 
     def __init__(self, model, images: int):
         super().__init__(model, _Layout(model, images, inference=True), inference=True)
-        self._weights = [value for _, value in shared_weights(model, True)]
         self._ready = False
         self._waiting = 0  # images of the request sent and not answered yet
         _live.add(self)
@@ -475,7 +482,10 @@ class InferenceWorker(_Worker):
     def send(self, x: np.ndarray) -> None:
         """Start the worker on ``x`` with this process's weights; ``receive`` returns the
         logits."""
-        for shared, value in zip(self._params, self._weights, strict=True):
+        # Read from the layers each time: an array they were given since (a rebuilt layer)
+        # is what the worker must see.
+        for shared, (_, value) in zip(self._params, shared_weights(self.model, True),
+                                      strict=True):
             shared[...] = value
         self._views["x"][:len(x)] = x
         self._send(f"infer {len(x)}")

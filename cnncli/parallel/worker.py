@@ -21,7 +21,13 @@ import numpy as np
 from cnncli.nn.kernels import BufferPool
 from cnncli.nn.model import WholeBatch, model_from_entries
 from cnncli.parallel.plan import apply_plan
-from cnncli.parallel.processes import HalfBatch, PairSums, _Layout, batch_norms
+from cnncli.parallel.processes import (
+    HalfBatch,
+    PairSums,
+    _Layout,
+    batch_norms,
+    weight_slots,
+)
 
 
 def serve(spec_json: str) -> None:
@@ -84,18 +90,14 @@ class _Worker:
     def __init__(self, model, layout: _Layout, views: dict, inference: bool):
         self.model, self.layout, self.views = model, layout, views
         self.sums: PairSums | None = None
-        shared = iter(layout.per_param(views["params"]))
-        grads = None if inference else iter(layout.per_param(views["grads"]))
-        for layer in model.layers:  # in ``shared_weights``' order
-            for key in layer.params:
-                layer.params[key] = next(shared)
-                if grads is not None:  # layers add to their gradients in place
-                    layer.grads[key] = next(grads)
-        if inference:
-            for layer in model.layers:
-                for key, value in layer.buffers.items():
-                    if value.dtype.kind == "f":
-                        layer.buffers[key] = next(shared)
+        slots = weight_slots(model, inference)
+        for (layer, store, key), shared in zip(slots, layout.per_param(views["params"]),
+                                               strict=True):
+            getattr(layer, store)[key] = shared
+        if not inference:  # layers add to their gradients in place
+            for (layer, _, key), grad in zip(slots, layout.per_param(views["grads"]),
+                                             strict=True):
+                layer.grads[key] = grad
 
     def answer(self, command: str, arg: str) -> str:
         """Carry out one request; return the text after "ok" in the reply."""
