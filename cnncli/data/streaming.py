@@ -58,6 +58,7 @@ class MappedArray:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._whole_file_read = False
+        self._warming: threading.Thread | None = None  # the last whole-file read
         self._path = getattr(mapped, "filename", None)  # None for an anonymous mapping
         self._direct = (hasattr(os, "preadv") and mapped.flags.c_contiguous
                         and self._path is not None)
@@ -87,8 +88,8 @@ class MappedArray:
         at most 1/``WARM_SHARE`` of the machine's memory: the rows' reads then find it in the
         page cache (not this process's memory). A file read a row at a time from the disk
         costs several times more CPU and waits (benchmarks/RESULTS.md)."""
-        if not self._direct:
-            return
+        if not self._direct or (self._warming is not None and self._warming.is_alive()):
+            return  # (a read of the whole file is still under way: one is enough)
         fd = self._open()
         size = os.fstat(fd).st_size
         try:
@@ -109,7 +110,9 @@ class MappedArray:
             except OSError:  # the file closed meanwhile: only a hint was lost
                 return
 
-        threading.Thread(target=read_through, name="cnncli-warm-up", daemon=True).start()
+        self._warming = threading.Thread(target=read_through, name="cnncli-warm-up",
+                                         daemon=True)
+        self._warming.start()
         self._whole_file_read = True  # so no hint per row is needed
 
     def will_need(self, rows: np.ndarray) -> None:
