@@ -61,8 +61,8 @@ def products(config: str, batch: int) -> tuple[list, list]:
             o, rows = layer.out_channels, shape_in[0] * kh * kw
             cols = batch * shape_out[1] * shape_out[2]
             if kh > 1 or kw > 1:
-                copies.append((shape_in[0], shape_in[1], shape_in[2], kh, layer.stride[0],
-                               layer._pads[0][0]))
+                (top, _), _ = layer.padding_sides(shape_in)
+                copies.append((shape_in[0], shape_in[1], shape_in[2], kh, layer.stride[0], top))
         elif isinstance(layer, Dense):
             o, rows, cols = shape_out[0], shape_in[0], batch
         else:
