@@ -457,3 +457,37 @@ def test_an_error_every_rank_meets_is_told_once_by_rank_0(sets, code, says, tmp_
     assert done.returncode == code
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("cnncli: error:") and says in errors[0]
+
+
+FOLLOWER_FAILS = """
+import sys, time
+sys.path[0] = {root!r}
+import numpy as np
+from cnncli.parallel import mpi
+world = mpi.world()
+if world.rank == 1:
+    mpi.tell_rank_0("data/train.npy: cannot read it (input/output error)", 2)
+    print("rank 1 told it itself", file=sys.stderr)
+    sys.exit(5)
+time.sleep(0.5)  # rank 1's error waits for rank 0's next exchange, as in a real run
+try:
+    world.gather(np.zeros(3))
+except mpi.RankFailed as err:
+    print(err.exit_code, err, flush=True)
+    mpi.stop_now(err.exit_code)
+print("no error reached rank 0")
+"""
+
+
+@needs_mpi
+def test_an_error_one_follower_meets_is_told_by_rank_0_naming_the_rank(tmp_path):
+    """Deterministic, not a race: rank 0 receives the follower's error in its next exchange
+    and tells it; the follower never prints it (mpiexec stops it once rank 0 has)."""
+    done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-c",
+                           FOLLOWER_FAILS.format(root=ROOT)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env=_environment(CNNCLI_MPI_TIMEOUT="30"))
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.splitlines() == [
+        "2 rank 1 of 2: data/train.npy: cannot read it (input/output error)"]
+    assert "told it itself" not in done.stderr

@@ -109,7 +109,7 @@ class _Group(click.Group):
         except CnncliError as err:
             from cnncli.parallel import mpi
 
-            mpi.let_rank_0_speak()
+            mpi.tell_rank_0(str(err), err.exit_code)  # under MPI: rank 0 tells every error
             # One line whatever a quoted user value holds (a "\r" in a YAML string, say).
             click.echo(f"cnncli: error: {printable(as_flags(' '.join(str(err).splitlines())))}",
                        err=True)
@@ -119,9 +119,10 @@ class _Group(click.Group):
             from cnncli.parallel import mpi
 
             detail = f": {err}" if str(err) else ""
-            click.echo(f"cnncli: error: out of memory{detail} (see the estimate of "
-                       "'cnncli summary CONFIG --batch-size N'; use a smaller model or batch)",
-                       err=True)
+            line = (f"out of memory{detail} (see the estimate of 'cnncli summary CONFIG "
+                    "--batch-size N'; use a smaller model or batch)")
+            mpi.tell_rank_0(line, 1)
+            click.echo(f"cnncli: error: {line}", err=True)
             mpi.stop_now(1)
             sys.exit(1)
         except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and says so)

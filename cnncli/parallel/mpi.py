@@ -104,6 +104,8 @@ class World:
         started = time.monotonic()
         deadline = started + self.timeout
         while not request.Test():
+            if self.rank == 0:
+                self._raise_a_follower_error()
             if time.monotonic() > deadline:
                 raise RankTimeout(
                     f"rank {self.rank} of {self.size}: no reply from the other ranks in "
@@ -115,6 +117,19 @@ class World:
             # blocking calls do; sleep once they are late, so a wait costs no core.
             time.sleep(0 if time.monotonic() - started < SPIN_SECONDS else 0.001)
         self.exchange_seconds += time.monotonic() - started
+
+    def _raise_a_follower_error(self) -> None:
+        """Rank 0, while it waits: raise the error a follower sent (``tell_rank_0``), if any."""
+        from mpi4py import MPI
+
+        status = MPI.Status()
+        if not self.control.Iprobe(source=MPI.ANY_SOURCE, tag=ERROR_TAG, status=status):
+            return
+        text = bytearray(status.Get_count(MPI.BYTE))
+        self.control.Recv([text, MPI.BYTE], source=status.Get_source(), tag=ERROR_TAG)
+        code, _, message = text.decode("utf-8", "replace").partition(" ")
+        raise RankFailed(f"rank {status.Get_source()} of {self.size}: {message}",
+                         int(code) if code.isdigit() else 1)
 
 
 _world: World | None = None
@@ -141,17 +156,34 @@ def is_follower() -> bool:
     return _world is not None and _world.rank != 0
 
 
-#: How long a rank other than 0 waits before it reports an error (seconds): long enough for
-#: rank 0 to report the same error first and end the run, so an error every rank meets (a bad
-#: config, a diverged loss) is told once.
-FOLLOWER_GRACE = 5.0
+#: The tag of a follower's error message to rank 0, on the control communicator.
+ERROR_TAG = 1
 
 
-def let_rank_0_speak() -> None:
-    """Before a rank other than 0 reports an error: wait FOLLOWER_GRACE seconds (see there);
-    mpiexec stops this rank meanwhile if rank 0 failed too."""
-    if is_follower():
-        time.sleep(FOLLOWER_GRACE)
+class RankFailed(CnncliError):
+    """The error another rank met, as rank 0 tells it."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def tell_rank_0(message: str, code: int) -> None:
+    """A rank other than 0 met an error: send ``message`` and exit ``code`` to rank 0, which
+    tells it (or its own, when it met one too: a bad config, a diverged loss) and ends the run,
+    and wait meanwhile for ``mpiexec`` to stop this rank. So each error is told once, by rank 0,
+    however late rank 0 reaches it. Returns (the caller then tells the error itself) on rank 0,
+    without MPI, or if rank 0 did not end the run within the exchange timeout."""
+    if not is_follower():
+        return
+    from mpi4py import MPI
+
+    text = bytearray(f"{code} {message}".encode())
+    request = _world.control.Isend([text, MPI.BYTE], dest=0, tag=ERROR_TAG)
+    deadline = time.monotonic() + _world.timeout
+    while time.monotonic() < deadline:
+        request.Test()  # lets MPI move the message along
+        time.sleep(0.01)
 
 
 def stop_now(code: int) -> None:
@@ -176,7 +208,7 @@ def stop_together(code: int) -> None:
         return
     try:
         _world._wait(_world.control.Ibarrier(), "stopping")
-    except (RankTimeout, KeyboardInterrupt):
+    except (RankTimeout, RankFailed, KeyboardInterrupt):
         pass
     stop_now(code)
 
