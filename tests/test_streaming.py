@@ -380,3 +380,35 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypa
                                         r"or set data\.cache: false\)"):
         train(_config(tmp_path / "images", cache=True), out_dir=tmp_path / "run")
     assert not list((tmp_path / "run" / "data_cache").glob("*train*"))
+
+
+def test_a_reader_that_does_not_write_takes_up_a_cache_another_process_finished(tmp_path):
+    """An MPI rank other than 0 reads the image folder with writing off; once rank 0 has
+    finished run/data_cache/train.npy, the rank reads that file from the next epoch on
+    instead of decoding (the same bytes), and never writes there itself."""
+    from cnncli.data.decoded_cache import DecodedCache
+    from cnncli.data.sources import ImageFiles
+
+    rng = np.random.default_rng(8)
+    x, y = _images(rng, n=12)
+    _write_folder(tmp_path / "images", x, y)
+    cache = tmp_path / "run" / "data_cache" / "train.npy"
+
+    paths = sorted((tmp_path / "images").glob("*/*.png"))
+
+    def files():
+        return ImageFiles(paths, (3, 6, 6), None)
+
+    reader = DecodedCache(files(), cache, writing=False)
+    assert reader.read_ahead                       # nothing finished yet: it decodes
+    decoded = reader.read(np.arange(5))
+    assert reader.files.decoded == 5 and not cache.parent.exists()
+
+    writer = DecodedCache(files(), cache, writing=True)
+    everything = writer.read(np.arange(12))        # one epoch of rank 0 fills the file
+    assert cache.exists() and not writer.read_ahead
+
+    assert not reader.read_ahead                   # the next epoch's start takes it up
+    np.testing.assert_array_equal(reader.read(np.arange(5)), decoded)
+    np.testing.assert_array_equal(reader.read(np.arange(12)), everything)
+    assert reader.files.decoded == 5               # read from the file, not decoded

@@ -65,7 +65,11 @@ class DecodedCache:
 
     @property
     def read_ahead(self) -> bool:
-        """Decoding is read ahead in background threads; the finished file is read in place."""
+        """Decoding is read ahead in background threads; the finished file is read in place.
+        Asked at each epoch's start, when a reader that does not write (an MPI rank other than
+        0) takes up the file another process has finished since."""
+        if self.stored is None and not self.writing:
+            self.stored = self._open_stored()
         return self.stored is None
 
     def read(self, rows: np.ndarray) -> np.ndarray:

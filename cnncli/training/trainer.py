@@ -204,17 +204,19 @@ class Trainer:
         if not resuming_here:
             self.dir.refuse_overwrite(self.overwrite)
         self.dir.write_config(dump_config(self.config))
-        if self._decoded_cache() is not None:  # written into the run directory, now ours
+        if self._decoded_cache() is not None and self.lead:  # the run directory is now ours
             from cnncli.data import keep_decoded
             keep_decoded(self.data, self._decoded_cache())
         if self.ckpt is not None and not same_file(self.dir.last, self.ckpt.path):
             self.dir.start_from(self.ckpt, self.snapshot(), self.state.best.epoch)
 
     def _decoded_cache(self) -> Path | None:
-        """Where an image folder's decoded images are kept (``data.cache``; rank 0 only)."""
+        """Where an image folder's decoded images are kept (``data.cache``). Rank 0 alone
+        writes them; the other ranks read the finished file from the epoch after (when they
+        share the run directory's file system)."""
         from cnncli.data.decoded_cache import CACHE_FOLDER
 
-        return self.dir.path / CACHE_FOLDER if self.config.data.cache and self.lead else None
+        return self.dir.path / CACHE_FOLDER if self.config.data.cache else None
 
     def _epochs(self) -> bool:
         """Run epochs until the last one or early stopping (True)."""
