@@ -53,3 +53,29 @@ def test_conv_dx_by_correlation_in_row_chunks(limit):
     layer._dx_by_correlation = lambda: False
     slow_dx, _ = _grads(layer, x, dy)
     np.testing.assert_allclose(fast_dx, slow_dx, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+@pytest.mark.parametrize("limit", [1, 1 << 30])
+def test_conv_with_kept_im2col_views_equals_a_fresh_conv_step_after_step(padding, limit):
+    """The im2col views a conv keeps between calls (kernels.Im2col) always read the current
+    input: new values in the same padded buffer, a new input array (no padding), another
+    batch size, in one piece or in row pieces; a copy of the layer starts without them."""
+    import copy
+
+    layer = Conv2d(3, 3, padding=padding)
+    layer.splitter = SerialSplitter()
+    layer.splitter.im2col_max_bytes = limit
+    layer.build((2, 6, 6), np.random.default_rng(0), np.float64)
+    rng = np.random.default_rng(5)
+    for n in (2, 2, 3, 2):
+        x = to_internal(rng.standard_normal((n, 2, 6, 6)))
+        fresh = copy.deepcopy(layer)                 # no kept views
+        assert fresh._im2col._state[0] is None
+        y = layer.forward(x.copy(), train=True)
+        np.testing.assert_array_equal(y, fresh.forward(x.copy(), train=True))
+        dy = rng.standard_normal(y.shape)
+        layer.zero_grad()
+        fresh.zero_grad()
+        np.testing.assert_array_equal(layer.backward(dy.copy()), fresh.backward(dy.copy()))
+        np.testing.assert_array_equal(layer.grads["weight"], fresh.grads["weight"])

@@ -96,6 +96,41 @@ def im2col(xp: np.ndarray, cols: np.ndarray, kernel: Pair, stride: Pair, dilatio
     return cols
 
 
+class Im2col:
+    """im2col for one layer's pieces, each piece's strided view (and its buffer shaped like
+    it) kept while the input and the buffer are the same arrays: a conv fills the same pieces
+    of the same padded buffer every step, and building the views costs more Python time than
+    a small piece's copy."""
+
+    def __init__(self):
+        # (the input the views are of, {piece: (cols, view, cols shaped as view)}), replaced
+        # as one object so that threads filling other pieces never pair a new input with
+        # views of the old one.
+        self._state: tuple = (None, {})
+
+    def fill(self, xp: np.ndarray, cols: np.ndarray, kernel: Pair, stride: Pair,
+             dilation: Pair, out_w: int, row0: int, rows: int) -> np.ndarray:
+        """As ``im2col``; returns cols."""
+        state = self._state
+        if state[0] is not xp:
+            state = self._state = (xp, {})
+        key = (row0, rows, kernel, stride, dilation, out_w)
+        piece = state[1].get(key)
+        if piece is None or piece[0] is not cols:
+            view = window_view(xp, kernel, stride, dilation, out_w, row0, rows)
+            piece = state[1][key] = (cols, view, cols.reshape(view.shape))
+        np.copyto(piece[2], piece[1], casting="same_kind")
+        return cols
+
+    def forget(self) -> None:
+        """Let go of the input and buffers the views are of."""
+        self._state = (None, {})
+
+    def __reduce__(self):
+        # A copy of a layer (deepcopy, pickle) owns other buffers: it starts with no views.
+        return Im2col, ()
+
+
 def col2im_add(dxp: np.ndarray, dcols: np.ndarray, kernel: Pair, stride: Pair,
                dilation: Pair, out_w: int, row0: int, rows: int) -> None:
     """Add dcols (C*kh*kw, rows*W'*N) back onto the padded gradient dxp (C, Hp, Wp, N)."""

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from cnncli.nn.kernels import BufferPool
+from cnncli.nn.kernels import BufferPool, Im2col
 from cnncli.nn.model import WholeBatch, model_from_entries
 from cnncli.parallel.plan import apply_plan
 from cnncli.parallel.processes import (
@@ -141,6 +141,9 @@ def _let_go(model) -> None:
         for pool in (layer.__dict__.get("_buffers"), layer.__dict__.get("scratch")):
             if isinstance(pool, BufferPool):
                 pool.clear()
+        for value in layer.__dict__.values():
+            if isinstance(value, Im2col):  # its views hold the input and im2col buffers
+                value.forget()
     with contextlib.suppress(OSError, AttributeError):  # glibc only
         import ctypes
 

@@ -16,8 +16,8 @@ from cnncli.nn.registry import register
 def _by_group(a: np.ndarray, groups: int) -> np.ndarray:
     """(rows, L) -> (groups, rows/groups, L) view; plain 2-D (the fast matmul path) for 1 group."""
     if groups == 1:
-        return np.reshape(a, (a.shape[0], -1), copy=False)
-    return np.reshape(a, (groups, a.shape[0] // groups, -1), copy=False)
+        return a.reshape((a.shape[0], -1), copy=False)
+    return a.reshape((groups, a.shape[0] // groups, -1), copy=False)
 
 
 def _pair_text(pair) -> str:
@@ -71,6 +71,8 @@ class Conv2d(Layer):
         self._x: np.ndarray | None = None       # padded input (or the input itself)
         self._cols_kept = False                  # cols buffer still holds the last forward's
         self._in_hw: tuple[int, int] | None = None
+        self._im2col = kernels.Im2col()       # of the (padded) input
+        self._dy_im2col = kernels.Im2col()    # of the padded output gradient (backward)
 
     def _resolve_padding(self, padding):
         if isinstance(padding, str):
@@ -139,6 +141,8 @@ class Conv2d(Layer):
             self.params["bias"] = init_bias(rng, self.out_channels, fan_in, self.init,
                                             self.dtype)
         self._buffers.clear()
+        self._im2col.forget()
+        self._dy_im2col.forget()
         self.zero_grad()
 
     def use_scratch(self, pool: kernels.BufferPool | None) -> None:
@@ -161,8 +165,8 @@ class Conv2d(Layer):
         c, n = self._x.shape[0], self._x.shape[3]
         kh, kw = self.kernel_size
         cols = pool.get(role, (c * kh * kw, rows * out_w * n), self.dtype)
-        return kernels.im2col(self._x, cols, self.kernel_size, self.stride, self.dilation,
-                              out_w, row0, rows)
+        return self._im2col.fill(self._x, cols, self.kernel_size, self.stride, self.dilation,
+                                 out_w, row0, rows)
 
     def _cols_elements(self, out_h, out_w, n) -> int:
         kh, kw = self.kernel_size
@@ -329,7 +333,7 @@ class Conv2d(Layer):
         for row0, rows in chunks:
             role = "dycols" if rows == chunks[0][1] else "dycols_tail"
             cols = self.scratch.get(role, (o * kh * kw, rows * w * n), self.dtype)
-            kernels.im2col(dyp, cols, self.kernel_size, (1, 1), (1, 1), w, row0, rows)
+            self._dy_im2col.fill(dyp, cols, self.kernel_size, (1, 1), (1, 1), w, row0, rows)
             np.matmul(flipped, cols, out=dx[:, row0:row0 + rows].reshape(c, rows * w * n))
         return dx
 
