@@ -20,14 +20,14 @@ class BufferPool:
         self._interiors: dict = {}  # get_bordered's interior per key
 
     def get(self, role: str, shape, dtype, zero: bool = False) -> np.ndarray:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(map(int, shape))
         return self._fetch(self._key(role, shape, dtype), shape, dtype, zero)
 
     def get_bordered(self, role: str, shape, dtype, interior) -> np.ndarray:
         """A zero-bordered buffer, zeroed only when it is new or ``interior`` (a key for where
         callers write: the input's size and offset) changes: every caller overwrites the same
         interior and never the border, so the border is still zero."""
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(map(int, shape))
         key = self._key(role, shape, dtype)
         where = (shape, np.dtype(dtype), interior)
         if self._interiors.get(key) != where:
@@ -43,7 +43,8 @@ class BufferPool:
         return role
 
     def _fetch(self, key, shape: tuple, dtype, zero: bool) -> np.ndarray:
-        self._interiors.pop(key, None)  # contents are the caller's from here on
+        if self._interiors:
+            self._interiors.pop(key, None)  # contents are the caller's from here on
         arr = self._arrays.get(key)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
             arr = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
