@@ -187,12 +187,9 @@ def tell_rank_0(message: str, code: int) -> None:
 
 
 def stop_now(code: int) -> None:
-    """Under MPI, end this rank at once with exit ``code`` after a failure, and with it every
-    rank: MPI_Abort, then an exit without MPI_Finalize (which would wait for the others,
-    possibly forever). An exit alone is not enough: ``mpiexec`` (MPICH's Hydra) then left
-    the other ranks running in 2 of 30 runs whose output went to pipes. MPI_Abort's own notice
-    ("Abort(1) on node 0 ...") goes to the null device: the error has been told. Without MPI,
-    return."""
+    """Under MPI, end this rank at once with exit ``code`` after a failure: ``mpiexec`` then
+    stops the other ranks (a normal exit would first wait for them in MPI_Finalize, possibly
+    forever). Without MPI, return."""
     if _world is None:
         return
     for stream in (sys.stdout, sys.stderr):
@@ -200,11 +197,6 @@ def stop_now(code: int) -> None:
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-        _world.comm.Abort(code)
-    except Exception:  # noqa: BLE001 (ending anyway)
-        pass
     os._exit(code)
 
 
