@@ -42,7 +42,11 @@ def _step(model, x, dlogits):
 
 @pytest.mark.parametrize("net", sorted(NETS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_in_place_model_matches_copying_model(net, dtype):
+def test_in_place_model_matches_copying_model(net, dtype, monkeypatch):
+    from cnncli.parallel.plan import ThreadSplitter
+
+    # The plan's folded conv bias sums in another order (tests/test_speedups.py): off here.
+    monkeypatch.setattr(ThreadSplitter, "fold_bias", False)
     shape, entries = NETS[net]
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5,) + shape).astype(dtype)

@@ -79,7 +79,15 @@ def test_training_logits_and_gradients_agree_to_rounding(two_threads, dtype):
         np.testing.assert_allclose(got[2][key], want[2][key], err_msg=key, **tol)
 
 
-def test_exact_tricks_change_no_bit(two_threads):
+@pytest.fixture
+def bias_not_folded(monkeypatch):
+    """The plan's one rounding trick that applies at every size, switched off."""
+    from cnncli.parallel.plan import ThreadSplitter
+
+    monkeypatch.setattr(ThreadSplitter, "fold_bias", False)
+
+
+def test_exact_tricks_change_no_bit(two_threads, bias_not_folded):
     on, off = _pair(SMALL, np.float32)
     x, dlogits = _batch(on, 16, np.float32)
     got, want = _train_pass(on, x, dlogits), _train_pass(off, x, dlogits)
@@ -186,3 +194,40 @@ def test_convs_share_one_scratch_pool_and_agree_to_rounding(two_threads):
                                        err_msg=key)
     pool = convs[0].scratch._arrays
     assert pool and len(pool) == len({role for role, _, _ in pool})  # one set
+
+
+@pytest.mark.parametrize("out_channels", [4, 6])      # 6: weight rows padded to 8 as well
+@pytest.mark.parametrize("limit", [1, 1 << 30])       # row pieces (a tail among them), one piece
+def test_a_folded_bias_gives_the_bias_and_its_gradient_to_rounding(out_channels, limit,
+                                                                  monkeypatch):
+    """[W | b] times im2col with a row of ones: the same outputs and gradients as the bias
+    added and summed on their own, whatever another layer left in the shared piece's row."""
+    from cnncli.nn.layers.base import to_internal
+    from cnncli.nn.layers.conv import Conv2d
+    from cnncli.parallel.plan import ThreadSplitter
+
+    monkeypatch.setattr(ThreadSplitter, "im2col_max_bytes", limit)
+    rng = np.random.default_rng(7)
+    x = to_internal(rng.standard_normal((3, 2, 7, 7)))
+    bias = rng.standard_normal(out_channels)
+    results = []
+    for fold in (True, False):
+        monkeypatch.setattr(ThreadSplitter, "fold_bias", fold)
+        layer = Conv2d(out_channels, 3, padding=1)
+        layer.build((2, 7, 7), np.random.default_rng(0), np.float64)
+        layer.params["bias"][...] = bias
+        layer.splitter = ThreadSplitter()
+        for _ in range(2):  # the second step finds its pieces' last rows overwritten
+            layer.zero_grad()
+            y = layer.forward(x.copy(), train=True)
+            dx = layer.backward(np.random.default_rng(8).standard_normal(y.shape))
+            for role, piece in layer._buffers._arrays.items():
+                if role.startswith("cols"):  # as another layer's piece of this shape might
+                    piece[-1] = 5.0
+        assert layer._fold is fold
+        results.append((y, dx, {k: v.copy() for k, v in layer.grads.items()}))
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-12, atol=1e-12)
+    for key in g2:
+        np.testing.assert_allclose(g1[key], g2[key], rtol=1e-12, atol=1e-12, err_msg=key)

@@ -111,7 +111,8 @@ class Im2col:
 
     def fill(self, xp: np.ndarray, cols: np.ndarray, kernel: Pair, stride: Pair,
              dilation: Pair, out_w: int, row0: int, rows: int) -> np.ndarray:
-        """As ``im2col``; returns cols."""
+        """As ``im2col`` into the first C*kh*kw rows of cols (a row below them is the
+        caller's); returns cols."""
         state = self._state
         if state[0] is not xp:
             state = self._state = (xp, {})
@@ -119,7 +120,8 @@ class Im2col:
         piece = state[1].get(key)
         if piece is None or piece[0] is not cols:
             view = window_view(xp, kernel, stride, dilation, out_w, row0, rows)
-            piece = state[1][key] = (cols, view, cols.reshape(view.shape))
+            taps = view.shape[0] * view.shape[1] * view.shape[2]
+            piece = state[1][key] = (cols, view, cols[:taps].reshape(view.shape))
         np.copyto(piece[2], piece[1], casting="same_kind")
         return cols
 

@@ -35,6 +35,10 @@ class SerialSplitter:
     #: Compute an uncut weight-gradient product of at least this many multiply-adds as
     #: (cols @ dy.T).T, the same sum to rounding (None: never).
     transposed_weight_grad_macs: int | None = None
+    #: A conv with a bias multiplies [W | b] by its im2col matrix with a row of ones below it,
+    #: so that the product adds the bias and the weight-gradient product yields its gradient
+    #: (no pass of their own; the same sums to rounding).
+    fold_bias = False
 
     def split(self, fn, length: int, elements: int) -> None:
         """Element-wise work over [0, length) of a leading axis."""

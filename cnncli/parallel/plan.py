@@ -71,6 +71,10 @@ class ThreadSplitter(SerialSplitter):
     def transposed_weight_grad_macs(self) -> int:
         return thresholds.TRANSPOSED_WEIGHT_GRAD_MACS
 
+    #: The bias in the conv's matmuls (SerialSplitter.fold_bias): faster on every shipped
+    #: conv shape measured (benchmarks/RESULTS.md).
+    fold_bias = True
+
     def split(self, fn, length: int, elements: int) -> None:
         if elements >= thresholds.MIN_ELEMENTS:
             threads.split(fn, length)

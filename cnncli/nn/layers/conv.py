@@ -70,6 +70,7 @@ class Conv2d(Layer):
         self.scratch: kernels.BufferPool = self._buffers
         self._x: np.ndarray | None = None       # padded input (or the input itself)
         self._cols_kept = False                  # cols buffer still holds the last forward's
+        self._fold = False                       # the last forward's bias rode in its matmuls
         self._in_hw: tuple[int, int] | None = None
         self._im2col = kernels.Im2col()       # of the (padded) input
         self._dy_im2col = kernels.Im2col()    # of the padded output gradient (backward)
@@ -155,18 +156,31 @@ class Conv2d(Layer):
         (t, b), (lft, r) = self._pads
         return h + t + b, w + lft + r
 
-    def _chunks(self, c, out_h, out_w, n) -> list[tuple[int, int]]:
+    def _folds_bias(self) -> bool:
+        """Whether the bias rides in the matmuls (``splitter.fold_bias``): [W | b] times the
+        im2col matrix with a row of ones below it."""
+        return self.bias and self.groups == 1 and self.splitter.fold_bias
+
+    def _cols_rows(self, c) -> int:
+        """Rows of the im2col matrix: the taps, and the row of ones of a folded bias."""
         kh, kw = self.kernel_size
-        return kernels.row_chunks(out_h, c * kh * kw * out_w * n * self.dtype.itemsize,
+        return c * kh * kw + self._fold
+
+    def _chunks(self, c, out_h, out_w, n) -> list[tuple[int, int]]:
+        return kernels.row_chunks(out_h, self._cols_rows(c) * out_w * n * self.dtype.itemsize,
                                   self.splitter.im2col_max_bytes)
 
     def _fill_cols(self, row0, rows, out_w, role, pool):
-        """im2col for output rows [row0, row0 + rows) into ``pool``'s reused buffer ``role``."""
+        """im2col for output rows [row0, row0 + rows) into ``pool``'s reused buffer ``role``
+        (and its last row set to ones when the bias is folded: another layer's piece of the
+        same shape may have used that row)."""
         c, n = self._x.shape[0], self._x.shape[3]
-        kh, kw = self.kernel_size
-        cols = pool.get(role, (c * kh * kw, rows * out_w * n), self.dtype)
-        return self._im2col.fill(self._x, cols, self.kernel_size, self.stride, self.dilation,
-                                 out_w, row0, rows)
+        cols = pool.get(role, (self._cols_rows(c), rows * out_w * n), self.dtype)
+        self._im2col.fill(self._x, cols, self.kernel_size, self.stride, self.dilation, out_w,
+                          row0, rows)
+        if self._fold:
+            cols[-1] = 1
+        return cols
 
     def _cols_elements(self, out_h, out_w, n) -> int:
         kh, kw = self.kernel_size
@@ -189,19 +203,23 @@ class Conv2d(Layer):
                                             self.dtype, (h, w, t, lft))
             self._x = kernels.pad_into(xp, x, t, lft)
         g, o = self.groups, self.out_channels
+        fold = self._fold = self._folds_bias()
         weight = _by_group(np.ascontiguousarray(self.params["weight"]), g)
         # OpenBLAS multiplies some small row counts (5-7, 9, 11, 13-15) slower than the next
         # multiple of 4 (benchmarks/RESULTS.md): pad the weight rows with zeros and drop those
         # output rows.
         padded = o if g > 1 or o <= 2 else -(-o // 4) * 4
-        if padded != o:
-            wpad = self._buffers.get("wpad", (padded, weight.shape[1]), self.dtype, zero=True)
-            wpad[:o] = weight
+        if padded != o or fold:
+            wpad = self._buffers.get("wpad", (padded, weight.shape[-1] + fold), self.dtype,
+                                     zero=True)
+            wpad[:o, :weight.shape[-1]] = weight
+            if fold:
+                wpad[:o, -1] = self.params["bias"]
             weight = wpad
         y_all = np.empty((padded, out_h, out_w, n), self.dtype)
         y = y_all[:o]  # still C-contiguous
         chunks = self._chunks(c, out_h, out_w, n)
-        bias = self.params["bias"][:, None, None, None] if self.bias else None
+        bias = self.params["bias"][:, None, None, None] if self.bias and not fold else None
         # One piece is kept for backward (this layer's own buffer); pieces are rebuilt there.
         pool = self._buffers if len(chunks) == 1 else self.scratch
 
@@ -223,7 +241,7 @@ class Conv2d(Layer):
     def _backward(self, dy: np.ndarray, need_dx: bool = True):
         dy = np.ascontiguousarray(dy)
         _, out_h, out_w, n = dy.shape
-        if self.bias:
+        if self.bias and not self._fold:  # a folded bias: from the weight-gradient product
             dbias = self.grads["bias"]
 
             def add_bias_grad(lo, hi):
@@ -244,12 +262,15 @@ class Conv2d(Layer):
         """dW += dy @ cols.T, chunk by chunk (rebuilding cols unless forward kept them), each
         product cut along its long axis if the splitter says so, so that the pieces stay in
         cache (split-K), or else computed transposed if the splitter says so."""
-        g, (kh, kw), out_w, n = self.groups, self.kernel_size, dy.shape[2], dy.shape[3]
+        g, out_w, n = self.groups, dy.shape[2], dy.shape[3]
         dweight = _by_group(self.grads["weight"], g)
+        if self._fold:  # [dW | db]: the row of ones in cols sums dy for the bias gradient
+            folded = dweight
+            dweight = np.zeros((folded.shape[0], folded.shape[1] + 1), self.dtype)
         for row0, rows in chunks:
             if self._cols_kept:
-                cols = self._buffers.get("cols0", (self._x.shape[0] * kh * kw, rows * out_w * n),
-                                         self.dtype)
+                cols = self._buffers.get("cols0", (self._cols_rows(self._x.shape[0]),
+                                                   rows * out_w * n), self.dtype)
             else:  # scratch, like forward's pieces (less memory)
                 cols = self._fill_cols(row0, rows, out_w,
                                        "cols0" if rows == chunks[0][1] else "cols_tail",
@@ -267,6 +288,9 @@ class Conv2d(Layer):
             for start in range(0, length, step):
                 piece = slice(start, start + step)
                 dweight += np.matmul(dy_g[..., piece], cols_g[..., piece].swapaxes(-1, -2))
+        if self._fold:
+            folded += dweight[:, :-1]
+            self.grads["bias"] += dweight[:, -1]
 
     def _split_k_step(self, rows: int, length: int) -> int:
         """Columns per piece of a weight-gradient product over ``rows`` rows of operands."""
