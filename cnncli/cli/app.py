@@ -109,7 +109,11 @@ class _Group(click.Group):
         except CnncliError as err:
             from cnncli.parallel import mpi
 
-            mpi.tell_rank_0(str(err), err.exit_code)  # under MPI: rank 0 tells every error
+            if isinstance(err, mpi.RunStopped):  # rank 0 has told the error
+                mpi.stop_now(err.exit_code)
+            stopped = mpi.tell_rank_0(str(err), err.exit_code)  # under MPI rank 0 tells it
+            if stopped is not None:
+                mpi.stop_now(stopped)
             # One line whatever a quoted user value holds (a "\r" in a YAML string, say).
             click.echo(f"cnncli: error: {printable(as_flags(' '.join(str(err).splitlines())))}",
                        err=True)
@@ -121,7 +125,9 @@ class _Group(click.Group):
             detail = f": {err}" if str(err) else ""
             line = (f"out of memory{detail} (see the estimate of 'cnncli summary CONFIG "
                     "--batch-size N'; use a smaller model or batch)")
-            mpi.tell_rank_0(line, 1)
+            stopped = mpi.tell_rank_0(line, 1)
+            if stopped is not None:
+                mpi.stop_now(stopped)
             click.echo(f"cnncli: error: {line}", err=True)
             mpi.stop_now(1)
             sys.exit(1)

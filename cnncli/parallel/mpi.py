@@ -106,6 +106,8 @@ class World:
         while not request.Test():
             if self.rank == 0:
                 self._raise_a_follower_error()
+            else:
+                self._raise_if_stopped()
             if time.monotonic() > deadline:
                 raise RankTimeout(
                     f"rank {self.rank} of {self.size}: no reply from the other ranks in "
@@ -130,6 +132,36 @@ class World:
         code, _, message = text.decode("utf-8", "replace").partition(" ")
         raise RankFailed(f"rank {status.Get_source()} of {self.size}: {message}",
                          int(code) if code.isdigit() else 1)
+
+    def _raise_if_stopped(self) -> None:
+        """A rank other than 0, while it waits: raise ``RunStopped`` if rank 0 ended the run
+        (``stop_now``)."""
+        code = self._stop_code()
+        if code is not None:
+            raise RunStopped(code)
+
+    def _stop_code(self) -> int | None:
+        """The exit code rank 0 ended the run with, if its word has come."""
+        from mpi4py import MPI
+
+        status = MPI.Status()
+        if not self.control.Iprobe(source=0, tag=STOP_TAG, status=status):
+            return None
+        code = bytearray(status.Get_count(MPI.BYTE))
+        self.control.Recv([code, MPI.BYTE], source=0, tag=STOP_TAG)
+        return int(code) if code.isdigit() else 1
+
+    def _tell_the_others_to_stop(self, code: int) -> None:
+        """Rank 0: tell every other rank that the run ends with ``code`` (they exit without a
+        word), and wait until the messages are on their way (at most a second)."""
+        from mpi4py import MPI
+
+        text = bytearray(str(code).encode())
+        requests = [self.control.Isend([text, MPI.BYTE], dest=rank, tag=STOP_TAG)
+                    for rank in range(1, self.size)]
+        deadline = time.monotonic() + 1.0
+        while not MPI.Request.Testall(requests) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
 
 _world: World | None = None
@@ -156,8 +188,10 @@ def is_follower() -> bool:
     return _world is not None and _world.rank != 0
 
 
-#: The tag of a follower's error message to rank 0, on the control communicator.
+#: Tags on the control communicator: a follower's error for rank 0 to tell; rank 0's word
+#: that the run ends (with the exit code).
 ERROR_TAG = 1
+STOP_TAG = 2
 
 
 class RankFailed(CnncliError):
@@ -168,14 +202,24 @@ class RankFailed(CnncliError):
         self.exit_code = exit_code
 
 
-def tell_rank_0(message: str, code: int) -> None:
+class RunStopped(CnncliError):
+    """Rank 0 ended the run after an error it has told: a rank other than 0 exits with
+    ``exit_code`` and says nothing."""
+
+    def __init__(self, exit_code: int):
+        super().__init__("rank 0 ended the run")
+        self.exit_code = exit_code
+
+
+def tell_rank_0(message: str, code: int) -> int | None:
     """A rank other than 0 met an error: send ``message`` and exit ``code`` to rank 0, which
     tells it (or its own, when it met one too: a bad config, a diverged loss) and ends the run,
-    and wait meanwhile for ``mpiexec`` to stop this rank. So each error is told once, by rank 0,
-    however late rank 0 reaches it. Returns (the caller then tells the error itself) on rank 0,
-    without MPI, or if rank 0 did not end the run within the exchange timeout."""
+    and wait for rank 0's word that it has. So each error is told once, by rank 0, however late
+    rank 0 reaches it. Returns the exit code rank 0 ended the run with (the caller exits with it
+    and says nothing), or None (the caller tells the error itself): on rank 0, without MPI, or
+    if no word came within the exchange timeout."""
     if not is_follower():
-        return
+        return None
     from mpi4py import MPI
 
     text = bytearray(f"{code} {message}".encode())
@@ -183,13 +227,19 @@ def tell_rank_0(message: str, code: int) -> None:
     deadline = time.monotonic() + _world.timeout
     while time.monotonic() < deadline:
         request.Test()  # lets MPI move the message along
+        stopped = _world._stop_code()
+        if stopped is not None:
+            return stopped
         time.sleep(0.01)
+    return None
 
 
 def stop_now(code: int) -> None:
-    """Under MPI, end this rank at once with exit ``code`` after a failure: ``mpiexec`` then
-    stops the other ranks (a normal exit would first wait for them in MPI_Finalize, possibly
-    forever). Without MPI, return."""
+    """Under MPI, end this rank at once with exit ``code`` after a failure, without
+    MPI_Finalize (which would wait for the others, possibly forever). Rank 0 first tells the
+    others (``RunStopped``), which then exit too: ``mpiexec`` stops them when one rank exits
+    this way, but not always (it left them running in 2 of 30 runs whose output went to pipes;
+    MPI_Abort stops them but may drop the last lines of output). Without MPI, return."""
     if _world is None:
         return
     for stream in (sys.stdout, sys.stderr):
@@ -197,6 +247,8 @@ def stop_now(code: int) -> None:
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
+    if _world.rank == 0:
+        _world._tell_the_others_to_stop(code)
     os._exit(code)
 
 
@@ -208,7 +260,7 @@ def stop_together(code: int) -> None:
         return
     try:
         _world._wait(_world.control.Ibarrier(), "stopping")
-    except (RankTimeout, RankFailed, KeyboardInterrupt):
+    except (RankTimeout, RankFailed, RunStopped, KeyboardInterrupt):
         pass
     stop_now(code)
 
