@@ -111,28 +111,28 @@ class _Group(click.Group):
 
             if isinstance(err, mpi.RunStopped):  # rank 0 has told the error
                 mpi.stop_now(err.exit_code)
-            stopped = mpi.tell_rank_0(str(err), err.exit_code)  # under MPI rank 0 tells it
-            if stopped is not None:
-                mpi.stop_now(stopped)
             # One line whatever a quoted user value holds (a "\r" in a YAML string, say).
-            click.echo(f"cnncli: error: {printable(as_flags(' '.join(str(err).splitlines())))}",
-                       err=True)
-            mpi.stop_now(err.exit_code)  # under MPI: mpiexec stops the other ranks
-            sys.exit(err.exit_code)
+            _fail(printable(as_flags(" ".join(str(err).splitlines()))), err.exit_code)
         except MemoryError as err:   # a model or batch too big for this machine
-            from cnncli.parallel import mpi
-
             detail = f": {err}" if str(err) else ""
-            line = (f"out of memory{detail} (see the estimate of 'cnncli summary CONFIG "
-                    "--batch-size N'; use a smaller model or batch)")
-            stopped = mpi.tell_rank_0(line, 1)
-            if stopped is not None:
-                mpi.stop_now(stopped)
-            click.echo(f"cnncli: error: {line}", err=True)
-            mpi.stop_now(1)
-            sys.exit(1)
+            _fail(f"out of memory{detail} (see the estimate of 'cnncli summary CONFIG "
+                  "--batch-size N'; use a smaller model or batch)", 1)
         except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and says so)
             _interrupted()
+
+
+def _fail(line: str, code: int) -> None:
+    """``cnncli: error: line`` and exit ``code``. Under MPI, a rank other than 0 hands the line
+    to rank 0, which tells it once (or its own error), and exits with the code rank 0 ends the
+    run with; rank 0 ends the other ranks as it exits."""
+    from cnncli.parallel import mpi
+
+    stopped = mpi.tell_rank_0(line, code)
+    if stopped is not None:
+        mpi.stop_now(stopped)
+    click.echo(f"cnncli: error: {line}", err=True)
+    mpi.stop_now(code)
+    sys.exit(code)
 
 
 def _silence(stream) -> None:

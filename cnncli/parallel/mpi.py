@@ -124,14 +124,11 @@ class World:
         """Rank 0, while it waits: raise the error a follower sent (``tell_rank_0``), if any."""
         from mpi4py import MPI
 
-        status = MPI.Status()
-        if not self.control.Iprobe(source=MPI.ANY_SOURCE, tag=ERROR_TAG, status=status):
-            return
-        text = bytearray(status.Get_count(MPI.BYTE))
-        self.control.Recv([text, MPI.BYTE], source=status.Get_source(), tag=ERROR_TAG)
-        code, _, message = text.decode("utf-8", "replace").partition(" ")
-        raise RankFailed(f"rank {status.Get_source()} of {self.size}: {message}",
-                         int(code) if code.isdigit() else 1)
+        received = self._take(MPI.ANY_SOURCE, ERROR_TAG)
+        if received is not None:
+            source, text = received
+            code, _, message = text.partition(" ")
+            raise RankFailed(f"rank {source} of {self.size}: {message}", _exit_code(code))
 
     def _raise_if_stopped(self) -> None:
         """A rank other than 0, while it waits: raise ``RunStopped`` if rank 0 ended the run
@@ -142,14 +139,20 @@ class World:
 
     def _stop_code(self) -> int | None:
         """The exit code rank 0 ended the run with, if its word has come."""
+        received = self._take(0, STOP_TAG)
+        return None if received is None else _exit_code(received[1])
+
+    def _take(self, source, tag: int) -> tuple[int, str] | None:
+        """(sender, text) of a control message with ``tag`` from ``source`` that has come,
+        or None; never waits."""
         from mpi4py import MPI
 
         status = MPI.Status()
-        if not self.control.Iprobe(source=0, tag=STOP_TAG, status=status):
+        if not self.control.Iprobe(source=source, tag=tag, status=status):
             return None
-        code = bytearray(status.Get_count(MPI.BYTE))
-        self.control.Recv([code, MPI.BYTE], source=0, tag=STOP_TAG)
-        return int(code) if code.isdigit() else 1
+        text = bytearray(status.Get_count(MPI.BYTE))
+        self.control.Recv([text, MPI.BYTE], source=status.Get_source(), tag=tag)
+        return status.Get_source(), text.decode("utf-8", "replace")
 
     def _tell_the_others_to_stop(self, code: int) -> None:
         """Rank 0: tell every other rank that the run ends with ``code`` (they exit without a
@@ -162,6 +165,10 @@ class World:
         deadline = time.monotonic() + 1.0
         while not MPI.Request.Testall(requests) and time.monotonic() < deadline:
             time.sleep(0.001)
+
+
+def _exit_code(text: str) -> int:
+    return int(text) if text.isdigit() else 1
 
 
 _world: World | None = None

@@ -265,8 +265,8 @@ class Conv2d(Layer):
         g, out_w, n = self.groups, dy.shape[2], dy.shape[3]
         dweight = _by_group(self.grads["weight"], g)
         if self._fold:  # [dW | db]: the row of ones in cols sums dy for the bias gradient
-            folded = dweight
-            dweight = np.zeros((folded.shape[0], folded.shape[1] + 1), self.dtype)
+            weight_grad = dweight
+            dweight = np.zeros((weight_grad.shape[0], weight_grad.shape[1] + 1), self.dtype)
         for row0, rows in chunks:
             if self._cols_kept:
                 cols = self._buffers.get("cols0", (self._cols_rows(self._x.shape[0]),
@@ -289,7 +289,7 @@ class Conv2d(Layer):
                 piece = slice(start, start + step)
                 dweight += np.matmul(dy_g[..., piece], cols_g[..., piece].swapaxes(-1, -2))
         if self._fold:
-            folded += dweight[:, :-1]
+            weight_grad += dweight[:, :-1]
             self.grads["bias"] += dweight[:, -1]
 
     def _split_k_step(self, rows: int, length: int) -> int:
