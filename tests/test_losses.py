@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cnncli.errors import ConfigError, DataError
-from cnncli.nn.losses import log_softmax, softmax, softmax_cross_entropy
+from cnncli.nn.losses import (
+    checked,
+    cross_entropy_loss,
+    cross_entropy_rows_gradient,
+    log_softmax,
+    softmax,
+    softmax_cross_entropy,
+)
 
 REF = np.load(Path(__file__).parent / "fixtures" / "dense_reference.npz", allow_pickle=False)
 
@@ -96,3 +103,23 @@ def test_integer_logits_give_the_same_result_as_float_logits():
     b = softmax_cross_entropy(ints.astype(np.float64), [2, 0], 0.2)
     assert a[0] == b[0]
     np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@given(n=st.integers(2, 70), k=st.integers(1, 12), cut=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2**16))
+def test_a_part_of_a_batch_gets_the_whole_batchs_gradient_rows_bit_for_bit(dtype, smoothing, n,
+                                                                          k, cut, seed):
+    """What each process of a split batch computes for its own rows (processes.train_batch)."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((n, k)) * 5).astype(dtype)
+    labels = rng.integers(0, k, size=n)
+    loss, grad = softmax_cross_entropy(logits, labels, smoothing)
+    _, checked_labels, eps = checked(logits, labels, smoothing)
+    split = int(cut * n)
+    for rows in (slice(0, split), slice(split, n)):
+        part = cross_entropy_rows_gradient(np.ascontiguousarray(logits[rows]),
+                                           checked_labels[rows], eps, n)
+        np.testing.assert_array_equal(part, grad[rows])
+    assert cross_entropy_loss(logits, checked_labels, eps) == loss

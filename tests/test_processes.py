@@ -168,19 +168,24 @@ def test_overflow_in_the_worker_is_for_the_loss_check_even_with_warnings_as_erro
     assert not np.isfinite(loss)
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("layers", [LAYERS, DROPOUT, BRANCHING, NORM_CHAIN, RESNET],
                          ids=["plain", "dropout", "branching", "batch-norm", "resnet"])
-def test_a_split_batch_gives_the_whole_batch_logits_and_gradients(two_threads, any_size, layers):
+def test_a_split_batch_gives_the_whole_batch_logits_loss_and_gradients(two_threads, any_size,
+                                                                       layers, label_smoothing):
+    """Each process computes its own half's logit gradients (one exchange a batch): the
+    gradients are still the whole batch's."""
     whole, split = _model(layers, dtype=np.float64), _model(layers, dtype=np.float64)
     x, y = _batch(71, np.float64)  # halves of 35 and 36 images
     whole.zero_grad()
     logits = whole.forward(x, train=True)
-    whole.backward(softmax_cross_entropy(logits, y)[1], need_input_grad=False)
+    loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
+    whole.backward(dlogits, need_input_grad=False)
     with SplitBatchModel(split, 71) as stand_in:
         stand_in.zero_grad()
-        split_logits = stand_in.forward(x, train=True)
-        stand_in.backward(softmax_cross_entropy(split_logits, y)[1], need_input_grad=False)
+        split_logits, split_loss = stand_in.train_batch(x, y, label_smoothing)
     np.testing.assert_allclose(split_logits, logits, rtol=1e-12, atol=1e-14)
+    assert split_loss == pytest.approx(loss, rel=1e-12)
     for (name, _, grad), (_, _, split_grad) in zip(whole.parameters(), split.parameters(),
                                                    strict=True):
         np.testing.assert_allclose(split_grad, grad, rtol=1e-10, atol=1e-13, err_msg=name)
@@ -277,7 +282,11 @@ def test_bad_input_is_the_models_error_and_the_worker_stays_in_step(two_threads,
     with SplitBatchModel(model, 64) as stand_in:
         x, y = _batch(64)
         with pytest.raises(DataError, match=r"expects input of shape \(N, 2, 8, 8\)"):
-            stand_in.forward(x[:, :1], train=True)
+            stand_in.train_batch(x[:, :1], y)
+        bad = y.copy()
+        bad[-1] = 5  # in the worker's half: found here, before the worker is asked
+        with pytest.raises(DataError, match="label 5 is out of range for 5 classes"):
+            train_step(stand_in, SGD(lr=0.1), x, bad)
         loss, _ = train_step(stand_in, SGD(lr=0.1), x, y)
         assert np.isfinite(loss)
         assert stand_in.worker_memory_mb()[0] > 0  # replies still answer their requests
@@ -341,3 +350,30 @@ def test_a_failure_midway_through_a_batch_norm_batch_stops_the_worker_at_once(tw
             train_step(stand_in, SGD(lr=0.1), *_batch(64))
     assert all(type(layer).batch_sums is layer.batch_sums for layer in model.layers
                if hasattr(layer, "batch_sums"))
+
+
+def test_a_wait_for_the_other_process_polls_then_leaves_the_wait_to_a_blocking_read():
+    """``wait_readable`` returns once a byte is in (within its polling or after it), or once
+    the polling time is over with nothing in, so that the caller's read blocks instead."""
+    import threading
+    import time
+
+    read_fd, write_fd = os.pipe()
+    try:
+        started = time.perf_counter()
+        processes.wait_readable(read_fd, 0.05)  # nothing comes: back after the polling
+        assert time.perf_counter() - started >= 0.05
+        for late in (0.01, 0.2):  # within the polling time, and after it
+            writer = threading.Timer(late, os.write, (write_fd, b"+"))
+            writer.start()
+            processes.wait_readable(read_fd, 0.1)
+            assert os.read(read_fd, 1) == b"+"  # blocks until the byte is in, if need be
+            writer.join()
+        os.write(write_fd, b"!")
+        started = time.perf_counter()
+        processes.wait_readable(read_fd, 10.0)  # already in: no polling
+        assert time.perf_counter() - started < 5.0
+        assert os.read(read_fd, 1) == b"!"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

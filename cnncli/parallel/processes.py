@@ -16,11 +16,13 @@ they are the masks a one-process run draws; batch norm's per-channel sums are ex
 many weights to copy. ``InferenceWorker`` does the same for inference batches
 (``plan.ProcessInference``, ``plan.can_split_inference``).
 
-The two processes share one block of memory: parameters (written here before each forward;
-the worker's network uses them in place), the worker's gradients, its images, logits, logit
-gradients and dropout masks, and batch norm's exchange slots. They talk over the worker's
-stdin and stdout, one short line per message, and batch norm's wake-ups are one byte each
-through a pair of pipes.
+The two processes share one block of memory: parameters (written here before each batch;
+the worker's network uses them in place), the worker's gradients, its images, labels, logits
+and dropout masks, and batch norm's exchange slots. They talk over the worker's stdin and
+stdout, one short line per message: a training batch is one request ("step": the worker runs
+its forward, computes its half's logit gradients and runs its backward) and one reply.
+Batch norm's wake-ups are one byte each through a pair of pipes. Each wait for the other
+process polls for a few milliseconds before it sleeps (``wait_readable``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import math
 import mmap
 import os
 import select
@@ -40,8 +43,10 @@ import weakref
 import numpy as np
 
 from cnncli.errors import CnncliError
+from cnncli.nn import losses
 from cnncli.nn.layers.dropout import Dropout
 from cnncli.nn.layers.norm import _BatchNorm
+from cnncli.nn.losses import softmax_cross_entropy
 from cnncli.parallel import threads, thresholds
 
 
@@ -78,8 +83,8 @@ def batch_norms(model) -> list:
 
 class _Layout:
     """Where each array sits in the shared block: batch norm's exchange slots, weights, the
-    worker's gradients, and images, logits and logit gradients of up to ``images`` images
-    (for ``inference``: weights with running statistics, images and logits only)."""
+    worker's gradients, dropout masks, and images, logits and labels of up to ``images``
+    images (for ``inference``: weights with running statistics, images and logits only)."""
 
     def __init__(self, model, images: int, *, inference: bool = False):
         self.dtype = model.dtype
@@ -99,26 +104,26 @@ class _Layout:
         self.masks = {} if inference else {
             k: model.input_shapes[k] for k, layer in enumerate(model.layers)
             if isinstance(layer, Dropout) and layer.p > 0}
-        if not inference:
-            sizes["dlogits"] = sizes["logits"]
         for k, shape in self.masks.items():
             sizes[f"mask{k}"] = images * int(np.prod(shape))
         self.offsets, offset = {}, 0
         for key, size in sizes.items():
-            self.offsets[key] = (offset, size)
+            self.offsets[key] = (offset, size, self.dtype)
             offset += size * self.dtype.itemsize
+        if not inference:  # the worker's labels
+            offset = -(-offset // 8) * 8
+            self.offsets["labels"] = (offset, images, np.dtype(np.int64))
+            offset += 8 * images
         self.nbytes = max(offset, 1)
         self.images = images
         self.input_shape, self.output_shape = model.input_shape, model.output_shape
 
     def views(self, buffer) -> dict[str, np.ndarray]:
-        views = {key: np.frombuffer(buffer, self.dtype, size, offset)
-                 for key, (offset, size) in self.offsets.items()}
+        views = {key: np.frombuffer(buffer, dtype, size, offset)
+                 for key, (offset, size, dtype) in self.offsets.items()}
         views["sums"] = views["sums"].view(np.uint8).reshape(2, 2, self.slot_bytes)
         views["x"] = views["x"].reshape((self.images,) + tuple(self.input_shape))
-        for key in ("logits", "dlogits"):
-            if key in views:
-                views[key] = views[key].reshape((self.images,) + tuple(self.output_shape))
+        views["logits"] = views["logits"].reshape((self.images,) + tuple(self.output_shape))
         for k, shape in self.masks.items():  # the internal batch-last layout
             views[f"mask{k}"] = views[f"mask{k}"].reshape(tuple(shape) + (self.images,))
         return views
@@ -130,6 +135,21 @@ class _Layout:
             out.append(flat[start:start + size].reshape(shape))
             start += size
         return out
+
+
+#: How long a wait for the other process polls before it sleeps (seconds): waking a sleeping
+#: process costs a virtual machine ~0.1 ms, a poll a microsecond, and the two halves of a
+#: batch end within about a millisecond of each other (benchmarks/RESULTS.md).
+POLL_SECONDS = 0.003
+
+
+def wait_readable(fd: int, seconds: float | None = None) -> None:
+    """Return soon after ``fd`` has something to read (or its writer closed it), polling it
+    for up to ``seconds`` (``POLL_SECONDS``) before leaving the wait to a blocking read."""
+    deadline = time.perf_counter() + (POLL_SECONDS if seconds is None else seconds)
+    while not select.select([fd], [], [], 0)[0]:
+        if time.perf_counter() >= deadline:
+            return
 
 
 class PairSums:
@@ -150,6 +170,7 @@ class PairSums:
         slots[self.side, :sums.nbytes] = sums.reshape(-1).view(np.uint8)
         try:
             os.write(self.write_fd, SUMS_IN)
+            wait_readable(self.read_fd)
             got = os.read(self.read_fd, 1)
         except OSError:
             got = b""
@@ -286,6 +307,8 @@ class _Worker:
             raise self._stopped() from None
 
     def _reply(self) -> str:
+        if self._worker is not None:
+            wait_readable(self._worker.stdout.fileno())
         line = self._worker.stdout.readline() if self._worker is not None else ""
         if not line:
             raise self._stopped()
@@ -310,9 +333,10 @@ class _Worker:
 
 
 class SplitBatchModel(_Worker):
-    """Stands in for ``model`` in ``train_step``: training batches of 2 * PROCESS_MIN_IMAGES or
-    more run their first half here and their second half in the worker process; anything
-    else runs here whole. ``close()`` (or leaving the ``with`` block) stops the worker."""
+    """Stands in for ``model`` in ``train_step`` (``zero_grad``, ``train_batch``,
+    ``parameters``): training batches of 2 * PROCESS_MIN_IMAGES or more run their first half
+    here and their second half in the worker process; anything else runs here whole.
+    ``close()`` (or leaving the ``with`` block) stops the worker."""
 
     def __init__(self, model, batch_size: int):
         norms = batch_norms(model)
@@ -320,7 +344,6 @@ class SplitBatchModel(_Worker):
                          exchange=bool(norms))
         self._norms = norms
         self._grads = self._layout.per_param(self._views["grads"])
-        self._split: tuple[int, int] | None = None  # (first half, second half) of the batch
         # No waiting here: the worker reads its first request once it has built the network
         # (about 0.3 s), while this process goes on loading data.
 
@@ -331,47 +354,69 @@ class SplitBatchModel(_Worker):
     def parameters(self):
         return self.model.parameters()
 
-    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+    def train_batch(self, x: np.ndarray, y, label_smoothing: float = 0.0):
+        """Forward, softmax cross-entropy and backward of a training batch, as ``train_step``
+        runs them: (logits, loss); the parameters' gradients are added to unless the loss is
+        not finite (then they are not to be used). Each process computes its half's logit
+        gradients itself (each row's is its own but for the division by the batch size), so
+        the worker goes from its forward to its backward without waiting for this process:
+        one exchange a batch instead of two."""
         x = np.asarray(x)
+        if not self._splits(x):
+            logits = self.model.forward(x, train=True)
+            loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
+            if math.isfinite(loss):
+                self.model.backward(dlogits, need_input_grad=False)
+            return logits, loss
+        n = len(x)
+        labels, eps = losses.checked_targets(y, n, self.model.output_shape[0], label_smoothing)
+        half, rest = self._hand_over(x, "step", f" {n} {eps!r}", labels)
+
+        def first_half():
+            # A diverging batch runs its backward before its loss is seen: overflow and NaN
+            # there are for the loss check, as in the worker.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                logits = self.model.forward(x[:half], train=True)
+                self.model.backward(losses.cross_entropy_rows_gradient(
+                    logits, labels[:half], eps, n), need_input_grad=False)
+            return logits
+
+        logits = np.concatenate([self._half(first_half), self._views["logits"][:rest]])
+        self._add_worker_grads()
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return logits, losses.cross_entropy_loss(logits, labels, eps)
+
+    def _splits(self, x: np.ndarray) -> bool:
+        """Whether a training batch ``x`` runs in two halves (else whole, here)."""
         n = len(x) if x.ndim else 0
-        half = n // 2
-        if (not train or half < thresholds.PROCESS_MIN_IMAGES or n - half > self._layout.images
-                or x.shape[1:] != tuple(self.model.input_shape)):  # the model's own checks
-            self._split = None
-            return self.model.forward(x, train)
-        rest = n - half
+        return (n // 2 >= thresholds.PROCESS_MIN_IMAGES and n - n // 2 <= self._layout.images
+                and x.shape[1:] == tuple(self.model.input_shape))  # else the model's checks
+
+    def _hand_over(self, x: np.ndarray, command: str, more: str = "",
+                   labels=None) -> tuple[int, int]:
+        """Put the weights, the second half of ``x`` (and of ``labels``) and the whole batch's
+        dropout masks in the shared block and send ``command``, the second half's size and
+        ``more``; (first half, second half)."""
+        n = len(x)
+        half, rest = n // 2, n - n // 2
         if self._worker is None:  # closed, or stopped by a failure midway through a batch
             raise self._stopped()
         for shared, (_, value, _) in zip(self._params, self.model.parameters(), strict=True):
             shared[...] = value
         self._views["x"][:rest] = x[half:]
+        if labels is not None:
+            self._views["labels"][:rest] = labels[half:]
         for k in self._layout.masks:  # the whole batch's masks, from this process's streams
             shape = tuple(self.model.input_shapes[k]) + (n,)
             mask = self.model.layers[k].draw_mask(shape, self.model.dtype)
             self.model.layers[k].use_mask(np.ascontiguousarray(mask[..., :half]))
             self._views[f"mask{k}"][..., :rest] = mask[..., half:]
-        self._send(f"forward {rest}")
-        first = self._half(lambda: self.model.forward(x[:half], train=True))
-        self._split = (half, rest)
-        return np.concatenate([first, self._views["logits"][:rest]])
+        self._send(f"{command} {rest}{more}")
+        return half, rest
 
-    def backward(self, dlogits: np.ndarray, need_input_grad: bool = True):
-        if self._split is None:
-            return self.model.backward(dlogits, need_input_grad)
-        half, rest = self._split
-        if need_input_grad:
-            raise WorkerError("a split training batch gives no input gradient")
-        if dlogits.shape != (half + rest,) + tuple(self.model.output_shape):
-            raise WorkerError(f"dlogits must have the shape of the last forward output "
-                              f"{(half + rest,) + tuple(self.model.output_shape)}, "
-                              f"got {tuple(dlogits.shape)}")
-        self._views["dlogits"][:rest] = dlogits[half:]
-        self._send(f"backward {rest}")
-        self._half(lambda: self.model.backward(dlogits[:half], need_input_grad=False))
+    def _add_worker_grads(self) -> None:
         for (_, _, grad), worker_grad in zip(self.model.parameters(), self._grads, strict=True):
             grad += worker_grad
-        self._split = None
-        return None
 
     def _half(self, run):
         """``run()`` (this process's half, on one thread: the worker has the other core) while

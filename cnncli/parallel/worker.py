@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from cnncli.nn.kernels import BufferPool, Im2col
+from cnncli.nn.losses import cross_entropy_rows_gradient
 from cnncli.nn.model import WholeBatch, model_from_entries
 from cnncli.parallel.plan import apply_plan
 from cnncli.parallel.processes import (
@@ -26,6 +27,7 @@ from cnncli.parallel.processes import (
     PairSums,
     _Layout,
     batch_norms,
+    wait_readable,
     weight_slots,
 )
 
@@ -65,6 +67,7 @@ def serve(spec_json: str) -> None:
         if holding and not select.select([sys.stdin], [], [], IDLE_SECONDS)[0]:
             _let_go(model)
             holding = False
+        wait_readable(sys.stdin.fileno())
         line = sys.stdin.readline()
         if not line:
             break
@@ -102,14 +105,16 @@ class _Worker:
     def answer(self, command: str, arg: str) -> str:
         """Carry out one request; return the text after "ok" in the reply."""
         model, views = self.model, self.views
-        if command == "forward":
-            n = int(arg)
+        if command == "step":  # forward, this half's logit gradients, backward
+            rest, batch, label_smoothing = arg.split()
+            n = int(rest)
             for k in self.layout.masks:
                 model.layers[k].use_mask(np.ascontiguousarray(views[f"mask{k}"][..., :n]))
-            views["logits"][:n] = model.forward(views["x"][:n], train=True)
-        elif command == "backward":
+            logits = views["logits"][:n] = model.forward(views["x"][:n], train=True)
             model.zero_grad()
-            model.backward(views["dlogits"][:int(arg)], need_input_grad=False)
+            labels = views["labels"][:n].astype(np.intp)
+            model.backward(cross_entropy_rows_gradient(logits, labels, float(label_smoothing),
+                                                       int(batch)), need_input_grad=False)
         elif command == "infer":
             n = int(arg)
             views["logits"][:n] = model.forward(views["x"][:n], train=False)

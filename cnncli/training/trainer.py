@@ -103,13 +103,17 @@ def train_step(model, optimizer, x, y, *, label_smoothing: float = 0.0,
     loss is returned without updating anything; the caller decides.
     """
     model.zero_grad()
-    logits = model.forward(x, train=True)
-    loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
+    if hasattr(model, "train_batch"):  # a SplitBatchModel: its halves run whole steps
+        logits, loss = model.train_batch(x, y, label_smoothing)
+    else:
+        logits = model.forward(x, train=True)
+        loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
+        if math.isfinite(loss):
+            model.backward(dlogits, need_input_grad=False)
     loss = float(loss)
     correct = int((logits.argmax(axis=1) == y).sum())
     if not math.isfinite(loss):
         return loss, correct
-    model.backward(dlogits, need_input_grad=False)
     if clip_norm:
         clip_grad_norm([g for _, _, g in model.parameters()], clip_norm)
     optimizer.step(model.parameters())
