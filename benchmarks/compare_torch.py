@@ -21,6 +21,9 @@ is importable, else numpy.show_config) and the OPENBLAS_CORETYPE/OPENBLAS_L2_SIZ
 workers saw; ``--unset-blas-vars`` removes those two from both frameworks' environment (in
 this command only), for figures with the machine's defaults.
 
+Beside the ratio of the medians, "per-round" is the median of each round's ratio (steadier
+on a machine whose speed drifts).
+
 ``--baseline DIR`` also times the cnncli of another checkout (``git worktree add DIR <commit>``)
 with that checkout's own bench_worker.py, in the same interleaved rounds, and adds its
 images/s and this cnncli's ratio to it (of the medians, and the median of the per-round
@@ -137,6 +140,16 @@ def _stats(runs: list[dict], key: str) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
+def _per_round(results: dict, net: str, batch: int, other: str, key: str) -> float:
+    """The median over rounds of cnncli's figure over ``other``'s in the same round. Runs of
+    one round ran minutes apart at most: their ratios cancel most of a shared machine's
+    drift, so this is steadier than the ratio of the medians."""
+    ratios = [mine[key] / theirs[key] for mine, theirs in zip(
+        results[(net, batch, "cnncli")], results[(net, batch, other)], strict=True)
+        if mine.get(key) and theirs.get(key)]
+    return statistics.median(ratios) if ratios else float("nan")
+
+
 def rows(results: dict, args) -> list[list[str]]:
     out = []
     for net in args.networks:
@@ -145,18 +158,13 @@ def rows(results: dict, args) -> list[list[str]]:
                 ours = _stats(results[(net, batch, "cnncli")], key)
                 ref = _stats(results[(net, batch, "torch")], key)
                 row = [net, mode, str(batch), f"{ours[0]:.0f}", f"{ours[1]:.0f}-{ours[2]:.0f}",
-                       f"{ref[0]:.0f}", f"{ref[1]:.0f}-{ref[2]:.0f}", f"{ours[0] / ref[0]:.2f}x"]
+                       f"{ref[0]:.0f}", f"{ref[1]:.0f}-{ref[2]:.0f}", f"{ours[0] / ref[0]:.2f}x",
+                       f"{_per_round(results, net, batch, 'torch', key):.2f}x"]
                 if args.baseline:
                     base = _stats(results[(net, batch, "base")], key)
-                    # Runs of one round ran minutes apart at most: their ratios cancel most of
-                    # a shared machine's drift, so the median of the per-round ratios is
-                    # steadier than the ratio of the medians.
-                    paired = statistics.median(
-                        mine[key] / theirs[key] for mine, theirs in zip(
-                            results[(net, batch, "cnncli")], results[(net, batch, "base")],
-                            strict=True))
                     row += [f"{base[0]:.0f}", f"{base[1]:.0f}-{base[2]:.0f}",
-                            f"{ours[0] / base[0]:.2f}x", f"{paired:.2f}x"]
+                            f"{ours[0] / base[0]:.2f}x",
+                            f"{_per_round(results, net, batch, 'base', key):.2f}x"]
                 out.append(row)
     return out
 
@@ -257,7 +265,8 @@ def main() -> None:
     how = "BLAS threads" if args.cnncli_blas else "its own threads, BLAS on one thread inside"
     print(f"images/s, median of {args.rounds} interleaved rounds (min-max), {args.steps} "
           f"steps each, {args.threads} threads each (cnncli: {how}); torch {version}\n")
-    header = ["network", "mode", "batch", "cnncli", "range", "torch", "range", "cnncli/torch"]
+    header = ["network", "mode", "batch", "cnncli", "range", "torch", "range", "cnncli/torch",
+              "per-round"]
     if args.baseline:
         header += ["base", "range", "cnncli/base", "per-round"]
     print(render(header, rows(results, args), args.markdown))
