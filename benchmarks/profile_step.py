@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--peak", type=float, help="one-thread sgemm GFLOP/s (default: measure)")
     args = ap.parse_args()
 
+    import cnncli.nn.model as model_module
     from cnncli import build_model
     from cnncli.nn.losses import softmax_cross_entropy
     from cnncli.parallel import threads
@@ -158,7 +159,7 @@ def main() -> None:
     instrument_library()
     model = build_model(args.config)
     keys = instrument_model(model)
-    trainer.softmax_cross_entropy = timed("loss", softmax_cross_entropy)
+    model_module.softmax_cross_entropy = timed("loss", softmax_cross_entropy)
     rng = np.random.default_rng(0)
     n = args.batch_size
     x = rng.standard_normal((n,) + model.input_shape, dtype=np.float32)

@@ -11,6 +11,7 @@ import numpy as np
 from cnncli.errors import CheckpointError, ConfigError, DataError
 from cnncli.nn import registry
 from cnncli.nn.layers.base import Layer, from_internal, hyperparameters, to_internal
+from cnncli.nn.losses import softmax_cross_entropy
 
 _EMPTY = inspect.Parameter.empty
 
@@ -329,6 +330,17 @@ class Model:
     def __repr__(self) -> str:
         body = "\n".join(f"  ({l.name}): {l!r}" for l in self.layers)
         return f"Model(input_shape={list(self.input_shape)},\n{body}\n)"
+
+
+def forward_backward(model, x: np.ndarray, y, label_smoothing: float = 0.0):
+    """A training batch's forward, softmax cross-entropy and backward on ``model`` (a Model,
+    or anything with its ``forward`` and ``backward``): (logits, loss). The gradients are
+    added to only when the loss is finite."""
+    logits = model.forward(x, train=True)
+    loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
+    if np.isfinite(loss):
+        model.backward(dlogits, need_input_grad=False)
+    return logits, loss
 
 
 def _assign_names(layers: list[Layer]) -> None:

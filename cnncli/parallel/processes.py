@@ -30,7 +30,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import math
 import mmap
 import os
 import select
@@ -46,7 +45,7 @@ from cnncli.errors import CnncliError
 from cnncli.nn import losses
 from cnncli.nn.layers.dropout import Dropout
 from cnncli.nn.layers.norm import _BatchNorm
-from cnncli.nn.losses import softmax_cross_entropy
+from cnncli.nn.model import forward_backward
 from cnncli.parallel import threads, thresholds
 
 
@@ -363,14 +362,11 @@ class SplitBatchModel(_Worker):
         one exchange a batch instead of two."""
         x = np.asarray(x)
         if not self._splits(x):
-            logits = self.model.forward(x, train=True)
-            loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
-            if math.isfinite(loss):
-                self.model.backward(dlogits, need_input_grad=False)
-            return logits, loss
+            return forward_backward(self.model, x, y, label_smoothing)
         n = len(x)
         labels, eps = losses.checked_targets(y, n, self.model.output_shape[0], label_smoothing)
-        half, rest = self._hand_over(x, "step", f" {n} {eps!r}", labels)
+        half, rest = self._hand_over(x, labels)
+        self._send(f"step {rest} {n} {eps!r}")
 
         def first_half():
             # A diverging batch runs its backward before its loss is seen: overflow and NaN
@@ -382,7 +378,8 @@ class SplitBatchModel(_Worker):
             return logits
 
         logits = np.concatenate([self._half(first_half), self._views["logits"][:rest]])
-        self._add_worker_grads()
+        for (_, _, grad), worker_grad in zip(self.model.parameters(), self._grads, strict=True):
+            grad += worker_grad
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return logits, losses.cross_entropy_loss(logits, labels, eps)
 
@@ -392,11 +389,9 @@ class SplitBatchModel(_Worker):
         return (n // 2 >= thresholds.PROCESS_MIN_IMAGES and n - n // 2 <= self._layout.images
                 and x.shape[1:] == tuple(self.model.input_shape))  # else the model's checks
 
-    def _hand_over(self, x: np.ndarray, command: str, more: str = "",
-                   labels=None) -> tuple[int, int]:
-        """Put the weights, the second half of ``x`` (and of ``labels``) and the whole batch's
-        dropout masks in the shared block and send ``command``, the second half's size and
-        ``more``; (first half, second half)."""
+    def _hand_over(self, x: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+        """Put the weights, the second half of ``x`` and ``labels`` and the whole batch's
+        dropout masks in the shared block; (first half, second half)."""
         n = len(x)
         half, rest = n // 2, n - n // 2
         if self._worker is None:  # closed, or stopped by a failure midway through a batch
@@ -404,19 +399,13 @@ class SplitBatchModel(_Worker):
         for shared, (_, value, _) in zip(self._params, self.model.parameters(), strict=True):
             shared[...] = value
         self._views["x"][:rest] = x[half:]
-        if labels is not None:
-            self._views["labels"][:rest] = labels[half:]
+        self._views["labels"][:rest] = labels[half:]
         for k in self._layout.masks:  # the whole batch's masks, from this process's streams
             shape = tuple(self.model.input_shapes[k]) + (n,)
             mask = self.model.layers[k].draw_mask(shape, self.model.dtype)
             self.model.layers[k].use_mask(np.ascontiguousarray(mask[..., :half]))
             self._views[f"mask{k}"][..., :rest] = mask[..., half:]
-        self._send(f"{command} {rest}{more}")
         return half, rest
-
-    def _add_worker_grads(self) -> None:
-        for (_, _, grad), worker_grad in zip(self.model.parameters(), self._grads, strict=True):
-            grad += worker_grad
 
     def _half(self, run):
         """``run()`` (this process's half, on one thread: the worker has the other core) while

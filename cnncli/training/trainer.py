@@ -19,8 +19,7 @@ import numpy as np
 
 from cnncli.config import RunConfig, check_data, dump_config, resolve_config
 from cnncli.errors import ConfigError
-from cnncli.nn.losses import softmax_cross_entropy
-from cnncli.nn.model import model_from_entries
+from cnncli.nn.model import forward_backward, model_from_entries
 from cnncli.parallel import mpi
 from cnncli.parallel.plan import apply_plan, plan_training
 from cnncli.training.checkpoint import load_checkpoint
@@ -106,10 +105,7 @@ def train_step(model, optimizer, x, y, *, label_smoothing: float = 0.0,
     if hasattr(model, "train_batch"):  # a SplitBatchModel: its halves run whole steps
         logits, loss = model.train_batch(x, y, label_smoothing)
     else:
-        logits = model.forward(x, train=True)
-        loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing)
-        if math.isfinite(loss):
-            model.backward(dlogits, need_input_grad=False)
+        logits, loss = forward_backward(model, x, y, label_smoothing)
     loss = float(loss)
     correct = int((logits.argmax(axis=1) == y).sum())
     if not math.isfinite(loss):
